@@ -1,0 +1,51 @@
+"""Budgets: what every child gets, identical for all (design §4).
+
+A budget is a number of training tokens served by the trusted side, a wall-clock deadline enforced
+from outside, and a fixed evaluation context length every model must accept. How a program spends
+its tokens (batch, block, iterations, epochs over what it received) is its own choice.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from darwin.errors import UserError
+
+
+class Budget(BaseModel, frozen=True):
+    name: str
+    tokens: int = Field(gt=0, description="training tokens the data server hands out, in total")
+    deadline_s: float = Field(gt=0, description="wall clock from sandbox start to kill")
+    eval_context: int = Field(gt=0, description="tokens per evaluation window (model must accept)")
+    val_windows: int = Field(gt=0, description="evaluation windows scored per child")
+    threads: int = Field(default=1, ge=1, description="CPU threads per child (set from outside)")
+    memory_mb: int = Field(default=4096, gt=0, description="memory cap of the training sandbox")
+    seed_iterations: int = Field(description="iterations the stock seed gets from `tokens`")
+
+
+BUDGETS: dict[str, Budget] = {
+    # Tests: one sandboxed run in a few seconds on one core.
+    "tiny": Budget(
+        name="tiny", tokens=40 * 8 * 32, deadline_s=60, eval_context=32, val_windows=128,
+        memory_mb=2048, seed_iterations=40,
+    ),
+    # The CPU default: ~25-40 s per child on one core, two children at once on 2 cores.
+    "cpu": Budget(
+        name="cpu", tokens=700 * 16 * 64, deadline_s=150, eval_context=64, val_windows=512,
+        memory_mb=3072, seed_iterations=700,
+    ),
+    # The paper's setting (6L/6H/384, batch 64, block 256, 100 iterations): for a GPU.
+    "paper": Budget(
+        name="paper", tokens=100 * 64 * 256, deadline_s=600, eval_context=256, val_windows=512,
+        memory_mb=16384, seed_iterations=100,
+    ),
+}
+
+
+def get_budget(name: str) -> Budget:
+    try:
+        return BUDGETS[name]
+    except KeyError:
+        raise UserError(
+            f"unknown budget {name!r}: use --budget " + "|".join(BUDGETS)
+        ) from None

@@ -1,0 +1,1 @@
+"""Trusted helpers mounted read-only inside the sandboxes (not imported by DARWIN itself)."""

@@ -1,0 +1,155 @@
+"""Resource caps for a sandbox: a cgroup where we may create one, rlimits always.
+
+Measured here (notes/sandbox-and-training.md): RLIMIT_NPROC is ignored for root and counts per uid
+across the machine, and RLIMIT_AS does not suit CUDA, so memory and process caps come from a
+cgroup (v1 or v2) when one can be created; rlimits are the fallback and an extra layer.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+import uuid
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _own_cgroup(controller: str | None) -> str | None:
+    """Our cgroup path for a v1 controller (or the v2 path when controller is None)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller is None and controllers == "":
+            return path
+        if controller is not None and controller in controllers.split(","):
+            return path
+    return None
+
+
+class CgroupLimits:
+    """One cgroup (v1: a memory and a pids group; v2: one group) per sandbox run."""
+
+    def __init__(self, dirs: list[Path], version: int):
+        self.dirs = dirs
+        self.version = version
+
+    @classmethod
+    def create(cls, memory_bytes: int, max_pids: int) -> CgroupLimits | None:
+        name = f"darwin-{uuid.uuid4().hex[:12]}"
+        try:
+            if (CGROUP_ROOT / "memory").is_dir() and (CGROUP_ROOT / "pids").is_dir():
+                return cls._create_v1(name, memory_bytes, max_pids)
+            if (CGROUP_ROOT / "cgroup.controllers").exists():
+                return cls._create_v2(name, memory_bytes, max_pids)
+        except OSError:
+            return None
+        return None
+
+    @classmethod
+    def _create_v1(cls, name: str, memory_bytes: int, max_pids: int) -> CgroupLimits:
+        mem = CGROUP_ROOT / "memory" / (_own_cgroup("memory") or "/").lstrip("/") / name
+        pids = CGROUP_ROOT / "pids" / (_own_cgroup("pids") or "/").lstrip("/") / name
+        mem.mkdir()
+        try:
+            pids.mkdir()
+        except OSError:
+            mem.rmdir()
+            raise
+        (mem / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        if memsw.exists():  # no swapping past the cap either
+            memsw.write_text(str(memory_bytes))
+        (pids / "pids.max").write_text(str(max_pids))
+        return cls([mem, pids], version=1)
+
+    @classmethod
+    def _create_v2(cls, name: str, memory_bytes: int, max_pids: int) -> CgroupLimits:
+        parent = CGROUP_ROOT / (_own_cgroup(None) or "/").lstrip("/")
+        enabled = (parent / "cgroup.subtree_control").read_text().split()
+        if "memory" not in enabled or "pids" not in enabled:
+            raise OSError("memory/pids controllers not delegated here")
+        group = parent / name
+        group.mkdir()
+        (group / "memory.max").write_text(str(memory_bytes))
+        if (group / "memory.swap.max").exists():  # no swapping past the cap either
+            (group / "memory.swap.max").write_text("0")
+        (group / "pids.max").write_text(str(max_pids))
+        return cls([group], version=2)
+
+    # Called in the child between fork and exec: keep it to plain writes.
+    def attach_self(self) -> None:
+        pid = str(os.getpid())
+        for d in self.dirs:
+            with open(d / "cgroup.procs", "w") as f:
+                f.write(pid)
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for d in self.dirs:
+            try:
+                found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return sorted(found)
+
+    def kill_all(self, timeout: float = 5.0) -> None:
+        """SIGKILL every process in the group until it is empty (catches setsid escapees)."""
+        kill_file = self.dirs[0] / "cgroup.kill"
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.pids()
+            if not left or time.monotonic() > deadline:
+                return
+            if self.version == 2 and kill_file.exists():
+                kill_file.write_text("1")
+            else:
+                for pid in left:
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.02)
+
+    def oom_killed(self) -> bool:
+        mem = self.dirs[0]
+        try:
+            if self.version == 1:
+                text = (mem / "memory.oom_control").read_text()
+            else:
+                text = (mem / "memory.events").read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and int(value or 0) > 0:
+                return True
+        return False
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
+def set_rlimits(max_file_bytes: int, memory_bytes: int | None, nproc: int | None) -> None:
+    """rlimits for the child (inherited through exec). Called between fork and exec."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = min(4096, hard) if hard != resource.RLIM_INFINITY else 4096
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, cap), cap))
+    if memory_bytes is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
