@@ -37,6 +37,11 @@ def runtime_dir() -> Path:
     return Path(str(resources.files("darwin.runtime")))
 
 
+def seed_program() -> Path:
+    """Generation 0: the stock training program shipped in seed/."""
+    return Path(str(resources.files("darwin.seed") / PROGRAM_NAME))
+
+
 @dataclass
 class TrainResult:
     outcome: Outcome

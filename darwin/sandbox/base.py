@@ -183,9 +183,15 @@ class SandboxProcess:
         if self.limits is not None:
             self.limits.kill_all()
 
-    def finish(self) -> SandboxResult:
+    def finish(self, grace_s: float = 0.0) -> SandboxResult:
+        """Reap the sandbox (after ``grace_s`` for it to exit by itself) and clean up."""
         if self._finished:
             return self._result
+        if grace_s > 0 and not self.timed_out:
+            try:
+                self.popen.wait(timeout=min(grace_s, max(self.remaining(), 0)))
+            except subprocess.TimeoutExpired:
+                pass
         if self.timed_out or self.popen.poll() is None:
             self.kill()
         self.popen.wait()

@@ -1,0 +1,289 @@
+"""The `darwin` command line.
+
+    darwin baseline --budget tiny --seeds 3     train the seed N times in the sandbox, score it
+    darwin score PROGRAM --budget tiny          train and score any program that follows the contract
+    darwin sandbox check                        what isolates untrusted code on this machine
+
+Commands stay thin: they parse flags, call the core package and print (rich tables for people,
+``--json`` for machines: JSON only on stdout, progress on stderr). Errors a user can fix are one
+line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import App, Parameter
+from rich.console import Console
+from rich.table import Table
+
+from darwin.errors import UserError
+
+app = App(
+    name="darwin",
+    help="DARWIN: an LLM evolves the training code of small GPT models.",
+    version_flags=["--version"],
+)
+sandbox_app = App(name="sandbox", help="Check the sandbox that runs untrusted training code.")
+app.command(sandbox_app)
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+JsonFlag = Annotated[bool, Parameter(name="--json", negative=(), help="print JSON only")]
+DEVICES = ("cpu", "cuda")
+
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}: use --device cpu|cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda but no CUDA device is visible to torch here: "
+                "use --device cpu, or install a CUDA build of torch on a GPU machine"
+            )
+
+
+def _sandbox(name: str | None):
+    from darwin.sandbox import get_sandbox
+    from darwin.settings import get_settings
+
+    chosen = name or get_settings().sandbox
+    box = get_sandbox(chosen)
+    if not box.isolated:
+        err.print(
+            "[bold red]UNSAFE:[/] untrusted code runs WITHOUT isolation (--sandbox unsafe); "
+            "results are marked isolated=false"
+        )
+    return box
+
+
+def _scratch(kind: str) -> Path:
+    from darwin.settings import get_settings
+
+    path = get_settings().scratch / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _progress(total_jobs: int, quiet: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def _evaluate_many(program: Path, budget_name: str, seeds: list[int], device: str,
+                   sandbox: str | None, quiet: bool) -> list:
+    from darwin.budgets import get_budget
+    from darwin.data import load_dataset
+    from darwin.evaluate import evaluate_program
+    from darwin.slots import run_in_slots, slot_cpus
+
+    budget = get_budget(budget_name)
+    _check_device(device)
+    if not program.is_file():
+        raise UserError(f"program not found: {program} (give the path of a training program)")
+    load_dataset()  # a missing or altered dataset fails here, before any work
+    box = _sandbox(sandbox)
+    scratch = _scratch(f"{budget.name}")
+    slots = slot_cpus(device, budget.threads)
+    with _progress(len(seeds), quiet) as progress:
+        tasks = {s: progress.add_task(f"seed {s}: waiting", total=budget.tokens) for s in seeds}
+
+        def work(seed: int, cpus):
+            task = tasks[seed]
+            progress.update(task, description=f"seed {seed}: training")
+
+            def on_progress(done: int, total: int) -> None:
+                progress.update(task, completed=done)
+                if done >= total:
+                    progress.update(task, description=f"seed {seed}: scoring")
+
+            ev = evaluate_program(program, budget, seed, box, scratch / f"seed-{seed}",
+                                  device=device, cpus=cpus, on_progress=on_progress)
+            status = f"val loss {ev.loss:.4f}" if ev.ok else f"FAILED ({ev.failure.value})"
+            progress.update(task, completed=budget.tokens, description=f"seed {seed}: {status}")
+            return ev
+
+        return run_in_slots(seeds, work, slots)
+
+
+def _summary(rows: list[dict]) -> dict:
+    losses = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+    walls = [r["train_wall_s"] + (r["eval_wall_s"] or 0) for r in rows]
+    s: dict = {"runs": len(rows), "ok": len(losses)}
+    if losses:
+        s["val_loss_mean"] = statistics.fmean(losses)
+        s["val_loss_std"] = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        s["val_loss_min"], s["val_loss_max"] = min(losses), max(losses)
+        s["perplexity_mean"] = statistics.fmean(r["perplexity"] for r in rows if r["perplexity"])
+    s["wall_s_mean"] = statistics.fmean(walls) if walls else None
+    return s
+
+
+def _print_rows(title: str, rows: list[dict], summary: dict | None) -> None:
+    table = Table(title=title)
+    for col in ("seed", "status", "val loss", "perplexity", "MFU", "train s", "eval s", "tokens"):
+        table.add_column(col, justify="right" if col != "status" else "left")
+    for r in rows:
+        table.add_row(
+            str(r["seed"]),
+            r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]",
+            f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
+            f"{r['perplexity']:.2f}" if r["perplexity"] is not None else "-",
+            f"{100 * r['mfu']:.2f}%" if r["mfu"] is not None else "-",
+            f"{r['train_wall_s']:.1f}",
+            f"{r['eval_wall_s']:.1f}" if r["eval_wall_s"] is not None else "-",
+            f"{r['tokens_served']:,}",
+        )
+    out.print(table)
+    if summary and summary.get("ok"):
+        out.print(
+            f"val loss {summary['val_loss_mean']:.4f} ± {summary['val_loss_std']:.4f} (std over "
+            f"{summary['ok']} seeds; range {summary['val_loss_min']:.4f}–"
+            f"{summary['val_loss_max']:.4f}), perplexity {summary['perplexity_mean']:.2f}, "
+            f"{summary['wall_s_mean']:.1f} s per seed"
+        )
+    for r in rows:
+        if r["status"] != "ok":
+            out.print(f"[red]seed {r['seed']}: {r['status']}[/] {r['detail']}")
+        for flag in r["flags"]:
+            out.print(f"[yellow]seed {r['seed']}: {flag}[/]")
+    if rows and rows[0]["peak_label"]:
+        out.print(f"[dim]MFU against: {rows[0]['peak_label']}; sandbox: {rows[0]['sandbox']}[/]")
+
+
+@app.command
+def baseline(
+    *,
+    budget: str = "cpu",
+    seeds: int = 3,
+    seed: int = 0,
+    device: str = "cpu",
+    sandbox: str | None = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Train the stock seed program --seeds times (seeds --seed, --seed+1, ...) and score each.
+
+    Parameters
+    ----------
+    budget
+        tiny (tests, seconds) | cpu (default, ~30 s per child) | paper (GPU).
+    seeds
+        How many seeds to run.
+    seed
+        The first seed.
+    device
+        cpu | cuda.
+    sandbox
+        auto | local | unsafe (default: $DARWIN_SANDBOX or auto).
+    """
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    from darwin.training import seed_program
+
+    program = seed_program()
+    evs = _evaluate_many(program, budget, list(range(seed, seed + seeds)), device, sandbox, json_)
+    rows = [e.to_dict() for e in evs]
+    summary = _summary(rows)
+    if json_:
+        print(json.dumps({"budget": budget, "runs": rows, "summary": summary}, indent=2))
+    else:
+        _print_rows(f"seed program, budget {budget}", rows, summary)
+    if not summary.get("ok"):
+        sys.exit(1)
+
+
+@app.command
+def score(
+    program: Path,
+    *,
+    budget: str = "cpu",
+    seed: int = 0,
+    device: str = "cpu",
+    sandbox: str | None = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Train PROGRAM in the sandbox under the budget and score it with the trusted scorer.
+
+    Parameters
+    ----------
+    program
+        A training program that follows seed/README.md.
+    budget
+        tiny | cpu | paper.
+    seed
+        Which seed.
+    device
+        cpu | cuda.
+    sandbox
+        auto | local | unsafe.
+    """
+    (ev,) = _evaluate_many(Path(program), budget, [seed], device, sandbox, json_)
+    row = ev.to_dict()
+    if json_:
+        print(json.dumps(row, indent=2))
+    else:
+        _print_rows(f"{program}, budget {budget}", [row], None)
+        if not ev.ok:
+            tail = ev.train.log_tail(1500) if not ev.train.ok else (ev.score.log_tail if ev.score else "")
+            if tail.strip():
+                out.print("[dim]--- end of the program's log (untrusted) ---[/]")
+                out.print(tail.rstrip(), markup=False)
+    if not ev.ok:
+        sys.exit(1)
+
+
+@sandbox_app.command
+def check(*, json_: JsonFlag = False) -> None:
+    """Probe each sandbox backend for real and say what isolates here, and why not."""
+    from darwin.sandbox import check as run_check
+
+    rows = run_check()
+    if json_:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title="sandbox backends")
+        for col in ("backend", "works", "isolates", "details"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["backend"], "yes" if r["works"] else "no",
+                          "[green]yes[/]" if r["isolates"] else "[red]no[/]", r["why"])
+        out.print(table)
+    if not any(r["isolates"] for r in rows):
+        if not json_:
+            out.print("[red]No isolating backend: untrusted code will be refused "
+                      "(install bubblewrap, or choose --sandbox unsafe knowingly).[/]")
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(argv if argv is not None else sys.argv[1:])
+    except UserError as e:
+        err.print(f"darwin: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("darwin: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

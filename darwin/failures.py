@@ -1,0 +1,43 @@
+"""The closed set of ways a candidate can fail. A failure is data in a result, never an exception."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Failure(str, enum.Enum):
+    # training
+    crash = "crash"  # the program exited non-zero or died of a signal
+    timeout = "timeout"  # killed at the budget's wall-clock deadline
+    oom = "oom"  # killed by the memory cap
+    disk = "disk"  # a file past the size cap
+    # the output folder
+    missing_output = "missing_output"  # no weights / model code / config
+    bad_output = "bad_output"  # symlink, hard link, unknown name, oversize, not a regular file
+    bad_weights = "bad_weights"  # not a valid safetensors file (a pickle in disguise, ...)
+    # evaluation (a fresh sandbox loads the model; the trusted side checks what comes back)
+    import_error = "import_error"  # model.py failed to import or build_model failed
+    weights_mismatch = "weights_mismatch"  # the weights do not fit the model code
+    eval_crash = "eval_crash"  # forward raised, or the evaluation process died
+    eval_timeout = "eval_timeout"
+    invalid_logits = "invalid_logits"  # wrong shape or non-finite values
+    noncausal = "noncausal"  # changing future tokens moved earlier logits
+    batch_leak = "batch_leak"  # a row's logits depend on the other rows of the batch
+    stateful = "stateful"  # the same batch sent twice gave different logits
+
+    @property
+    def stage(self) -> str:
+        if self in (Failure.crash, Failure.timeout, Failure.oom, Failure.disk):
+            return "train"
+        if self in (Failure.missing_output, Failure.bad_output, Failure.bad_weights):
+            return "output"
+        return "eval"
+
+
+class Rejected(Exception):
+    """Raised inside the scorer to stop at the first failed check; turned into data."""
+
+    def __init__(self, failure: Failure, detail: str):
+        super().__init__(f"{failure.value}: {detail}")
+        self.failure = failure
+        self.detail = detail

@@ -1,0 +1,68 @@
+"""Peak FLOPS of the device a run actually used, for MFU.
+
+GPUs: dense bf16 tensor-core peaks from the vendors' data sheets, matched on the device name (the
+idea follows nanochat's table; nanoGPT's fixed A100 figure is wrong everywhere else). CPUs have no
+data-sheet figure we can trust, so we measure this machine's float32 matmul throughput with the
+thread count a child gets, and label it as measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+GPU_PEAK_BF16 = [  # (substring of torch.cuda.get_device_name(), FLOPS)
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+def gpu_peak(name: str) -> float | None:
+    for key, flops in GPU_PEAK_BF16:
+        if key in name:
+            return flops
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def cpu_peak(threads: int) -> float:
+    """Best-of-5 float32 matmul FLOPS on this CPU with ``threads`` threads (~0.5 s, cached)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = 512
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(8):
+                a @ b
+            best = min(best, time.perf_counter() - t0)
+        return 8 * 2 * n**3 / best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def device_peak(device: str, threads: int) -> tuple[float | None, str]:
+    """(peak FLOPS, label) of the device a run used."""
+    if device == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name()
+        peak = gpu_peak(name)
+        return peak, f"{name} bf16 data-sheet peak" if peak else f"{name}: peak unknown"
+    return cpu_peak(threads), f"CPU float32 matmul peak measured here ({threads} thread(s))"
