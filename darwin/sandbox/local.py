@@ -150,7 +150,8 @@ class LocalSandbox:
             a += ["--tmpfs", str(m)]
         for m in spec.mounts:
             a += ["--bind" if m.writable else "--ro-bind", source(m.src), m.dst]
-        a += ["--chdir", spec.cwd]
+        # bwrap's root is a tmpfs; nothing but the output folder and /tmp should be writable.
+        a += ["--remount-ro", "/", "--chdir", spec.cwd]
         for k, v in base_env(spec).items():
             a += ["--setenv", k, v]
         argv = list(spec.argv)
