@@ -2,8 +2,9 @@
 
 It listens on a unix socket that is bind-mounted into the sandbox (no network needed) and answers
 ``get_batch`` requests (protocol in darwin/runtime/darwin_io.py) with random windows of the train
-split, drawn from an RNG seeded by the run's seed. Every reply is charged against the budget;
-a request the remaining budget cannot cover gets nothing, and so does every later one.
+split, drawn from an RNG seeded by the run's seed. Every reply is charged against the budget; a
+request the remaining budget cannot cover gets nothing (and costs nothing): once the budget is
+spent, no more data arrives.
 """
 
 from __future__ import annotations

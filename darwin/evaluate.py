@@ -22,7 +22,8 @@ TRAIN_FAILURES = {
     Outcome.oom: Failure.oom,
     Outcome.disk: Failure.disk,
 }
-CLAIM_KEYS = ("val_loss", "loss", "train_loss", "final_train_loss")
+# Only claims about the same quantity are compared: a train loss is not a val loss.
+CLAIM_KEYS = ("val_loss",)
 CLAIM_TOLERANCE = 0.10  # relative: a claimed loss this far off the trusted one is flagged
 
 

@@ -46,6 +46,7 @@ class Score:
     parameters: int | None = None  # from the safetensors header (trusted)
     flops_per_token: float | None = None  # trusted: 6 x matrix parameters (from shapes)
     flops_per_token_counted: float | None = None  # torch's FLOP counter in the eval sandbox
+    flops_note: str = ""  # why the counter gave nothing, if it did
     eval_wall_s: float = 0.0
     log_tail: str = ""  # untrusted text from the evaluation process
 
@@ -250,8 +251,11 @@ def score(
         assert first is not None and first_logits is not None
         result.checks = _run_checks(client, first, first_logits, device, rng, dataset.vocab_size)
         if count_flops:
-            _, fwd_bwd = client.flops(budget.eval_context)
-            result.flops_per_token_counted = fwd_bwd / budget.eval_context
+            try:  # a cross-check only: a model we cannot count still has its score
+                _, fwd_bwd = client.flops(budget.eval_context)
+                result.flops_per_token_counted = fwd_bwd / budget.eval_context
+            except Rejected as r:
+                result.flops_note = r.detail
         client.bye()
         result.tokens = int(windows.shape[0] * (windows.shape[1] - 1))
         result.loss = total / result.tokens

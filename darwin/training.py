@@ -8,6 +8,7 @@ the sandbox, and the wall time is measured here, outside anything the program co
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,11 +69,14 @@ def prepare_workdir(program: Path, workdir: Path) -> tuple[Path, Path, Path]:
     workdir.chmod(0o755)
     prog_dir = workdir / "program"
     out_dir = workdir / "out"
-    io_dir = workdir / "io"
-    for d in (prog_dir, out_dir, io_dir):
+    for d in (prog_dir, out_dir):
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(mode=0o755)
+    # A unix socket path must fit in 108 bytes, so the socket lives in a short temporary folder
+    # rather than next to the run's other files.
+    io_dir = Path(tempfile.mkdtemp(prefix="darwin-io-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    io_dir.chmod(0o755)
     target = prog_dir / PROGRAM_NAME
     shutil.copyfile(program, target)
     target.chmod(0o644)
@@ -140,6 +144,7 @@ def train(
             proc.finish()
         if on_progress is not None:
             on_progress(server.tokens_served, budget.tokens)
+    shutil.rmtree(io_dir, ignore_errors=True)
     return TrainResult(
         outcome=result.outcome,
         wall_s=result.wall_s,

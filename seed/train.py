@@ -32,10 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# Model shapes per budget. The block size of each budget equals its eval context, the shortest
-# context the scorer will ask the model to handle.
+# Model shapes per budget. Each block size equals the budget's eval context: the scorer feeds the
+# model sequences exactly that long, so a shorter block could not be scored.
 SHAPES = {
-    #        n_layer n_head n_embd block_size batch_size
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8),
     "cpu": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=16),
     "paper": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64),
@@ -162,20 +161,22 @@ def get_lr(it, max_iters, warmup_iters):
 
 def make_optimizer(model, device):
     # Decay only tensors with 2+ dims (matmul weights, embeddings); LayerNorm gains stay free.
-    # named_parameters() lists the tied wte/lm_head weight once, so nothing is counted twice.
+    # parameters() yields the tied wte/lm_head weight once, so it is not updated twice.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     # The fused kernel is a free speed-up on GPU; on CPU the default implementation is used.
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=(device == "cuda"))
+    fused = device == "cuda"
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
 
 
 def main():
     import darwin_io  # imported here: the scorer imports this file without the data connection
 
     budget = darwin_io.budget()
+    assert budget["name"] in SHAPES, f"unknown budget {budget['name']!r}; known: {list(SHAPES)}"
     shape = SHAPES[budget["name"]]
     block_size, batch_size = shape["block_size"], shape["batch_size"]
     assert block_size >= budget["eval_context"], (
@@ -256,13 +257,11 @@ def main():
     here, there = os.path.abspath(__file__), os.path.abspath(os.path.join(out_dir, "model.py"))
     if here != there:
         shutil.copyfile(here, there)
-    darwin_io.write_claims(
-        final_train_loss=loss_value,
-        iterations=it,
-        tokens_used=it * tokens_per_iter,
-        train_seconds=round(train_s, 2),
-        n_params=n_params,
-    )
+    claims = dict(iterations=it, tokens_used=it * tokens_per_iter, n_params=n_params,
+                  train_seconds=round(train_s, 2))
+    if it > 0:  # NaN is not valid JSON, so leave the loss out if nothing was trained
+        claims["final_train_loss"] = round(loss_value, 4)
+    darwin_io.write_claims(**claims)
     print(f"done: {it} iterations in {train_s:.1f}s, final train loss {loss_value:.4f}", flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
