@@ -193,6 +193,47 @@ def _run_checks(client: EvalClient, first: np.ndarray, first_logits: np.ndarray,
     return checks
 
 
+def _architecture_key(model_dir: Path, tensors: dict, context: int) -> str:
+    """An architecture is its weight shapes, its config and the context it is counted at."""
+    import hashlib
+
+    import torch
+
+    blob = json.dumps(
+        {
+            "shapes": sorted((k, v[1]) for k, v in tensors.items()),
+            "config": (model_dir / "config.json").read_text(),
+            "context": context,
+            "torch": torch.__version__,
+        }
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _counted_flops(client: EvalClient, model_dir: Path, tensors: dict, context: int,
+                   result: Score) -> float | None:
+    """torch's FLOP count for one forward+backward, per token, cached per architecture (the
+    counter costs a couple of seconds, most of the evaluation on small models)."""
+    from darwin.settings import get_settings
+
+    cache = get_settings().home / "cache" / "flops" / f"{_architecture_key(model_dir, tensors, context)}.json"
+    try:
+        return float(json.loads(cache.read_text())["flops_per_token"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:  # a cross-check only: a model we cannot count still has its score
+        _, fwd_bwd = client.flops(context)
+    except Rejected as r:
+        result.flops_note = r.detail
+        return None
+    per_token = fwd_bwd / context
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"flops_per_token": per_token}))
+    tmp.replace(cache)
+    return per_token
+
+
 def score(
     out_dir: Path,
     budget: Budget,
@@ -251,11 +292,9 @@ def score(
         assert first is not None and first_logits is not None
         result.checks = _run_checks(client, first, first_logits, device, rng, dataset.vocab_size)
         if count_flops:
-            try:  # a cross-check only: a model we cannot count still has its score
-                _, fwd_bwd = client.flops(budget.eval_context)
-                result.flops_per_token_counted = fwd_bwd / budget.eval_context
-            except Rejected as r:
-                result.flops_note = r.detail
+            result.flops_per_token_counted = _counted_flops(
+                client, model_dir, tensors, budget.eval_context, result
+            )
         client.bye()
         result.tokens = int(windows.shape[0] * (windows.shape[1] - 1))
         result.loss = total / result.tokens

@@ -1,0 +1,1 @@
+"""Prefect flows: the evolution run and one generation (thin; logic lives in darwin)."""

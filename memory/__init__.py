@@ -1,0 +1,1 @@
+"""The run memory: schema-versioned records in versioned blob storage over fsspec."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: one side effect each (llm, sandbox, score, store, publish)."""
