@@ -3,6 +3,8 @@
     darwin baseline --budget tiny --seeds 3     train the seed N times in the sandbox, score it
     darwin score PROGRAM --budget tiny          train and score any program that follows the contract
     darwin sandbox check                        what isolates untrusted code on this machine
+    darwin mutate PROGRAM                       one LLM mutation of PROGRAM, written as a child
+    darwin dev llm-server                       a local OpenAI-compatible server with scripted answers
 
 Commands stay thin: they parse flags, call the core package and print (rich tables for people,
 ``--json`` for machines: JSON only on stdout, progress on stderr). Errors a user can fix are one
@@ -32,6 +34,8 @@ app = App(
 )
 sandbox_app = App(name="sandbox", help="Check the sandbox that runs untrusted training code.")
 app.command(sandbox_app)
+dev_app = App(name="dev", help="Tools for developing and trying DARWIN locally.")
+app.command(dev_app)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -249,6 +253,131 @@ def score(
                 out.print(tail.rstrip(), markup=False)
     if not ev.ok:
         sys.exit(1)
+
+
+@app.command
+def mutate(
+    program: Path,
+    *,
+    proposer: Path | None = None,
+    mode: str = "search_replace",
+    budget: str = "cpu",
+    out_path: Annotated[Path | None, Parameter(name="--out")] = None,
+    note: list[str] | None = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Ask the LLM for one mutation of PROGRAM and write the child (then `darwin score` it).
+
+    Parameters
+    ----------
+    program
+        The target program to improve.
+    proposer
+        The proposing agent's own program (the paper's agents modify one another's code).
+    mode
+        search_replace | whole.
+    budget
+        The budget the child will be trained under (shown to the model).
+    out_path
+        Where to write the child (default: PROGRAM's name with .child.py).
+    note
+        A human note for the prompt (repeatable).
+    """
+    from darwin.budgets import get_budget
+    from darwin.llm import LLMClient
+    from darwin.mutator import MODES, LLMMutator, MutationContext
+    from darwin.settings import get_settings
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}: use --mode " + "|".join(MODES))
+    b = get_budget(budget)
+    for p in (program, proposer):
+        if p is not None and not Path(p).is_file():
+            raise UserError(f"program not found: {p}")
+    client = LLMClient(get_settings().llm)
+    ctx = MutationContext(
+        target_program=Path(program).read_text(),
+        budget=b,
+        mode=mode,  # type: ignore[arg-type]
+        proposer_program=Path(proposer).read_text() if proposer else None,
+        human_notes=list(note or []),
+    )
+    result = LLMMutator(client).mutate(ctx)
+    target = Path(out_path) if out_path else Path(program).with_suffix(".child.py")
+    if result.ok:
+        assert result.child is not None
+        target.write_text(result.child)
+    report = {
+        "ok": result.ok,
+        "child": str(target) if result.ok else None,
+        "kind": result.answer.kind.value if result.answer else None,
+        "reasoning": result.answer.reasoning if result.answer else None,
+        "requests": [r.model_dump(mode="json") for r in result.answer.requests] if result.answer else [],
+        "failure": result.failure,
+        "detail": result.detail,
+        "attempts": result.attempts,
+        "model": client.model,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "cost_usd": round(result.cost_usd, 6),
+        "diff": result.diff,
+    }
+    if json_:
+        print(json.dumps(report, indent=2))
+    elif result.ok:
+        out.print(f"[bold]{report['kind']}[/]: {report['reasoning']}", markup=True)
+        out.print(result.diff, markup=False, highlight=False, soft_wrap=True)
+        for r in report["requests"]:
+            out.print(f"[yellow]request ({r['kind']}):[/] {r['detail']}")
+        out.print(f"child written to {target}; {report['input_tokens']}+{report['output_tokens']} "
+                  f"tokens, ${report['cost_usd']:.4f}, {result.attempts} attempt(s). "
+                  f"Next: darwin score {target}")
+    else:
+        out.print(f"[red]mutation failed ({result.failure}):[/] {result.detail}")
+    if not result.ok:
+        sys.exit(1)
+
+
+@dev_app.command(name="llm-server")
+def llm_server(
+    *,
+    port: int = 8001,
+    script: Path | None = None,
+    api_key: str | None = None,
+) -> None:
+    """Serve an OpenAI-compatible chat API on 127.0.0.1 with scripted (or demo) answers.
+
+    Parameters
+    ----------
+    port
+        TCP port on 127.0.0.1.
+    script
+        A JSON file with a list of answers (see darwin/devserver.py); demo answers otherwise.
+    api_key
+        Accept only this key (default: any).
+    """
+    from darwin.devserver import ScriptedLLMServer
+
+    items = []
+    if script is not None:
+        try:
+            items = json.loads(Path(script).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read --script {script}: {e}") from None
+        if not isinstance(items, list):
+            raise UserError(f"--script {script} must hold a JSON list of answers")
+    try:
+        server = ScriptedLLMServer(items, api_key=api_key, port=port)
+    except OSError as e:
+        raise UserError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}; try --port") from None
+    err.print(f"scripted OpenAI-compatible server on {server.url} "
+              f"({len(items)} scripted answers, then demo answers). Use it with:\n"
+              f"  export OPENAI_BASE_URL={server.url} OPENAI_API_KEY={api_key or 'anything'}\n"
+              "Ctrl-C stops it.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 @sandbox_app.command

@@ -5,10 +5,61 @@ Experiment settings (budget, population, ...) are command-line flags / flow para
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# USD per million tokens (input, output). Override or extend with DARWIN_LLM__PRICES='{"m": [a, b]}'.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "o4-mini": (1.10, 4.40),
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+}
+
+
+class LLMSettings(BaseModel):
+    """The mutating LLM: OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp)."""
+
+    model: str = Field(default="gpt-4o-mini", description="model name sent to the server")
+    base_url: str | None = Field(default=None, description="server URL; else $OPENAI_BASE_URL")
+    api_key: SecretStr | None = Field(default=None, description="else $OPENAI_API_KEY")
+    timeout_s: float = Field(default=120.0, gt=0, description="per request")
+    max_retries: int = Field(
+        default=2, ge=0, description="the openai client's retries (the only retry layer)"
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=4096, gt=0)
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, description="stop making calls once this much is spent"
+    )
+    structured: Literal["auto", "json", "text"] = Field(
+        default="auto", description="JSON-schema answers, a text protocol, or JSON with fallback"
+    )
+    prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    def key(self) -> str | None:
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY") or None
+
+    def url(self) -> str | None:
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+    def price(self) -> tuple[float, float] | None:
+        if self.model in self.prices:
+            return self.prices[self.model]
+        # "gpt-4o-mini-2024-07-18" prices as "gpt-4o-mini": the longest known prefix wins.
+        known = sorted((m for m in self.prices if self.model.startswith(m)), key=len)
+        return self.prices[known[-1]] if known else None
 
 
 class Settings(BaseSettings):
@@ -19,6 +70,7 @@ class Settings(BaseSettings):
         description="where runs and scratch folders live (never visible inside a sandbox)",
     )
     sandbox: str = Field(default="auto", description="auto | local | unsafe")
+    llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @property
     def scratch(self) -> Path:

@@ -35,3 +35,22 @@ def darwin_home(tmp_path, monkeypatch):
     home = tmp_path / "darwin-home"
     monkeypatch.setenv("DARWIN_HOME", str(home))
     return home
+
+
+@pytest.fixture()
+def llm_server():
+    """A real HTTP OpenAI-compatible server on 127.0.0.1 with scripted answers."""
+    from darwin.devserver import ScriptedLLMServer
+
+    key = f"sk-canary-{os.urandom(8).hex()}"
+    with ScriptedLLMServer(api_key=key) as server:
+        server.key = key
+        yield server
+
+
+@pytest.fixture()
+def llm_settings(llm_server):
+    from darwin.settings import LLMSettings
+
+    return LLMSettings(base_url=llm_server.url, api_key=llm_server.key, model="gpt-4o-mini",
+                       timeout_s=3.0, max_retries=1)

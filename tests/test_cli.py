@@ -71,3 +71,27 @@ def test_score_and_baseline_agree_on_the_seed(sandbox, tmp_path):
     assert b["runs"][0]["status"] == s["status"] == "ok"
     assert b["runs"][0]["val_loss"] == s["val_loss"]  # same program, seed, budget: same number
     assert b["summary"]["ok"] == 1 and b["runs"][0]["isolated"] is True
+
+
+def test_mutate_without_a_key_names_the_variable(tmp_path):
+    env = {"OPENAI_API_KEY": "", "DARWIN_LLM__API_KEY": ""}
+    r = darwin("mutate", "seed/train.py", home=tmp_path, env=env)
+    assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.sandbox
+def test_mutate_through_the_test_server_then_score_the_child(sandbox, llm_server, tmp_path):
+    from darwin.training import seed_program
+
+    env = {"OPENAI_BASE_URL": llm_server.url, "OPENAI_API_KEY": llm_server.key}
+    child = tmp_path / "child.py"
+    m = darwin("mutate", str(seed_program()), "--budget", "tiny", "--out", str(child), "--json",
+               home=tmp_path, env=env)
+    assert m.returncode == 0, m.stderr
+    report = json.loads(m.stdout)
+    assert report["ok"] and report["input_tokens"] > 0 and report["cost_usd"] > 0
+    assert child.read_text() != seed_program().read_text()
+    s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
+    assert s.returncode == 0, s.stderr
+    assert json.loads(s.stdout)["status"] == "ok"

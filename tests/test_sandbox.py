@@ -209,6 +209,11 @@ def test_unsafe_mode_kill_misses_a_setsid_daemon(tmp_path, tiny):
     time.sleep(0.5)
     try:
         assert heartbeat.stat().st_size > size  # still beating: it escaped
-    finally:
-        for pid, _ in _processes_with(str(PROGRAMS / "sleeper.py")):
+    finally:  # the escaped daemon runs the copy of the program in the run's folder
+        marker = str(tmp_path / "work" / "program")
+        for pid, _ in _processes_with(marker):
             os.kill(pid, 9)
+        for _ in range(50):
+            if not _processes_with(marker):
+                break
+            time.sleep(0.05)

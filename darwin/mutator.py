@@ -1,0 +1,176 @@
+"""Mutation by an LLM: build the prompt, ask, read the answer, apply it strictly.
+
+Two modes here: ``search_replace`` (edits to the target program) and ``whole`` (a complete new
+program). An answer that cannot be read or applied goes back to the model with the reason (a "did
+you mean" hint, the syntax error) for a bounded number of tries; after that the mutation fails as
+data. Transport failures (unreachable, 401, 429 after the client's retries, the spending cap) end
+the mutation at once, typed, without a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Literal
+
+import jinja2
+
+from darwin.answers import (
+    AnswerError,
+    ChangeKind,
+    MutationAnswer,
+    RequestKind,
+    answer_schema,
+    parse_answer,
+)
+from darwin.budgets import Budget
+from darwin.edits import EditError, apply_edits, check_program, unified_diff
+from darwin.llm import LLMClient, LLMError, Usage
+from darwin.untrusted import quote_untrusted
+
+Mode = Literal["search_replace", "whole"]
+MODES: tuple[str, ...] = ("search_replace", "whole")
+
+
+@dataclass
+class FailureNote:
+    """A recent failure shown to the model: our own one-line summary + the quoted log tail."""
+
+    summary: str
+    log_tail: str = ""
+
+    @property
+    def quoted(self) -> str:
+        return quote_untrusted(self.log_tail, label="failure log", limit=2000) if self.log_tail else ""
+
+
+@dataclass
+class MutationContext:
+    target_program: str
+    budget: Budget
+    mode: Mode = "search_replace"
+    proposer_program: str | None = None
+    proposer_ideas: list[str] = field(default_factory=list)
+    target_score: str | None = None
+    lessons: list[str] = field(default_factory=list)
+    failures: list[FailureNote] = field(default_factory=list)
+    human_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MutationResult:
+    mutator: str
+    mode: str
+    child: str | None = None
+    answer: MutationAnswer | None = None
+    diff: str = ""
+    failure: str | None = None  # an LLMFailure value, "unusable_answer", ...
+    detail: str = ""
+    attempts: int = 0
+    usage: list[Usage] = field(default_factory=list)
+    prompt: str = ""  # the first user prompt, kept for the record
+
+    @property
+    def ok(self) -> bool:
+        return self.child is not None
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(u.input_tokens for u in self.usage)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(u.output_tokens for u in self.usage)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(u.cost_usd for u in self.usage)
+
+
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    folder = str(resources.files("darwin") / "prompts")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - prompts are plain text, not HTML
+    )
+
+
+def render(name: str, **values: object) -> str:
+    return _templates().get_template(name).render(**values)
+
+
+def build_messages(ctx: MutationContext, structured: bool) -> list[dict]:
+    system = render("system.md", budget=ctx.budget)
+    user = render(
+        "mutate.md",
+        mode=ctx.mode,
+        structured=structured,
+        target_program=ctx.target_program,
+        proposer_program=ctx.proposer_program,
+        proposer_ideas=ctx.proposer_ideas,
+        target_score=ctx.target_score,
+        lessons=ctx.lessons,
+        failures=ctx.failures,
+        human_notes=ctx.human_notes,
+        kinds=", ".join(k.value for k in ChangeKind),
+        request_kinds="|".join(k.value for k in RequestKind),
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def apply_answer(target: str, answer: MutationAnswer, mode: str) -> str:
+    """The child program an answer describes, checked to parse; EditError if it cannot be made."""
+    if mode == "whole" or (answer.program and not answer.edits):
+        if not answer.program:
+            raise EditError("whole-program mode: give the complete new program")
+        child = answer.program if answer.program.endswith("\n") else answer.program + "\n"
+        if child == target:
+            raise EditError("the new program is identical to the target")
+    else:
+        child = apply_edits(target, answer.edits)
+    check_program(child)
+    return child
+
+
+class LLMMutator:
+    name = "openai"
+
+    def __init__(self, client: LLMClient, max_attempts: int = 3):
+        self.client = client
+        self.max_attempts = max_attempts
+
+    def mutate(self, ctx: MutationContext) -> MutationResult:
+        if ctx.mode not in MODES:
+            raise ValueError(f"unknown mutation mode {ctx.mode!r}")
+        structured = self.client._json_ok
+        messages = build_messages(ctx, structured)
+        result = MutationResult(mutator=self.name, mode=ctx.mode, prompt=messages[-1]["content"])
+        schema = answer_schema()
+        for attempt in range(1, self.max_attempts + 1):
+            result.attempts = attempt
+            try:
+                completion = self.client.complete(messages, schema=schema)
+            except LLMError as e:
+                result.failure, result.detail = e.kind.value, e.detail
+                return result
+            result.usage.append(completion.usage)
+            try:
+                answer = parse_answer(completion.text)
+                child = apply_answer(ctx.target_program, answer, ctx.mode)
+            except (AnswerError, EditError) as e:
+                result.failure, result.detail = "unusable_answer", str(e)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": completion.text[:20000]},
+                    {"role": "user", "content": render("retry.md", problem=str(e))},
+                ]
+                continue
+            result.child, result.answer = child, answer
+            result.diff = unified_diff(ctx.target_program, child)
+            result.failure, result.detail = None, ""
+            return result
+        return result
