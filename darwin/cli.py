@@ -3,7 +3,7 @@
     darwin baseline --budget tiny --seeds 3     train the seed N times in the sandbox, score it
     darwin score PROGRAM --budget tiny          train and score any program that follows the contract
     darwin sandbox check                        what isolates untrusted code on this machine
-    darwin mutate PROGRAM                       one LLM mutation of PROGRAM, written as a child
+    darwin mutate PROGRAM                       one mutation of PROGRAM (LLM or offline), as a child
     darwin dev llm-server                       a local OpenAI-compatible server with scripted answers
 
 Commands stay thin: they parse flags, call the core package and print (rich tables for people,
@@ -14,6 +14,8 @@ line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import math
+import os
 import statistics
 import sys
 import time
@@ -174,6 +176,199 @@ def _print_rows(title: str, rows: list[dict], summary: dict | None) -> None:
         out.print(f"[dim]MFU against: {rows[0]['peak_label']}; sandbox: {rows[0]['sandbox']}[/]")
 
 
+def _quiet_prefect() -> None:
+    """Keep Prefect's console noise down without losing what the UI receives (notes/prefect.md).
+    Must run before prefect is imported."""
+    for key, value in (
+        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING"),
+        ("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL"),
+        ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+        ("PREFECT_LOGGING_EXTRA_LOGGERS", "darwin"),
+    ):
+        os.environ.setdefault(key, value)
+
+
+def _experiment(**values):
+    from pydantic import ValidationError
+
+    from darwin.experiment import Experiment
+
+    try:
+        return Experiment(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"invalid --{field.replace('_', '-')}: {message}") from None
+
+
+def _mark_stale_runs_crashed(run_id: str) -> int:
+    """Flow runs of a process that died (kill -9) stay Running forever: mark them Crashed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        stale = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"darwin-run:{run_id}"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.PENDING])),
+        ))
+        for fr in stale:
+            client.set_flow_run_state(fr.id, Crashed(message="its process died; resumed"),
+                                      force=True)
+    return len(stale)
+
+
+@app.command
+def run(
+    *,
+    resume: str | None = None,
+    seed_program: Path | None = None,
+    budget: str = "cpu",
+    generations: int = 3,
+    population: int = 4,
+    keep: int = 2,
+    children: int = 4,
+    mutator: str = "auto",
+    seeds: int = 3,
+    seed: int = 0,
+    reruns: int = 1,
+    repair_tries: int = 2,
+    memory: bool = True,
+    device: str = "cpu",
+    sandbox: str | None = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Evolve a training program: generation 0 is the seed measured over --seeds seeds, then
+    --generations generations of --children children each.
+
+    Parameters
+    ----------
+    resume
+        Continue the run with this id from its last committed generation (see `darwin runs`).
+    seed_program
+        Evolve this program (it must follow seed/README.md) instead of the stock seed.
+    budget
+        tiny | cpu | paper.
+    generations
+        Generations after the seed's.
+    population
+        Members kept after each generation.
+    keep
+        Elites: only a child that beats them beyond the noise displaces them.
+    children
+        Children per generation.
+    mutator
+        auto (the LLM when OPENAI_API_KEY is set, else offline) | openai | offline | random.
+    seeds
+        S: seeds the seed program is measured on (its spread is the noise band).
+    seed
+        The run's seed: the same seed and settings give the same run.
+    reruns
+        Best children per generation re-run on more seeds before they may be promoted.
+    repair_tries
+        Repair attempts per failed child.
+    memory
+        Feed lessons back into mutation (--no-memory: the paper's ablation).
+    device
+        cpu | cuda.
+    sandbox
+        auto | local | unsafe.
+    """
+    import time as _time
+
+    from darwin.data import load_dataset
+    from darwin.memory.store import RunStore
+    from darwin.settings import get_settings
+
+    _quiet_prefect()
+    settings = get_settings()
+    if sandbox:
+        os.environ["DARWIN_SANDBOX"] = sandbox
+    url = settings.store_url
+    if resume:
+        store = RunStore(url, resume)
+        if not store.exists():
+            raise UserError(f"unknown run {resume!r} in {url}: `darwin runs` lists the runs")
+        experiment = _experiment(**store.meta()["experiment"])
+        run_id = resume
+    else:
+        experiment = _experiment(
+            budget=budget, generations=generations, population=population, keep=keep,
+            children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
+            repair_tries=repair_tries, memory=memory, device=device,
+            seed_program=str(seed_program) if seed_program else None)
+    _check_device(experiment.device)
+    load_dataset()
+    _sandbox(sandbox)  # refuse early when nothing isolates
+    from darwin.mutator import make_mutator
+
+    chosen = make_mutator(experiment.mutator, settings.llm)
+    if chosen.name != "openai":
+        err.print(f"mutator: [bold]{chosen.name}[/] (the offline catalogue, no LLM)"
+                  + (": no OPENAI_API_KEY is set" if experiment.mutator == "auto" else ""))
+    if not resume:
+        from darwin.training import seed_program as stock
+
+        source_path = Path(seed_program) if seed_program else stock()
+        if not source_path.is_file():
+            raise UserError(f"--seed-program {source_path} not found")
+        run_id = f"{_time.strftime('%Y%m%d-%H%M%S')}-{experiment.budget}-{uuid.uuid4().hex[:4]}"
+        store = RunStore(url, run_id)
+        sha = store.put_code(source_path.read_text())
+        from darwin import __version__
+
+        store.create({"run_id": run_id, "experiment": experiment.model_dump(mode="json"),
+                      "seed_code_sha": sha, "created_at": _time.time(), "darwin": __version__})
+    from darwin.sandbox.limits import reap_stale_cgroups
+
+    reap_stale_cgroups()
+    err.print(f"run [bold]{run_id}[/] ({'resumed at generation ' + str(store.head()) if resume else 'new'}); "
+              f"resume with: darwin run --resume {run_id}")
+    from prefect import tags
+
+    from darwin.flows.evolve import evolve
+
+    if resume:
+        _mark_stale_runs_crashed(run_id)
+    try:
+        with tags(f"darwin-run:{run_id}", f"budget:{experiment.budget}"):
+            last = evolve(experiment, run_id, url)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: generation {store.head()} is committed; "
+                  f"continue with: darwin run --resume {run_id}")
+        sys.exit(130)
+    seed_gen = store.generation(0)
+    seed_loss = seed_gen.population[0].fitness
+    best = last.population[0]
+    summary = {
+        "run_id": run_id,
+        "generations": last.generation,
+        "seed_val_loss": seed_loss,
+        "noise": seed_gen.noise,
+        "best": best.candidate_id,
+        "best_val_loss": best.fitness,
+        "best_runs": len(best.losses),
+        "improvement": seed_loss - best.fitness,
+        "perplexity_change": math.exp(best.fitness - seed_loss) - 1,
+        "population": [m.model_dump() for m in last.population],
+    }
+    if json_:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(
+            f"best {best.candidate_id}: val loss {best.fitness:.4f} over {len(best.losses)} seed(s) "
+            f"vs seed {seed_loss:.4f} ± {seed_gen.noise:.4f} (2σ): "
+            f"perplexity {100 * summary['perplexity_change']:+.2f}%")
+
+
 @app.command
 def baseline(
     *,
@@ -260,13 +455,15 @@ def mutate(
     program: Path,
     *,
     proposer: Path | None = None,
+    mutator: str = "auto",
     mode: str = "search_replace",
     budget: str = "cpu",
+    seed: int = 0,
     out_path: Annotated[Path | None, Parameter(name="--out")] = None,
     note: list[str] | None = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Ask the LLM for one mutation of PROGRAM and write the child (then `darwin score` it).
+    """Make one mutation of PROGRAM and write the child (then `darwin score` it).
 
     Parameters
     ----------
@@ -274,19 +471,21 @@ def mutate(
         The target program to improve.
     proposer
         The proposing agent's own program (the paper's agents modify one another's code).
+    mutator
+        auto (the LLM when a key is set, else offline) | openai | offline | random.
     mode
-        search_replace | whole.
+        search_replace | whole | chunk (LLM only; offline mutators edit).
     budget
-        The budget the child will be trained under (shown to the model).
+        The budget the child will be trained under.
+    seed
+        Seed of the offline mutators' choices and of the chunk-wise operator.
     out_path
         Where to write the child (default: PROGRAM's name with .child.py).
     note
         A human note for the prompt (repeatable).
     """
     from darwin.budgets import get_budget
-    from darwin.llm import LLMClient
-    from darwin.mutator import MODES, LLMMutator, MutationContext
-    from darwin.settings import get_settings
+    from darwin.mutator import MODES, MutationContext, make_mutator
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: use --mode " + "|".join(MODES))
@@ -294,15 +493,19 @@ def mutate(
     for p in (program, proposer):
         if p is not None and not Path(p).is_file():
             raise UserError(f"program not found: {p}")
-    client = LLMClient(get_settings().llm)
+    chosen = make_mutator(mutator, rng=seed)
+    if chosen.name != "openai":
+        err.print(f"mutator: {chosen.name} (offline catalogue, no LLM)"
+                  + (" - no API key is configured" if mutator == "auto" else ""))
     ctx = MutationContext(
         target_program=Path(program).read_text(),
         budget=b,
         mode=mode,  # type: ignore[arg-type]
         proposer_program=Path(proposer).read_text() if proposer else None,
         human_notes=list(note or []),
+        seed=seed,
     )
-    result = LLMMutator(client).mutate(ctx)
+    result = chosen.mutate(ctx)
     target = Path(out_path) if out_path else Path(program).with_suffix(".child.py")
     if result.ok:
         assert result.child is not None
@@ -310,13 +513,15 @@ def mutate(
     report = {
         "ok": result.ok,
         "child": str(target) if result.ok else None,
+        "mutator": result.mutator,
+        "mode": result.mode,
+        "operator": result.operator,
         "kind": result.answer.kind.value if result.answer else None,
         "reasoning": result.answer.reasoning if result.answer else None,
         "requests": [r.model_dump(mode="json") for r in result.answer.requests] if result.answer else [],
         "failure": result.failure,
         "detail": result.detail,
         "attempts": result.attempts,
-        "model": client.model,
         "input_tokens": result.input_tokens,
         "output_tokens": result.output_tokens,
         "cost_usd": round(result.cost_usd, 6),

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 import ast
 import difflib
+import threading
 
 from darwin.answers import Edit
+
+
+# CPython 3.11's ast.parse is not safe across threads ("AST constructor recursion depth
+# mismatch" when mapped tasks parse at once), so every parse in DARWIN goes through this lock.
+AST_LOCK = threading.Lock()
+
+
+def parse(source: str) -> ast.Module:
+    with AST_LOCK:
+        return ast.parse(source)
 
 
 class EditError(ValueError):
@@ -72,8 +83,8 @@ def apply_edits(source: str, edits: list[Edit]) -> str:
 def check_program(source: str) -> None:
     """Cheap pre-flight: the program must parse and compile."""
     try:
-        tree = ast.parse(source)
-        compile(tree, "train.py", "exec")
+        with AST_LOCK:
+            compile(ast.parse(source), "train.py", "exec")
     except SyntaxError as e:
         raise EditError(f"the new program does not parse: {e.msg} at line {e.lineno}") from None
 

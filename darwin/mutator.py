@@ -29,8 +29,9 @@ from darwin.edits import EditError, apply_edits, check_program, unified_diff
 from darwin.llm import LLMClient, LLMError, Usage
 from darwin.untrusted import quote_untrusted
 
-Mode = Literal["search_replace", "whole"]
-MODES: tuple[str, ...] = ("search_replace", "whole")
+Mode = Literal["search_replace", "whole", "chunk"]
+MODES: tuple[str, ...] = ("search_replace", "whole", "chunk")
+CHUNK_PROBABILITY = 0.3  # the paper's per-chunk rewrite probability (a setting)
 
 
 @dataclass
@@ -56,6 +57,12 @@ class MutationContext:
     lessons: list[str] = field(default_factory=list)
     failures: list[FailureNote] = field(default_factory=list)
     human_notes: list[str] = field(default_factory=list)
+    # Per kind of change, what the lessons say (steers the offline bandit; empty = memory off).
+    kind_stats: dict = field(default_factory=dict)
+    task: Literal["improve", "repair"] = "improve"
+    repair_summary: str = ""  # our own one-line description of the failure to fix
+    chunk_probability: float = CHUNK_PROBABILITY
+    seed: int = 0  # for the chunk-wise operator's choice of chunks
 
 
 @dataclass
@@ -70,6 +77,7 @@ class MutationResult:
     attempts: int = 0
     usage: list[Usage] = field(default_factory=list)
     prompt: str = ""  # the first user prompt, kept for the record
+    operator: str | None = None  # the catalogue operator (offline mutators)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +126,8 @@ def build_messages(ctx: MutationContext, structured: bool) -> list[dict]:
         human_notes=ctx.human_notes,
         kinds=", ".join(k.value for k in ChangeKind),
         request_kinds="|".join(k.value for k in RequestKind),
+        task=ctx.task,
+        repair_summary=ctx.repair_summary,
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -146,6 +156,8 @@ class LLMMutator:
     def mutate(self, ctx: MutationContext) -> MutationResult:
         if ctx.mode not in MODES:
             raise ValueError(f"unknown mutation mode {ctx.mode!r}")
+        if ctx.mode == "chunk":
+            return self._mutate_chunks(ctx)
         structured = self.client._json_ok
         messages = build_messages(ctx, structured)
         result = MutationResult(mutator=self.name, mode=ctx.mode, prompt=messages[-1]["content"])
@@ -174,3 +186,121 @@ class LLMMutator:
             result.failure, result.detail = None, ""
             return result
         return result
+
+    def _ask(self, messages: list[dict], result: MutationResult, check) -> MutationAnswer | None:
+        """Ask until ``check(answer)`` passes (bounded); None when the mutation has failed."""
+        for _ in range(self.max_attempts):
+            result.attempts += 1
+            try:
+                completion = self.client.complete(messages)
+            except LLMError as e:
+                result.failure, result.detail = e.kind.value, e.detail
+                return None
+            result.usage.append(completion.usage)
+            try:
+                answer = parse_answer(completion.text)
+                check(answer)
+                return answer
+            except (AnswerError, EditError) as e:
+                result.failure, result.detail = "unusable_answer", str(e)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": completion.text[:20000]},
+                    {"role": "user", "content": render("retry.md", problem=str(e))},
+                ]
+        return None
+
+    def _mutate_chunks(self, ctx: MutationContext) -> MutationResult:
+        """The paper's operator: rewrite each chunk with some probability, carrying the
+        program's outline and summaries of the chunks already rewritten."""
+        import numpy as np
+
+        from darwin.chunks import join, outline, split
+
+        result = MutationResult(mutator=self.name, mode="chunk")
+        chunks = split(ctx.target_program)
+        candidates = [i for i, c in enumerate(chunks) if c.kind in ("class", "function")]
+        if not candidates:
+            result.failure, result.detail = "unusable_answer", "the program has no chunks to rewrite"
+            return result
+        rng = np.random.default_rng(ctx.seed)
+        chosen = [i for i in candidates if rng.random() < ctx.chunk_probability]
+        if not chosen:
+            chosen = [int(rng.choice(candidates))]
+        system = render("system.md", budget=ctx.budget)
+        done: list[str] = []
+        first: MutationAnswer | None = None
+        for i in chosen:
+            chunk = chunks[i]
+            user = render(
+                "chunk.md", outline=outline(chunks), done=done, lessons=ctx.lessons,
+                human_notes=ctx.human_notes, index=i, chunk_kind=chunk.kind,
+                chunk_name=chunk.name, chunk=_split_prefix(chunk.text)[1].strip("\n"),
+                kinds=", ".join(k.value for k in ChangeKind),
+            )
+            result.prompt = result.prompt or user
+
+            def check(answer: MutationAnswer) -> None:
+                if not answer.program:
+                    raise AnswerError("give the complete new chunk in one ```python block")
+                trial = [*chunks]
+                trial[i] = type(chunk)(chunk.kind, chunk.name, _as_chunk(answer.program, chunk.text))
+                check_program(join(trial))
+
+            answer = self._ask(
+                [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                result, check,
+            )
+            if answer is None:
+                return result
+            assert answer.program is not None
+            chunks[i] = type(chunk)(chunk.kind, chunk.name, _as_chunk(answer.program, chunk.text))
+            done.append(f"chunk {i} ({chunk.name}): {answer.reasoning}")
+            first = first or answer
+        child = join(chunks)
+        if child == ctx.target_program:
+            result.failure, result.detail = "unusable_answer", "the rewritten chunks change nothing"
+            return result
+        assert first is not None
+        result.answer = first.model_copy(update={"reasoning": " ".join(done), "program": None})
+        result.child = child
+        result.diff = unified_diff(ctx.target_program, child)
+        result.failure, result.detail = None, ""
+        return result
+
+
+def _split_prefix(text: str) -> tuple[str, str]:
+    """(leading blank/comment lines, the rest): the comments above a definition stay as they are."""
+    lines = text.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and (not lines[n].strip() or lines[n].lstrip().startswith("#")):
+        n += 1
+    return "".join(lines[:n]), "".join(lines[n:])
+
+
+def _as_chunk(new: str, old: str) -> str:
+    """The new chunk body in the old chunk's place, keeping its leading comments and spacing."""
+    prefix, body = _split_prefix(old)
+    trail = body[len(body.rstrip("\n")) :]
+    return prefix + new.strip("\n") + (trail or "\n")
+
+
+MUTATORS = ("auto", "openai", "offline", "random")
+
+
+def make_mutator(name: str, settings=None, rng=0):
+    """``auto``: the LLM when a key is configured, else the offline catalogue (said plainly)."""
+    from darwin.errors import UserError
+    from darwin.offline import OfflineMutator, RandomMutator
+    from darwin.settings import get_settings
+
+    if name not in MUTATORS:
+        raise UserError(f"unknown mutator {name!r}: use --mutator " + "|".join(MUTATORS))
+    llm_settings = settings or get_settings().llm
+    if name == "auto":
+        name = "openai" if llm_settings.key() else "offline"
+    if name == "openai":
+        return LLMMutator(LLMClient(llm_settings))
+    if name == "offline":
+        return OfflineMutator(rng)
+    return RandomMutator(rng)

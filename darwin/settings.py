@@ -70,7 +70,14 @@ class Settings(BaseSettings):
         description="where runs and scratch folders live (never visible inside a sandbox)",
     )
     sandbox: str = Field(default="auto", description="auto | local | unsafe")
+    store: str | None = Field(
+        default=None, description="where runs are stored (fsspec URL); default $DARWIN_HOME/runs"
+    )
     llm: LLMSettings = Field(default_factory=LLMSettings)
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"file://{self.home / 'runs'}"
 
     @property
     def scratch(self) -> Path:

@@ -44,3 +44,31 @@ def run_in_slots(
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         return list(pool.map(one, items))
+
+
+class SlotPool:
+    """Hands out the CPU set of a free slot to whoever trains next (which core, not whether:
+    how many train at once is the task runner's / concurrency limit's business)."""
+
+    def __init__(self, slots: list[list[int] | None]):
+        self.size = len(slots)
+        self._free: queue.Queue[list[int] | None] = queue.Queue()
+        for s in slots:
+            self._free.put(s)
+
+    def acquire(self) -> list[int] | None:
+        return self._free.get()
+
+    def release(self, cpus: list[int] | None) -> None:
+        self._free.put(cpus)
+
+
+_pools: dict[tuple[str, int], SlotPool] = {}
+
+
+def shared_pool(device: str, threads: int) -> SlotPool:
+    """One pool per process and device, shared by every flow and task in it."""
+    key = (device, threads)
+    if key not in _pools:
+        _pools[key] = SlotPool(slot_cpus(device, threads))
+    return _pools[key]

@@ -75,7 +75,7 @@ def test_score_and_baseline_agree_on_the_seed(sandbox, tmp_path):
 
 def test_mutate_without_a_key_names_the_variable(tmp_path):
     env = {"OPENAI_API_KEY": "", "DARWIN_LLM__API_KEY": ""}
-    r = darwin("mutate", "seed/train.py", home=tmp_path, env=env)
+    r = darwin("mutate", "seed/train.py", "--mutator", "openai", home=tmp_path, env=env)
     assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

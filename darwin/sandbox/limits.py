@@ -40,7 +40,8 @@ class CgroupLimits:
 
     @classmethod
     def create(cls, memory_bytes: int, max_pids: int) -> CgroupLimits | None:
-        name = f"darwin-{uuid.uuid4().hex[:12]}"
+        # The orchestrator's pid is in the name, so a later run can tell a dead run's leftovers.
+        name = f"darwin-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
             if (CGROUP_ROOT / "memory").is_dir() and (CGROUP_ROOT / "pids").is_dir():
                 return cls._create_v1(name, memory_bytes, max_pids)
@@ -153,3 +154,34 @@ def set_rlimits(max_file_bytes: int, memory_bytes: int | None, nproc: int | None
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     if nproc is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def reap_stale_cgroups() -> int:
+    """Kill and remove the cgroups of orchestrators that died (kill -9) while training."""
+    removed = 0
+    for controller in ("memory", "pids", None):
+        own = _own_cgroup(controller)
+        if own is None:
+            continue
+        base = CGROUP_ROOT / (controller or "") / own.lstrip("/")
+        try:
+            stale = [d for d in base.iterdir() if d.is_dir() and d.name.startswith("darwin-")
+                     and d.name.split("-")[1].isdigit() and not _alive(int(d.name.split("-")[1]))]
+        except OSError:
+            continue
+        for d in stale:
+            group = CgroupLimits([d], version=1 if controller else 2)
+            group.kill_all(timeout=2)
+            group.remove()
+            removed += not d.exists()
+    return removed

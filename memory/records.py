@@ -1,0 +1,97 @@
+"""Memory records: schema-versioned pydantic models, immutable once written.
+
+A candidate record is written before its child trains (with its code stored content-addressed);
+each evaluation of it (one per seed) is a separate record; a generation snapshot commits the
+population after selection. Old schema versions stay readable through ``read_candidate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+def code_hash(source: str) -> str:
+    """Content address of a program: sha256 of its text with normalised line endings and no
+    trailing whitespace, so formatting noise does not defeat the cache."""
+    normal = "\n".join(line.rstrip() for line in source.replace("\r\n", "\n").split("\n")).strip()
+    return hashlib.sha256(normal.encode()).hexdigest()
+
+
+class CandidateRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    run_id: str
+    generation: int
+    parents: list[str] = Field(default_factory=list)  # [target] or [target, proposer]
+    repair_of: str | None = None  # the broken candidate this one repairs
+    code_sha: str
+    diff: str = ""
+    mutator: str = ""
+    mode: str = ""
+    operator: str | None = None
+    kind: str | None = None
+    reasoning: str = ""
+    requests: list[dict[str, Any]] = Field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    llm_failure: str | None = None
+    llm_detail: str = ""
+    created_at: float = 0.0
+
+
+class EvaluationRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    candidate_id: str
+    code_sha: str
+    seed: int
+    budget: str
+    status: str  # "ok" or a Failure value
+    detail: str = ""
+    val_loss: float | None = None
+    perplexity: float | None = None
+    mfu: float | None = None
+    train_wall_s: float = 0.0
+    eval_wall_s: float | None = None
+    tokens_served: int = 0
+    claims: dict[str, Any] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list)
+    log_tail: str = ""  # untrusted, capped
+    isolated: bool = True
+    cached: bool = False  # answered from the training cache, not trained again
+
+
+class Member(BaseModel):
+    candidate_id: str
+    losses: list[float]
+    mfu: float | None = None
+
+    @property
+    def fitness(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+
+class GenerationRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    generation: int
+    population: list[Member]
+    children: list[str] = Field(default_factory=list)
+    promoted: list[str] = Field(default_factory=list)
+    noise: float = 0.0  # the promotion margin used (2 sigma of the seed)
+    pareto: list[str] = Field(default_factory=list)  # non-dominated on (val loss, MFU)
+    wall_s: float = 0.0
+    committed_at: float = 0.0
+
+
+def read_candidate(data: dict) -> CandidateRecord:
+    """Read any schema version we ever wrote (version 1 is the first)."""
+    version = data.get("schema_version", 1)
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"candidate record schema {version} is newer than this DARWIN ({SCHEMA_VERSION})")
+    return CandidateRecord.model_validate(data)
