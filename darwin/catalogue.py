@@ -190,7 +190,7 @@ def activation(p, rng, budget):
 
 
 def rmsnorm(p, rng, budget):
-    pattern = r"nn\.LayerNorm\((?P<dim>[^(),]+(?:\[[^\]]*\])?)(?:,\s*bias=False)?\)"
+    pattern = r"nn\.LayerNorm\((?P<dim>[^(),]+(?:\[[^\]]*\])?)(?:,\s*bias=[^()]+)?\)"
     lines = [m for m in re.finditer(rf"^.*{pattern}.*$", p, flags=re.M)]
     if not lines:
         return None
@@ -243,7 +243,8 @@ def optimizer(p, rng, budget):
 
 
 def init_scale(p, rng, budget):
-    m = _line(p, rf"^(?P<pre>\s*nn\.init\.normal_\(module\.weight, mean=0\.0, std=)(?P<std>{NUM})(?P<rest>\).*)$")
+    m = _line(p, rf"^(?P<pre>\s*(?:torch\.)?nn\.init\.normal_\(module\.weight, mean=0\.0, std=)"
+                 rf"(?P<std>{NUM})(?P<rest>\).*)$")
     if m is None:
         return None
     std = float(m.group("std"))

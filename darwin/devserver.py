@@ -29,15 +29,25 @@ def count_tokens(text: str) -> int:
 
 
 def demo_answer(prompt: str) -> str:
-    """A valid search/replace answer for the program in the prompt: nudge a hyper-parameter."""
+    """A valid answer for whatever the prompt asks: nudge a hyper-parameter of the target program
+    (as an edit, or as the whole program), or hand a chunk back with a note."""
+    chunk = re.search(r"## Chunk \d+ to rewrite[^\n]*\n```python\n(.*?)\n```", prompt, re.S)
+    if chunk:
+        body = chunk.group(1)
+        return ("REASONING: demo server: the chunk is fine as it is; noted.\nKIND: other\n"
+                f"```python\n# reviewed by the demo server\n{body}\n```\n")
     match = re.search(r"## The target program to improve\n```python\n(.*?)\n```", prompt, re.S)
     program = match.group(1) if match else ""
     for name, new in (("dropout", "0.0"), ("learning_rate", "2e-3"), ("weight_decay", "0.05")):
         line = re.search(rf"^{name}\s*=\s*[^\n#]+", program, flags=re.M)
         if line and line.group(0).split("=", 1)[1].strip() != new:
+            kind = "regularisation" if name != "learning_rate" else "learning_rate"
+            if "COMPLETE new program" in prompt:
+                whole = program.replace(line.group(0), f"{name} = {new}", 1)
+                return (f"REASONING: demo server: set {name} to {new}.\nKIND: {kind}\n"
+                        f"```python\n{whole}\n```\n")
             return (
-                f"REASONING: demo server: set {name} to {new}.\nKIND: "
-                f"{'regularisation' if name != 'learning_rate' else 'learning_rate'}\n"
+                f"REASONING: demo server: set {name} to {new}.\nKIND: {kind}\n"
                 f"<<<<<<< SEARCH\n{line.group(0)}\n=======\n{name} = {new}\n>>>>>>> REPLACE\n"
             )
     return "REASONING: demo server has no idea for this program.\nKIND: other\n"

@@ -258,6 +258,41 @@ class Engine:
         return stats, lesson_lines(stats), notes
 
 
+def _out_dir(engine: Engine, cid: str, seed: int) -> Path:
+    return engine.settings.scratch / engine.store.run_id / f"{cid}-s{seed}" / "run" / "out"
+
+
+def final_test(engine: Engine, cid: str) -> dict:
+    """Score ``cid`` on the TEST split (reports only; never used by selection). Reuses the
+    weights of its first training run when they are still on disk, else trains it again."""
+    import shutil
+
+    from darwin.scoring import score
+    from darwin.training import train
+
+    cached = engine.store.final(cid)
+    if cached is not None:
+        return cached
+    seed = engine.seeds()[0]
+    out = _out_dir(engine, cid, seed)
+    work = engine.settings.scratch / engine.store.run_id / f"{cid}-test"
+    if not (out / "model.safetensors").exists():
+        program = work / "train.py"
+        work.mkdir(parents=True, exist_ok=True)
+        program.write_text(engine.code(cid))
+        trained = train(program, engine.budget, seed, work / "run", engine.sandbox,
+                        device=engine.experiment.device)
+        out = trained.out_dir
+    s = score(out, engine.budget, engine.sandbox, work, split="test",
+              device=engine.experiment.device)
+    result = {"candidate": cid, "split": "test", "seed": seed, "val_loss": None,
+              "test_loss": s.loss, "test_perplexity": s.perplexity,
+              "status": "ok" if s.ok else s.failure.value, "detail": s.detail}
+    engine.store.put_final(cid, result)
+    shutil.rmtree(work / "model-test", ignore_errors=True)
+    return result
+
+
 def build_engine(run_id: str, store_url: str, experiment: Experiment) -> Engine:
     """The engine for a run, from what a flow parameter can carry (ids, a URL, the settings)."""
     from darwin.sandbox import get_sandbox

@@ -17,6 +17,7 @@ from darwin.memory.records import GenerationRecord, Member
 from darwin.selection import noise_margin
 from darwin.slots import shared_pool
 from darwin.tasks import engine as steps
+from darwin.tasks import publish as ui
 
 
 def _generation_zero(engine: Engine, seed_source: str) -> GenerationRecord:
@@ -38,6 +39,7 @@ def _generation_zero(engine: Engine, seed_source: str) -> GenerationRecord:
         noise=noise_margin(losses), pareto=[SEED_ID], wall_s=time.monotonic() - started,
     )
     steps.commit(engine, record)
+    ui.publish(engine.store, 0)
     return record
 
 
@@ -45,7 +47,8 @@ def _generation_zero(engine: Engine, seed_source: str) -> GenerationRecord:
 def evolve(experiment: Experiment, run_id: str, store_url: str) -> GenerationRecord:
     engine = build_engine(run_id, store_url, experiment)
     slots = shared_pool(experiment.device, engine.budget.threads)
-    runner = ThreadPoolTaskRunner(max_workers=slots.size)
+    steps.ensure_slot_limit(experiment.device, slots.size)
+    runner = ThreadPoolTaskRunner(max_workers=2 * slots.size)
     head = engine.store.head()
     if head is None:
         seed_source = engine.store.code(engine.store.meta()["seed_code_sha"])
@@ -55,4 +58,7 @@ def evolve(experiment: Experiment, run_id: str, store_url: str) -> GenerationRec
         last = engine.store.generation(head)
     for gen in range(head + 1, experiment.generations + 1):
         last = generation.with_options(task_runner=runner)(experiment, run_id, store_url, gen)
+    # Final claims use the test split, which selection never saw: the best and the seed.
+    best = last.population[0].candidate_id
+    steps.final_test.map(unmapped(engine), sorted({best, SEED_ID})).result()
     return last

@@ -12,12 +12,24 @@ import time
 
 import numpy as np
 from prefect import flow, unmapped
+from prefect.futures import as_completed
 
 from darwin.engine import build_engine
 from darwin.experiment import Experiment
 from darwin.memory.records import GenerationRecord, Member
 from darwin.selection import choose_parents, pareto, select
 from darwin.tasks import engine as steps
+from darwin.tasks import publish as ui
+
+
+def _train_all(engine, ids, seed, progress, done_before, total):
+    """Train (mapped), moving the generation's progress artifact as each child finishes."""
+    futures = steps.train_and_score.map(unmapped(engine), ids, seed)
+    done = done_before
+    for _ in as_completed(list(futures)):
+        done += 1
+        ui.set_progress(progress, 100.0 * done / total)
+    return futures.result(), done
 
 
 @flow(name="generation", flow_run_name="gen-{gen:03d}", log_prints=True)
@@ -37,8 +49,9 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) ->
     ).result()
 
     # 2. train and score every child once, in parallel slots.
-    evals = steps.train_and_score.map(
-        unmapped(engine), [c.id for c in children], first_seed).result()
+    progress = ui.start_progress(run_id, gen)
+    planned = exp.children + exp.reruns * (exp.min_runs - 1)
+    evals, done = _train_all(engine, [c.id for c in children], first_seed, progress, 0, planned)
 
     # 3. repair what failed, each try a new candidate whose parent is the broken one.
     final = list(zip(children, evals))
@@ -48,8 +61,9 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) ->
             break
         fixes = steps.repair.map(unmapped(engine), [c for _, c, _ in broken],
                                  [e for _, _, e in broken], attempt).result()
-        fixed = steps.train_and_score.map(
-            unmapped(engine), [f.id for f in fixes], first_seed).result()
+        planned += len(fixes)
+        fixed, done = _train_all(engine, [f.id for f in fixes], first_seed, progress, done,
+                                 planned)
         for (i, _, _), f, e in zip(broken, fixes, fixed):
             if f.code_sha:
                 final[i] = (f, e)
@@ -60,8 +74,11 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) ->
     promising = [cid for loss, cid in ok if loss < worst][: exp.reruns]
     if promising and more_seeds:
         reruns = [(cid, s) for cid in promising for s in more_seeds[: exp.min_runs - 1]]
-        steps.train_and_score.map(unmapped(engine), [c for c, _ in reruns],
-                                  [s for _, s in reruns]).result()
+        futures = steps.train_and_score.map(unmapped(engine), [c for c, _ in reruns],
+                                            [s for _, s in reruns])
+        for _ in as_completed(list(futures)):
+            done += 1
+            ui.set_progress(progress, 100.0 * done / planned)
 
     # 5. survivors, then commit atomically.
     scored = [engine.scored(c.id) for c, e in final if e.val_loss is not None]
@@ -74,6 +91,8 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) ->
         pareto=pareto(new_pop + scored), wall_s=time.monotonic() - started,
     )
     steps.commit(engine, record)
+    ui.set_progress(progress, 100.0)
+    ui.publish(engine.store, gen)
     best = new_pop[0]
     print(f"gen {gen}: best {best.id} val loss {best.fitness:.4f}; promoted {promoted or 'none'}")
     return record

@@ -173,6 +173,15 @@ class RunStore:
             else:
                 self.fs.pipe_file(self._path("HEAD"), payload)
 
+    # -- final reports (test split) ----------------------------------------------------------
+    def put_final(self, cid: str, data: dict) -> None:
+        self._write_once(self._path("finals", f"{cid}.json"),
+                         json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def final(self, cid: str) -> dict | None:
+        data = self._read(self._path("finals", f"{cid}.json"))
+        return json.loads(data) if data is not None else None
+
     def generation(self, n: int) -> GenerationRecord:
         data = self._read(self._path("generations", f"{n:04d}.json"))
         if data is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
 from darwin.engine import Engine
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
@@ -27,17 +28,40 @@ def repair(engine: Engine, broken: CandidateRecord, evaluation: EvaluationRecord
     return engine.repair(broken, evaluation, attempt)
 
 
+def slot_limit_name(device: str) -> str:
+    return f"darwin-train-{device}"
+
+
+def ensure_slot_limit(device: str, slots: int) -> None:
+    """The Prefect global concurrency limit that governs how many children train at once."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(slot_limit_name(device), slots)
+
+
 @task(name="train", task_run_name="train-{cid}-s{seed}", cache_policy=NO_CACHE)
 def train_and_score(engine: Engine, cid: str, seed: int) -> EvaluationRecord:
-    # The sandbox's deadline is the real limit: a Prefect timeout cannot interrupt blocking work.
-    slots = shared_pool(engine.experiment.device, engine.budget.threads)
-    cpus = slots.acquire()
-    try:
-        return engine.evaluate(cid, seed, cpus=cpus)
-    finally:
-        slots.release(cpus)
+    # How many train at once: the Prefect concurrency limit. Which cores: the slot pool.
+    # The sandbox's deadline is the real time limit: a Prefect timeout cannot interrupt it.
+    if engine.store.evaluation(cid, seed) is not None:
+        return engine.store.evaluation(cid, seed)  # nothing to train: no slot needed
+    with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=3600):
+        slots = shared_pool(engine.experiment.device, engine.budget.threads)
+        cpus = slots.acquire()
+        try:
+            return engine.evaluate(cid, seed, cpus=cpus)
+        finally:
+            slots.release(cpus)
 
 
 @task(name="commit", cache_policy=NO_CACHE)
 def commit(engine: Engine, record: GenerationRecord) -> None:
     engine.store.commit(record)
+
+
+@task(name="final-test", task_run_name="test-split-{cid}", cache_policy=NO_CACHE)
+def final_test(engine: Engine, cid: str) -> dict:
+    from darwin.engine import final_test as run_final_test
+
+    return run_final_test(engine, cid)

@@ -171,15 +171,36 @@ def _processes_with(marker: str) -> list[tuple[int, int]]:
     return found
 
 
+def _in_pid_namespace(ns: str) -> list[tuple[int, int]]:
+    """Host pids (and uids) of the processes in one PID namespace."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith("Z"):
+            continue  # a zombie is dead; it only waits for the host's init to reap it
+        found.append((int(pid), int(fields["Uid"].split()[0])))
+    return found
+
+
 def test_deadline_kills_everything_it_started(sandbox, tmp_path, tiny):
     budget = tiny.model_copy(update={"deadline_s": 4.0})
     program = tmp_path / f"sleeper_{uuid.uuid4().hex[:8]}.py"
     program.write_text((PROGRAMS / "sleeper.py").read_text())
     seen: list[tuple[int, int]] = []
+    ns_file = tmp_path / "work" / "out" / "ns.txt"
 
-    def watch():  # the host's view while it runs
+    def watch():  # the host's view while it runs: the processes in the sandbox's PID namespace
         for _ in range(30):
-            seen.extend(_processes_with("/sandbox/program/train.py"))
+            if ns_file.exists() and ns_file.read_text():
+                seen.extend(_in_pid_namespace(ns_file.read_text()))
             time.sleep(0.1)
 
     t = threading.Thread(target=watch)
@@ -196,7 +217,7 @@ def test_deadline_kills_everything_it_started(sandbox, tmp_path, tiny):
     size = heartbeat.stat().st_size
     time.sleep(0.6)
     assert heartbeat.stat().st_size == size  # ...and is dead now
-    assert _processes_with("/sandbox/program/train.py") == []
+    assert _in_pid_namespace(ns_file.read_text()) == [], "a process of the sandbox survived"
 
 
 def test_unsafe_mode_kill_misses_a_setsid_daemon(tmp_path, tiny):

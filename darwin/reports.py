@@ -1,0 +1,121 @@
+"""Reading runs back: the rows behind `darwin runs`, `darwin leaderboard` and `darwin show`.
+
+Pure functions over the run store (no printing, no Prefect), so the CLI, the Prefect artifacts
+and the tests share them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from darwin.errors import UserError
+from darwin.memory.store import RunStore, StoreError, list_runs
+
+
+def run_rows(url: str) -> list[dict]:
+    rows = []
+    for run_id in list_runs(url):
+        store = RunStore(url, run_id)
+        meta = store.meta()
+        exp = meta.get("experiment", {})
+        head = store.head()
+        row = {"run_id": run_id, "budget": exp.get("budget"), "mutator": exp.get("mutator"),
+               "generations": f"{head if head is not None else '-'}/{exp.get('generations')}",
+               "seed_val_loss": None, "best": None, "best_val_loss": None, "change_pct": None}
+        if head is not None:
+            seed = store.generation(0).population[0]
+            best = store.generation(head).population[0]
+            row.update(seed_val_loss=seed.fitness, best=best.candidate_id,
+                       best_val_loss=best.fitness,
+                       change_pct=100 * (math.exp(best.fitness - seed.fitness) - 1))
+        rows.append(row)
+    return rows
+
+
+def open_run(url: str, run_id: str | None) -> RunStore:
+    runs = list_runs(url)
+    if not runs:
+        raise UserError(f"no runs in {url} yet: start one with `darwin run`")
+    if run_id is None:
+        run_id = runs[-1]
+    if run_id not in runs:
+        raise UserError(f"unknown run {run_id!r}: `darwin runs` lists the runs in {url}")
+    return RunStore(url, run_id)
+
+
+def leaderboard_rows(store: RunStore) -> list[dict]:
+    evals: dict[str, list] = {}
+    for e in store.evaluations():
+        evals.setdefault(e.candidate_id, []).append(e)
+    head = store.head()
+    members = {m.candidate_id for m in store.generation(head).population} if head is not None else set()
+    seed_loss = store.generation(0).population[0].fitness if head is not None else None
+    rows = []
+    for rec in store.candidates():
+        mine = sorted(evals.get(rec.id, []), key=lambda e: e.seed)
+        losses = [e.val_loss for e in mine if e.val_loss is not None]
+        failed = [e for e in mine if e.val_loss is None]
+        mean = statistics.fmean(losses) if losses else None
+        rows.append({
+            "candidate": rec.id, "generation": rec.generation,
+            "parent": rec.parents[0] if rec.parents else None,
+            "kind": rec.kind, "operator": rec.operator or rec.mode, "mutator": rec.mutator,
+            "val_loss": mean, "runs": len(losses),
+            "delta_vs_seed": (mean - seed_loss) if mean is not None and seed_loss is not None else None,
+            "status": "ok" if losses else (failed[0].status if failed else
+                                           (rec.llm_failure or "not trained")),
+            "in_population": rec.id in members,
+            "mfu": statistics.fmean([e.mfu for e in mine if e.mfu is not None])
+            if any(e.mfu is not None for e in mine) else None,
+        })
+    rows.sort(key=lambda r: (r["val_loss"] is None, r["val_loss"] or 0.0, r["candidate"]))
+    return rows
+
+
+def candidate_detail(store: RunStore, cid: str) -> dict:
+    rec = store.candidate(cid)
+    if rec is None:
+        known = ", ".join(r.id for r in store.candidates()[:8])
+        raise UserError(f"no candidate {cid!r} in run {store.run_id} (some: {known})")
+    try:
+        code = store.code(rec.code_sha) if rec.code_sha else ""
+    except StoreError:
+        code = ""
+    evals = [e for e in store.evaluations() if e.candidate_id == cid]
+    return {
+        "run_id": store.run_id, "candidate": rec.model_dump(mode="json"), "code": code,
+        "evaluations": [e.model_dump(mode="json") for e in sorted(evals, key=lambda e: e.seed)],
+    }
+
+
+def artifact_key(run_id: str, what: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", f"{run_id}-{what}".lower()).strip("-")
+
+
+def generation_markdown(store: RunStore, gen: int) -> str:
+    record = store.generation(gen)
+    g0 = store.generation(0)
+    seed = g0.population[0].fitness
+    rows = {r["candidate"]: r for r in leaderboard_rows(store)}
+    lines = [f"# {store.run_id}: generation {gen}", "",
+             f"Seed val loss {seed:.4f}, noise band ± {g0.noise:.4f} (2σ over "
+             f"{len(g0.population[0].losses)} seeds). Wall time {record.wall_s:.0f} s.", "",
+             "## Population", "", "| member | val loss | runs | vs seed |", "|---|---|---|---|"]
+    for m in record.population:
+        lines.append(f"| {m.candidate_id} | {m.fitness:.4f} | {len(m.losses)} | "
+                     f"{100 * (math.exp(m.fitness - seed) - 1):+.2f}% ppl |")
+    if record.children:
+        lines += ["", "## Children", "", "| child | kind | operator | val loss | status |",
+                  "|---|---|---|---|---|"]
+        for cid in record.children:
+            r = rows.get(cid, {})
+            loss = f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"
+            lines.append(f"| {cid} | {r.get('kind') or '-'} | {r.get('operator') or '-'} | "
+                         f"{loss} | {r.get('status', '-')} |")
+    lines += ["", f"Promoted: {', '.join(record.promoted) or 'none'}. "
+              f"Pareto set (val loss, MFU): {', '.join(record.pareto) or '-'}."]
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Publishing to the Prefect UI: per generation a leaderboard table, a markdown report and a
+progress artifact updated as children finish. Artifacts are versioned by key, so the UI keeps
+the run's history."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from darwin.memory.store import RunStore
+from darwin.reports import artifact_key, generation_markdown, leaderboard_rows
+
+TABLE_COLUMNS = ("candidate", "generation", "parent", "kind", "operator", "val_loss", "runs",
+                 "delta_vs_seed", "status", "in_population")
+
+
+def start_progress(run_id: str, gen: int):
+    return create_progress_artifact(
+        progress=0.0, key=artifact_key(run_id, f"gen-{gen:03d}-progress"),
+        description=f"generation {gen}: children trained and scored")
+
+
+def set_progress(artifact_id, percent: float) -> None:
+    if artifact_id is not None:
+        update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, percent))
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(store: RunStore, gen: int) -> None:
+    rows = [{k: r[k] for k in TABLE_COLUMNS} for r in leaderboard_rows(store)[:50]]
+    create_table_artifact(key=artifact_key(store.run_id, "leaderboard"), table=rows,
+                          description=f"{store.run_id} after generation {gen}, best first")
+    create_markdown_artifact(key=artifact_key(store.run_id, "report"),
+                             markdown=generation_markdown(store, gen),
+                             description=f"generation {gen} report")
