@@ -184,6 +184,7 @@ def _quiet_prefect() -> None:
         ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING"),
         ("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL"),
         ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+        ("DO_NOT_TRACK", "1"),  # the client's telemetry notice would break the progress display
         ("PREFECT_LOGGING_EXTRA_LOGGERS", "darwin"),
     ):
         os.environ.setdefault(key, value)

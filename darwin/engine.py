@@ -29,7 +29,7 @@ from darwin.evaluate import Evaluation, evaluate_program
 from darwin.experiment import Experiment
 from darwin.failures import Failure
 from darwin.lessons import Outcome, aggregate, lesson_lines
-from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
+from darwin.memory.records import CandidateRecord, EvaluationRecord
 from darwin.memory.store import RunStore
 from darwin.mutator import FailureNote, MutationContext, MutationResult, make_mutator
 from darwin.repair import LLMRepair, RuleRepair, repair_case

@@ -240,7 +240,7 @@ class LLMMutator:
             )
             result.prompt = result.prompt or user
 
-            def check(answer: MutationAnswer) -> None:
+            def check(answer: MutationAnswer, i: int = i, chunk=chunk) -> None:
                 if not answer.program:
                     raise AnswerError("give the complete new chunk in one ```python block")
                 trial = [*chunks]
