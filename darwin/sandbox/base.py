@@ -110,7 +110,11 @@ def base_env(spec: SandboxSpec) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": threads,
     }
     # Set on some CPUs because older OpenBLAS builds crash there; not a secret.
-    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+    passed = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"]
+    if spec.gpu:  # where the driver's libraries are, and which GPU: not secrets either
+        passed += ["LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                   "NVIDIA_DRIVER_CAPABILITIES"]
+    for key in passed:
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(spec.env)

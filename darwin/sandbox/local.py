@@ -142,8 +142,10 @@ class LocalSandbox:
                 a += ["--ro-bind", f, f]
         a += ["--proc", "/proc", "--dev", "/dev", "--size", str(256 << 20), "--tmpfs", "/tmp"]
         if spec.gpu:
+            # The GPU's device nodes, and /sys read-only: the CUDA runtime and NVML read it.
             for dev in sorted(Path("/dev").glob("nvidia*")):
                 a += ["--dev-bind", str(dev), str(dev)]
+            a += ["--ro-bind", "/sys", "/sys"]
         for b in self.runtime.binds:
             a += ["--ro-bind", source(b), str(b)]
         for m in self.runtime.masks:
