@@ -158,41 +158,29 @@ class LLMMutator:
             raise ValueError(f"unknown mutation mode {ctx.mode!r}")
         if ctx.mode == "chunk":
             return self._mutate_chunks(ctx)
-        structured = self.client._json_ok
-        messages = build_messages(ctx, structured)
+        messages = build_messages(ctx, structured=self.client._json_ok)
         result = MutationResult(mutator=self.name, mode=ctx.mode, prompt=messages[-1]["content"])
-        schema = answer_schema()
-        for attempt in range(1, self.max_attempts + 1):
-            result.attempts = attempt
-            try:
-                completion = self.client.complete(messages, schema=schema)
-            except LLMError as e:
-                result.failure, result.detail = e.kind.value, e.detail
-                return result
-            result.usage.append(completion.usage)
-            try:
-                answer = parse_answer(completion.text)
-                child = apply_answer(ctx.target_program, answer, ctx.mode)
-            except (AnswerError, EditError) as e:
-                result.failure, result.detail = "unusable_answer", str(e)
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": completion.text[:20000]},
-                    {"role": "user", "content": render("retry.md", problem=str(e))},
-                ]
-                continue
-            result.child, result.answer = child, answer
-            result.diff = unified_diff(ctx.target_program, child)
-            result.failure, result.detail = None, ""
+        made: dict[str, str] = {}
+
+        def check(answer: MutationAnswer) -> None:
+            made["child"] = apply_answer(ctx.target_program, answer, ctx.mode)
+
+        answer = self._ask(messages, result, check, schema=answer_schema())
+        if answer is None:
             return result
+        result.child, result.answer = made["child"], answer
+        result.diff = unified_diff(ctx.target_program, made["child"])
+        result.failure, result.detail = None, ""
         return result
 
-    def _ask(self, messages: list[dict], result: MutationResult, check) -> MutationAnswer | None:
-        """Ask until ``check(answer)`` passes (bounded); None when the mutation has failed."""
+    def _ask(self, messages: list[dict], result: MutationResult, check,
+             schema: dict | None = None) -> MutationAnswer | None:
+        """Ask until ``check(answer)`` passes, sending each problem back to the model (bounded
+        tries); None when the mutation has failed (the reason is in ``result``)."""
         for _ in range(self.max_attempts):
             result.attempts += 1
             try:
-                completion = self.client.complete(messages)
+                completion = self.client.complete(messages, schema=schema)
             except LLMError as e:
                 result.failure, result.detail = e.kind.value, e.detail
                 return None
