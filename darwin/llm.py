@@ -92,6 +92,8 @@ class Ledger:
     def fail(self, kind: LLMFailure) -> None:
         with self._lock:
             self.failures[kind.value] = self.failures.get(kind.value, 0) + 1
+        log.warning("LLM call failed (%s); %d %s failure(s) so far", kind.value,
+                    self.failures[kind.value], kind.value)
 
     def summary(self) -> dict:
         with self._lock:

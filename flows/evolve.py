@@ -43,7 +43,7 @@ def _generation_zero(engine: Engine, seed_source: str) -> GenerationRecord:
     return record
 
 
-@flow(name="evolve", log_prints=True)
+@flow(name="evolve", flow_run_name="{run_id}", log_prints=True)
 def evolve(experiment: Experiment, run_id: str, store_url: str) -> GenerationRecord:
     engine = build_engine(run_id, store_url, experiment)
     slots = shared_pool(experiment.device, engine.budget.threads)
