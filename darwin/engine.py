@@ -29,7 +29,7 @@ from darwin.evaluate import Evaluation, evaluate_program
 from darwin.experiment import Experiment
 from darwin.failures import Failure
 from darwin.lessons import Outcome, aggregate, lesson_lines
-from darwin.memory.records import CandidateRecord, EvaluationRecord
+from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
 from darwin.memory.store import RunStore
 from darwin.mutator import FailureNote, MutationContext, MutationResult, make_mutator
 from darwin.repair import LLMRepair, RuleRepair, repair_case
@@ -40,6 +40,7 @@ from darwin.untrusted import quote_untrusted
 log = logging.getLogger(__name__)
 
 SEED_ID = "seed"
+DUPLICATE_REDRAWS = 4
 TRUSTED_FILES = ("scoring.py", "collect.py", "dataserver.py", "evaluate.py", "training.py",
                  "runtime/eval_server.py", "runtime/darwin_io.py")
 
@@ -140,6 +141,18 @@ class Engine:
         if not self.experiment.memory:
             ctx.lessons, ctx.kind_stats = [], {}
         result = mutator.mutate(ctx)
+        if mutator.name != "openai":
+            # The catalogue can draw an edit an earlier generation already tried (its score is
+            # known): draw again, a few times. Only earlier generations count, so the outcome
+            # does not depend on which sibling was proposed first (resume stays reproducible).
+            seen = {c.code_sha for c in self.store.candidates() if c.generation < gen}
+            for redraw in range(1, DUPLICATE_REDRAWS + 1):
+                if not result.child or code_hash(result.child) not in seen:
+                    break
+                again = make_mutator(self.experiment.mutator, self.settings.llm,
+                                     rng=np.random.default_rng([self.experiment.seed, gen, index,
+                                                                redraw]))
+                result = again.mutate(ctx)
         return self._record(cid, gen, [target] + ([proposer] if proposer else []), result)
 
     def repair(self, broken: CandidateRecord, evaluation: EvaluationRecord, attempt: int

@@ -101,3 +101,31 @@ def test_pareto_front():
     c = [Scored("fast", [2.2], mfu=0.5), Scored("good", [2.0], mfu=0.3),
          Scored("bad", [2.3], mfu=0.2)]
     assert sorted(pareto(c)) == ["fast", "good"]
+
+
+def test_offline_children_do_not_repeat_an_earlier_generation(tmp_path):
+    from darwin.engine import Engine
+    from darwin.experiment import Experiment
+    from darwin.memory.records import CandidateRecord
+    from darwin.mutator import MutationContext
+    from darwin.offline import OfflineMutator
+    from darwin.settings import Settings
+    from darwin.training import seed_program
+
+    store = RunStore(tmp_path / "runs", "r")
+    store.create({})
+    engine = Engine(store, Experiment(budget="tiny", mutator="offline"),
+                    Settings(home=tmp_path), sandbox=None)
+    engine.add_seed_program(seed_program().read_text())
+    # Plant, as generation-1 children, exactly what generation 2's slots would draw first.
+    ctx = MutationContext(target_program=seed_program().read_text(), budget=engine.budget)
+    planted = []
+    for i in range(3):
+        child = OfflineMutator(np.random.default_rng([0, 2, i])).mutate(ctx).child
+        sha = store.put_code(child)
+        store.put_candidate(CandidateRecord(id=f"g001-c{i:02d}", run_id="r", generation=1,
+                                            parents=["seed"], code_sha=sha, kind="other"))
+        planted.append(sha)
+    for i in range(3):
+        child = engine.propose(2, i, "seed", None)
+        assert child.code_sha and child.code_sha not in planted
