@@ -525,7 +525,7 @@ def baseline(
     Parameters
     ----------
     budget
-        tiny (tests, seconds) | cpu (default, ~30 s per child) | paper (GPU).
+        tiny (tests, seconds) | cpu (default, ~75 s per child on one core) | paper (GPU).
     seeds
         How many seeds to run.
     seed
