@@ -82,7 +82,7 @@ def _scratch(kind: str) -> Path:
     return path
 
 
-def _progress(total_jobs: int, quiet: bool):
+def _progress(quiet: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -111,7 +111,7 @@ def _evaluate_many(program: Path, budget_name: str, seeds: list[int], device: st
     box = _sandbox(sandbox)
     scratch = _scratch(f"{budget.name}")
     slots = slot_cpus(device, budget.threads)
-    with _progress(len(seeds), quiet) as progress:
+    with _progress(quiet) as progress:
         tasks = {s: progress.add_task(f"seed {s}: waiting", total=budget.tokens) for s in seeds}
 
         def work(seed: int, cpus):

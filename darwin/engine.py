@@ -35,7 +35,6 @@ from darwin.mutator import FailureNote, MutationContext, MutationResult, make_mu
 from darwin.repair import LLMRepair, RuleRepair, repair_case
 from darwin.selection import Scored
 from darwin.settings import Settings
-from darwin.untrusted import quote_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,6 @@ class Engine:
     def _mutation_context(self, target: str, proposer: str | None) -> MutationContext:
         kind_stats, lines, failures = self.lessons()
         target_rec = self.store.candidate(target)
-        mode_mix = self.experiment.mode_mix
         return MutationContext(
             target_program=self.code(target),
             budget=self.budget,
@@ -121,8 +119,7 @@ class Engine:
             target_score=self._score_line(target) if target_rec else None,
             lessons=lines, failures=failures, kind_stats=kind_stats,
             chunk_probability=self.experiment.chunk_probability,
-            mode=max(mode_mix, key=mode_mix.get),  # replaced by a seeded draw in propose()
-        )
+        )  # the LLM's mode is a seeded draw from the mode mix, made in propose()
 
     def propose(self, gen: int, index: int, target: str, proposer: str | None) -> CandidateRecord:
         """Make (or reuse) child ``index`` of generation ``gen``."""
@@ -313,8 +310,3 @@ def build_engine(run_id: str, store_url: str, experiment: Experiment) -> Engine:
 
     settings = get_settings()
     return Engine(RunStore(store_url, run_id), experiment, settings, get_sandbox(settings.sandbox))
-
-
-def describe_failure(ev: EvaluationRecord) -> str:
-    """A failure for a person or a prompt: our summary, then the quoted untrusted log."""
-    return f"{ev.status}: {ev.detail}\n" + quote_untrusted(ev.log_tail, "log", 1500)

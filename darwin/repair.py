@@ -23,10 +23,6 @@ from darwin.edits import EditError, unified_diff
 from darwin.failures import Failure
 from darwin.mutator import FailureNote, LLMMutator, MutationContext, MutationResult, apply_answer
 
-REPAIR_CLASSES = ("syntax", "import", "shape", "oom", "nan", "deadline", "contract",
-                  "scoring_check", "crash")
-
-
 @dataclass
 class RepairCase:
     cls: str

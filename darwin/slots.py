@@ -31,16 +31,14 @@ def run_in_slots(
     items: Iterable[T], work: Callable[[T, list[int] | None], R], slots: list[list[int] | None]
 ) -> list[R]:
     """Run ``work(item, cpus)`` for every item, at most one per slot at a time, in order."""
-    free: queue.Queue[list[int] | None] = queue.Queue()
-    for s in slots:
-        free.put(s)
+    free = SlotPool(slots)
 
     def one(item: T) -> R:
-        cpus = free.get()
+        cpus = free.acquire()
         try:
             return work(item, cpus)
         finally:
-            free.put(cpus)
+            free.release(cpus)
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         return list(pool.map(one, items))
