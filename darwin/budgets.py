@@ -20,6 +20,9 @@ class Budget(BaseModel, frozen=True):
     val_windows: int = Field(gt=0, description="evaluation windows scored per child")
     threads: int = Field(default=1, ge=1, description="CPU threads per child (set from outside)")
     memory_mb: int = Field(default=4096, gt=0, description="memory cap of the training sandbox")
+    max_pids: int = Field(default=256, gt=0, description="processes and threads, all together")
+    max_file_mb: int = Field(default=256, gt=0, description="per file written, the log included")
+    max_out_mb: int = Field(default=1024, gt=0, description="all written output together")
     seed_iterations: int = Field(description="iterations the stock seed gets from `tokens`")
 
 

@@ -3,6 +3,7 @@
     darwin baseline --budget tiny --seeds 3     train the seed N times in the sandbox, score it
     darwin score PROGRAM --budget tiny          train and score any program that follows the contract
     darwin sandbox check                        what isolates untrusted code on this machine
+    darwin sandbox build [--offline]            the Docker sandbox's image
     darwin mutate PROGRAM                       one mutation of PROGRAM (LLM or offline), as a child
     darwin dev llm-server                       a local OpenAI-compatible server with scripted answers
 
@@ -34,7 +35,8 @@ app = App(
     help="DARWIN: an LLM evolves the training code of small GPT models.",
     version_flags=["--version"],
 )
-sandbox_app = App(name="sandbox", help="Check the sandbox that runs untrusted training code.")
+sandbox_app = App(name="sandbox",
+                  help="Check the sandbox that runs untrusted training code; build its Docker image.")
 app.command(sandbox_app)
 dev_app = App(name="dev", help="Tools for developing and trying DARWIN locally.")
 app.command(dev_app)
@@ -284,7 +286,8 @@ def run(
     device
         cpu | cuda.
     sandbox
-        auto | local | unsafe.
+        auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
+        answers, else local).
     """
     import time as _time
 
@@ -331,9 +334,10 @@ def run(
 
         store.create({"run_id": run_id, "experiment": experiment.model_dump(mode="json"),
                       "seed_code_sha": sha, "created_at": _time.time(), "darwin": __version__})
-    from darwin.sandbox.limits import reap_stale_cgroups
+    from darwin.sandbox.limits import reap_stale_cgroups, reap_stale_output_mounts
 
-    reap_stale_cgroups()
+    reap_stale_cgroups()  # what a run killed with -9 left behind (containers: when Docker starts)
+    reap_stale_output_mounts()
     err.print(f"run [bold]{run_id}[/] ({'resumed at generation ' + str(store.head()) if resume else 'new'}); "
               f"resume with: darwin run --resume {run_id}")
     from prefect import tags
@@ -533,7 +537,8 @@ def baseline(
     device
         cpu | cuda.
     sandbox
-        auto | local | unsafe (default: $DARWIN_SANDBOX or auto).
+        auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
+        answers, else local).
     """
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -574,7 +579,8 @@ def score(
     device
         cpu | cuda.
     sandbox
-        auto | local | unsafe.
+        auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
+        answers, else local).
     """
     (ev,) = _evaluate_many(Path(program), budget, [seed], device, sandbox, json_)
     row = ev.to_dict()
@@ -745,8 +751,58 @@ def check(*, json_: JsonFlag = False) -> None:
     if not any(r["isolates"] for r in rows):
         if not json_:
             out.print("[red]No isolating backend: untrusted code will be refused "
-                      "(install bubblewrap, or choose --sandbox unsafe knowingly).[/]")
+                      "(start Docker or install bubblewrap, or choose --sandbox unsafe "
+                      "knowingly).[/]")
         sys.exit(1)
+
+
+@sandbox_app.command
+def build(*, offline: bool = False, image: str | None = None, torch_version: str = "2.13.0",
+          torch_index: str = "https://download.pytorch.org/whl/cpu", json_: JsonFlag = False) -> None:
+    """Build the Docker sandbox's image.
+
+    By default from the project's Dockerfile (slim Python + the pinned torch; needs a registry).
+    --offline needs no registry or download: a mount-point-only image, with this host's OS tree,
+    Python and torch mounted read-only at run time (what `auto` builds by itself when no image
+    exists).
+
+    Parameters
+    ----------
+    offline
+        Build without a registry (the host's runtime, mounted read-only).
+    image
+        The tag (default: $DARWIN_DOCKER_IMAGE or darwin-sandbox:latest).
+    torch_version
+        The torch the Dockerfile installs.
+    torch_index
+        The wheel index for torch (a CUDA one on GPU machines, e.g. .../whl/cu126).
+    """
+    from darwin.sandbox.docker_backend import connect
+    from darwin.sandbox.image import build_from_dockerfile, build_offline, image_runtime
+    from darwin.settings import get_settings
+
+    name = image or get_settings().docker_image
+    client = connect()
+    started = time.monotonic()
+    try:
+        if offline:
+            img = build_offline(client, name)
+        else:
+            img = build_from_dockerfile(
+                client, name, torch_version=torch_version, torch_index=torch_index,
+                on_line=None if json_ else (lambda line: err.print(line, markup=False,
+                                                                   highlight=False)))
+    finally:
+        client.close()
+    row = {"image": name, "id": img.id, "runtime": image_runtime(img),
+           "size_mb": round((img.attrs.get("Size") or 0) / 1e6, 1),
+           "seconds": round(time.monotonic() - started, 2)}
+    if json_:
+        print(json.dumps(row))
+    else:
+        how = ("self-contained" if row["runtime"] == "image"
+               else "offline: this host's Python and torch mounted read-only")
+        out.print(f"built {name} ({how}) in {row['seconds']} s; `darwin sandbox check` tries it")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,7 +69,12 @@ class Settings(BaseSettings):
         default=Path.home() / ".darwin",
         description="where runs and scratch folders live (never visible inside a sandbox)",
     )
-    sandbox: str = Field(default="auto", description="auto | local | unsafe")
+    sandbox: str = Field(
+        default="auto", description="auto (Docker when a daemon answers, else local) | docker | "
+        "local | unsafe")
+    docker_image: str = Field(
+        default="darwin-sandbox:latest",
+        description="the Docker sandbox's image (`darwin sandbox build`; built offline if absent)")
     store: str | None = Field(
         default=None, description="where runs are stored (fsspec URL); default $DARWIN_HOME/runs"
     )

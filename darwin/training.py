@@ -55,6 +55,7 @@ class TrainResult:
     backend: str
     isolated: bool
     returncode: int | None
+    cleanup_s: float = 0.0  # from our kill until no process of the run was left
 
     @property
     def ok(self) -> bool:
@@ -120,6 +121,9 @@ def train(
         cwd=OUT_DIR,
         deadline_s=budget.deadline_s,
         memory_mb=budget.memory_mb,
+        max_pids=budget.max_pids,
+        max_file_mb=budget.max_file_mb,
+        max_out_mb=budget.max_out_mb,
         threads=budget.threads,
         cpus=cpus,
         gpu=device == "cuda",
@@ -156,4 +160,5 @@ def train(
         backend=result.backend,
         isolated=result.isolated,
         returncode=result.returncode,
+        cleanup_s=result.cleanup_s,
     )

@@ -1,5 +1,6 @@
-"""Shared fixtures. Sandbox tests need bubblewrap; where it is missing they are skipped, unless
-DARWIN_REQUIRE_SANDBOX=1 (CI sets it) turns that skip into a failure."""
+"""Shared fixtures. Sandbox tests need bubblewrap (and Docker tests a Docker daemon); where one is
+missing they are skipped, unless DARWIN_REQUIRE_SANDBOX=1 / DARWIN_REQUIRE_DOCKER=1 (CI sets both)
+turn that skip into a failure."""
 
 from __future__ import annotations
 
@@ -13,16 +14,28 @@ from darwin.budgets import get_budget
 PROGRAMS = Path(__file__).parent / "programs"
 
 
-@pytest.fixture(scope="session")
-def sandbox():
+def require_sandbox(name: str):
+    """The backend ``name``, or a skip where it is unavailable; CI turns those skips into failures
+    (DARWIN_REQUIRE_SANDBOX=1 for the local backend, DARWIN_REQUIRE_DOCKER=1 for Docker)."""
     from darwin.sandbox import SandboxUnavailable, get_sandbox
 
     try:
-        return get_sandbox("local")
+        return get_sandbox(name)
     except SandboxUnavailable as e:
-        if os.environ.get("DARWIN_REQUIRE_SANDBOX") == "1":
-            pytest.fail(f"isolating sandbox required but unavailable: {e}")
-        pytest.skip(f"no isolating sandbox here: {e}")
+        flag = "DARWIN_REQUIRE_DOCKER" if name == "docker" else "DARWIN_REQUIRE_SANDBOX"
+        if os.environ.get(flag) == "1":
+            pytest.fail(f"{name} sandbox required ({flag}=1) but unavailable: {e}")
+        pytest.skip(f"no {name} sandbox here: {e}")
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    return require_sandbox("local")
+
+
+@pytest.fixture(scope="session")
+def docker_sandbox():
+    return require_sandbox("docker")
 
 
 @pytest.fixture(scope="session")

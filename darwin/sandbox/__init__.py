@@ -1,14 +1,13 @@
 """Sandbox backends for untrusted (LLM-written) training programs.
 
-``get_sandbox("auto" | "local" | "unsafe")`` returns a backend; ``check()`` says what works on
-this machine and why not. Where nothing isolates, untrusted code is refused unless the user chose
-unsafe mode explicitly.
+``get_sandbox("auto" | "docker" | "local" | "unsafe")`` returns a backend; ``check()`` says what
+works on this machine and why not. ``auto`` takes Docker when a daemon answers, else the local
+(bubblewrap) backend. Where nothing isolates, untrusted code is refused unless the user chose unsafe
+mode explicitly.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from darwin.sandbox.base import (
     Mount,
     Outcome,
     Sandbox,
+    SandboxInfraError,
     SandboxResult,
     SandboxSpec,
     SandboxUnavailable,
@@ -43,16 +43,29 @@ __all__ = [
     "log_tail",
 ]
 
-BACKENDS = ("auto", "local", "unsafe")
+BACKENDS = ("auto", "docker", "local", "unsafe")
 
 
-def get_sandbox(name: str = "auto") -> Sandbox:
+def get_sandbox(name: str = "auto", *, image: str | None = None) -> Sandbox:
+    """The backend called ``name``; ``image`` is the Docker image (default $DARWIN_DOCKER_IMAGE)."""
     if name not in BACKENDS:
         raise SandboxUnavailable(f"unknown sandbox {name!r}: use --sandbox " + "|".join(BACKENDS))
     if name == "unsafe":
         from darwin.sandbox.unsafe import UnsafeSandbox
 
         return UnsafeSandbox()
+    if name in ("docker", "auto"):
+        from darwin.sandbox.docker_backend import DockerSandbox
+
+        if image is None:
+            from darwin.settings import get_settings
+
+            image = get_settings().docker_image
+        try:
+            return DockerSandbox(image)
+        except SandboxUnavailable:
+            if name == "docker":
+                raise
     from darwin.sandbox.local import LocalSandbox
 
     return LocalSandbox()
@@ -77,22 +90,13 @@ print(json.dumps(report))
 def check() -> list[dict]:
     """Probe each backend for real: run a tiny program and see what it can reach."""
     rows = []
-    try:
-        box = get_sandbox("local")
-    except SandboxUnavailable as e:
-        rows.append({"backend": "local", "works": False, "isolates": False, "why": str(e)})
-    else:
-        rows.append(_probe(box))
-    rows.append(
-        {
-            "backend": "docker",
-            "works": False,
-            "isolates": False,
-            "why": "not built yet (coming with the Docker backend)"
-            if shutil.which("dockerd") or os.path.exists("/var/run/docker.sock")
-            else "no Docker daemon here",
-        }
-    )
+    for name in ("docker", "local"):
+        try:
+            box = get_sandbox(name)
+        except SandboxUnavailable as e:
+            rows.append({"backend": name, "works": False, "isolates": False, "why": str(e)})
+        else:
+            rows.append(_probe(box))
     rows.append(
         {
             "backend": "unsafe",
@@ -126,7 +130,7 @@ def _probe(box: Sandbox) -> dict:
         )
         try:
             result = box.run(spec)
-        except (OSError, subprocess.SubprocessError) as e:
+        except (OSError, subprocess.SubprocessError, SandboxInfraError) as e:
             return {"backend": box.name, "works": False, "isolates": False, "why": str(e)}
         text = log_tail(log)
         if not result.ok:

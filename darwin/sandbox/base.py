@@ -12,6 +12,7 @@ import enum
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class SandboxSpec:
     memory_mb: int = 2048
     max_pids: int = 256
     max_file_mb: int = 256  # per file the sandbox writes, its log included
+    max_out_mb: int = 1024  # all of the writable mounts together (a disk filler's many files)
     threads: int = 1
     cpus: list[int] | None = None  # pin to these cores
     gpu: bool = False
@@ -79,6 +81,7 @@ class SandboxResult:
     isolated: bool
     log_path: Path | None = None
     detail: str = ""
+    cleanup_s: float = 0.0  # from our kill (deadline, cap) until no process of it was left
 
     @property
     def ok(self) -> bool:
@@ -121,11 +124,13 @@ def base_env(spec: SandboxSpec) -> dict[str, str]:
     return env
 
 
-def classify(returncode: int | None, timed_out: bool, oom: bool) -> Outcome:
+def classify(returncode: int | None, timed_out: bool, oom: bool, disk: bool = False) -> Outcome:
     if timed_out:
         return Outcome.timeout
     if oom:
         return Outcome.oom
+    if disk:
+        return Outcome.disk
     if returncode == 0:
         return Outcome.ok
     sig = -returncode if returncode is not None and returncode < 0 else None
@@ -134,6 +139,75 @@ def classify(returncode: int | None, timed_out: bool, oom: bool) -> Outcome:
     if sig == signal.SIGXFSZ:
         return Outcome.disk
     return Outcome.crash
+
+
+def folder_bytes(path: Path, max_entries: int = 100_000) -> int:
+    """Bytes under ``path`` (symlinks not followed); past ``max_entries`` files counts as full."""
+    total = entries = 0
+    stack = [str(path)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    entries += 1
+                    if entries > max_entries:  # an inode flood is a disk attack too
+                        return 1 << 62
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        else:
+                            total += e.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total
+
+
+def hit_file_cap(spec: SandboxSpec) -> bool:
+    """Did the program write a file (its log included) up to the per-file cap? Python ignores
+    SIGXFSZ, so a capped write shows up as an ordinary OSError crash unless we look."""
+    cap = spec.max_file_mb << 20
+    if spec.log_path is not None and spec.log_path.exists() and spec.log_path.stat().st_size >= cap:
+        return True
+    for m in spec.mounts:
+        if m.writable:
+            for root, _dirs, files in os.walk(m.src):
+                for name in files:
+                    try:
+                        if os.lstat(os.path.join(root, name)).st_size >= cap:
+                            return True
+                    except OSError:
+                        pass
+    return False
+
+
+class OutputWatch:
+    """Kills a sandbox whose writable folders outgrow ``max_out_mb`` (files under the per-file cap
+    can still fill a disk). Polls from the trusted side, so the overshoot is one poll's writing."""
+
+    def __init__(self, spec: SandboxSpec, kill: Callable[[], None], every_s: float = 0.2):
+        self.folders = [m.src for m in spec.mounts if m.writable]
+        self.limit = spec.max_out_mb << 20
+        self.kill = kill
+        self.every_s = every_s
+        self.exceeded = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="darwin-output-watch", daemon=True)
+        if self.folders:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            if sum(folder_bytes(Path(f)) for f in self.folders) > self.limit:
+                self.exceeded = True
+                self.kill()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 class SandboxProcess:
@@ -148,6 +222,7 @@ class SandboxProcess:
         limits: object | None = None,
         on_exit: list | None = None,
         start_error: Callable[[], str | None] | None = None,
+        output_cap=None,
     ):
         self.popen = popen
         self.spec = spec
@@ -159,6 +234,8 @@ class SandboxProcess:
         self._on_exit = on_exit or []
         self._start_error = start_error
         self._finished = False
+        self._watch = OutputWatch(spec, self.kill)
+        self.output_cap = output_cap  # a limits.OutputCap (tmpfs over the writable folders) or None
 
     @property
     def stdin(self) -> IO[bytes] | None:
@@ -196,15 +273,23 @@ class SandboxProcess:
                 self.popen.wait(timeout=min(grace_s, max(self.remaining(), 0)))
             except subprocess.TimeoutExpired:
                 pass
+        killed_at = None
         if self.timed_out or self.popen.poll() is None:
+            killed_at = time.monotonic()
             self.kill()
         self.popen.wait()
+        self._watch.stop()
         wall = time.monotonic() - self.started
         oom = False
         if self.limits is not None:
             self.limits.kill_all()
             oom = self.limits.oom_killed()
             self.limits.remove()
+        cleanup = time.monotonic() - killed_at if killed_at is not None else 0.0
+        disk = self._watch.exceeded or hit_file_cap(self.spec)
+        if self.output_cap is not None:
+            disk = disk or self.output_cap.full()
+            self.output_cap.release()
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream is not None:
                 try:
@@ -218,12 +303,13 @@ class SandboxProcess:
         if error is not None:
             raise SandboxInfraError(f"{self.backend} sandbox failed to start: {error}")
         self._result = SandboxResult(
-            outcome=classify(rc, self.timed_out, oom),
+            outcome=classify(rc, self.timed_out, oom, disk),
             returncode=rc,
             wall_s=wall,
             backend=self.backend,
             isolated=self.isolated,
             log_path=self.spec.log_path,
+            cleanup_s=cleanup,
         )
         self._finished = True
         return self._result

@@ -35,7 +35,7 @@ from darwin.sandbox.base import (
     base_env,
     log_tail,
 )
-from darwin.sandbox.limits import CgroupLimits, set_rlimits
+from darwin.sandbox.limits import CgroupLimits, OutputCap, set_rlimits
 
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group")
@@ -192,6 +192,8 @@ class LocalSandbox:
             for m in spec.mounts:
                 if m.writable:  # the program runs as nobody and must be able to write here
                     os.chown(m.src, SANDBOX_UID, SANDBOX_UID)
+        output_cap = OutputCap.mount([m.src for m in spec.mounts if m.writable],
+                                     spec.max_out_mb << 20, SANDBOX_UID)
         memory = spec.memory_mb << 20
         limits = CgroupLimits.create(memory, spec.max_pids)
         max_file = spec.max_file_mb << 20
@@ -227,6 +229,8 @@ class LocalSandbox:
         except BaseException:
             if limits is not None:
                 limits.remove()
+            if output_cap is not None:
+                output_cap.release()
             shutil.rmtree(stage, ignore_errors=True)
             os.close(status_r)
             raise
@@ -256,6 +260,7 @@ class LocalSandbox:
             limits=limits,
             on_exit=[lambda: shutil.rmtree(stage, ignore_errors=True)],
             start_error=start_error,
+            output_cap=output_cap,
         )
 
     def run(self, spec: SandboxSpec) -> SandboxResult:
