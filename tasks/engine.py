@@ -46,7 +46,9 @@ def train_and_score(engine: Engine, cid: str, seed: int) -> EvaluationRecord:
     # The sandbox's deadline is the real time limit: a Prefect timeout cannot interrupt it.
     if engine.store.evaluation(cid, seed) is not None:
         return engine.store.evaluation(cid, seed)  # nothing to train: no slot needed
-    with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=3600):
+    # The lease is renewed while held; a short one lets the slot of an orchestrator killed with -9
+    # come back within about a minute (an hour-long lease blocked `--resume` for that hour).
+    with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=60):
         slots = shared_pool(engine.experiment.device, engine.budget.threads)
         cpus = slots.acquire()
         try:

@@ -143,3 +143,21 @@ def test_sandbox_check_and_offline_build_from_the_cli(docker_sandbox):
     rows = {r["backend"]: r for r in json.loads(check.stdout)}
     assert rows["docker"]["works"] and rows["docker"]["isolates"], rows["docker"]
     assert rows["local"]["isolates"]
+
+
+def test_a_dockerfile_build_that_cannot_finish_says_so_in_one_line(docker_sandbox):
+    from darwin.sandbox.image import ImageBuildError, build_from_dockerfile
+
+    client = connect()
+    try:
+        # Fails whether or not a registry is reachable: without one at FROM, with one at pip
+        # (nothing listens on port 9). Either way the user gets one line, not a traceback.
+        with pytest.raises(ImageBuildError) as e:
+            build_from_dockerfile(client, "darwin-sandbox-test:never", torch_version="0.0.0",
+                                  torch_index="http://127.0.0.1:9/simple")
+    finally:
+        client.close()
+    message = str(e.value)
+    assert message.startswith("docker build failed:") and "\n" not in message
+    if "registry" in message:
+        assert "--offline" in message

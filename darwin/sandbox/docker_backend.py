@@ -320,6 +320,10 @@ class DockerSandbox:
         argv = list(spec.argv)
         if argv and argv[0] == "python":
             argv[0] = self.runtime.executable if self.runtime is not None else "python"
+        # We kill at the deadline; this bounds a container whose orchestrator died (kill -9) and
+        # so cannot (bubblewrap dies with its parent; a container does not). Killing `timeout`
+        # from inside only ends the container sooner.
+        argv = ["timeout", "--signal=KILL", f"{int(spec.deadline_s) + 60}s", *argv]
         memory = spec.memory_mb << 20
         file_cap = spec.max_file_mb << 20
         extra = {}
