@@ -68,6 +68,13 @@ def _sandbox(name: str | None):
 
     chosen = name or get_settings().sandbox
     box = get_sandbox(chosen)
+    if box.name == "docker":
+        how = ("offline image: this host's Python mounted read-only" if box.host_runtime
+               else "self-contained image")
+        err.print(f"[dim]sandbox: docker ({box.image_name}, {how})[/]")
+    elif box.name == "local":
+        err.print("[dim]sandbox: local (bubblewrap)"
+                  + (", no Docker daemon answered" if chosen == "auto" else "") + "[/]")
     if not box.isolated:
         err.print(
             "[bold red]UNSAFE:[/] untrusted code runs WITHOUT isolation (--sandbox unsafe); "

@@ -41,9 +41,11 @@ def test_bad_input_is_one_clear_line(args, words, tmp_path):
 
 
 def test_missing_sandbox_is_refused_with_the_fix(tmp_path):
-    r = darwin("baseline", "--budget", "tiny", home=tmp_path, env={"PATH": "/nonexistent"})
+    r = darwin("baseline", "--budget", "tiny", home=tmp_path,
+               env={"PATH": "/nonexistent", "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
     assert r.returncode == 2
     assert "bubblewrap" in r.stderr and "--sandbox unsafe" in r.stderr
+    assert "no Docker daemon answers" in r.stderr and "DOCKER_HOST" in r.stderr
     assert "Traceback" not in r.stderr
 
 

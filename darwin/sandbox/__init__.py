@@ -63,12 +63,19 @@ def get_sandbox(name: str = "auto", *, image: str | None = None) -> Sandbox:
             image = get_settings().docker_image
         try:
             return DockerSandbox(image)
-        except SandboxUnavailable:
+        except SandboxUnavailable as e:
             if name == "docker":
                 raise
+            docker_reason = str(e)
     from darwin.sandbox.local import LocalSandbox
 
-    return LocalSandbox()
+    if name == "local":
+        return LocalSandbox()
+    try:
+        return LocalSandbox()
+    except SandboxUnavailable as e:  # auto, and neither backend works: say both reasons
+        raise SandboxUnavailable(f"no sandbox here. Docker: {docker_reason}. bubblewrap: {e}") \
+            from None
 
 
 _PROBE = r"""

@@ -55,7 +55,16 @@ def connect():
         client = docker.from_env(timeout=120)
         client.ping()
     except docker.errors.DockerException as e:
-        reason = str(e).split(": ", 1)[-1][:160]
+        text = str(e)
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if "FileNotFoundError" in text or "No such file" in text:
+            reason = f"nothing at {where}"
+        elif "PermissionError" in text or "Permission denied" in text:
+            reason = f"permission denied on {where}: join the docker group, or run as root"
+        elif "Connection refused" in text or "ConnectionRefused" in text:
+            reason = f"connection refused at {where}"
+        else:
+            reason = text.split(": ", 1)[-1][:160]
         raise SandboxUnavailable(
             f"no Docker daemon answers ({reason}): start dockerd or set DOCKER_HOST, "
             "or use --sandbox local"

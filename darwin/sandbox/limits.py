@@ -208,12 +208,13 @@ class OutputCap:
 
     @classmethod
     def mount(cls, folders: list[Path], max_bytes: int, uid: int) -> OutputCap | None:
-        if os.geteuid() != 0 or not folders:
+        mount = _system_tool("mount")
+        if os.geteuid() != 0 or not folders or mount is None or _system_tool("umount") is None:
             return None
         done: list[Path] = []
         for folder in folders:
             opts = f"size={max_bytes},nr_inodes=4096,mode=0755,uid={uid},gid={uid},nosuid,nodev"
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts,
+            r = subprocess.run([mount, "-t", "tmpfs", "-o", opts,
                                 f"{cls.FS_NAME}-{os.getpid()}", str(folder)],
                                capture_output=True, text=True)
             if r.returncode != 0:
@@ -242,10 +243,16 @@ class OutputCap:
             try:
                 _copy_tree(folder, keep)
             finally:
-                subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+                subprocess.run([_system_tool("umount") or "umount", "-l", str(folder)],
+                               capture_output=True)
             shutil.rmtree(folder, ignore_errors=True)
             keep.rename(folder)
         self.folders = []
+
+
+def _system_tool(name: str) -> str | None:
+    """util-linux's tools where the OS keeps them, whatever the caller's PATH."""
+    return shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -283,6 +290,7 @@ def reap_stale_output_mounts() -> int:
         if _alive(int(source[len(prefix):])):
             continue
         mountpoint = mountpoint.replace("\\040", " ")
-        if subprocess.run(["umount", "-l", mountpoint], capture_output=True).returncode == 0:
+        umount = _system_tool("umount")
+        if umount and subprocess.run([umount, "-l", mountpoint], capture_output=True).returncode == 0:
             removed += 1
     return removed
