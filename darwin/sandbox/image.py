@@ -22,7 +22,7 @@ from darwin.errors import UserError
 
 DEFAULT_IMAGE = "darwin-sandbox:latest"
 RUNTIME_LABEL = "io.darwin.runtime"  # "image" (self-contained) or "host" (host runtime mounted)
-PYTHON_LABEL = "io.darwin.python"  # the host interpreter a "host" image was made for
+PYTHON_LABEL = "io.darwin.python"  # the interpreter that built a "host" image (informational)
 DOCKERFILE = Path(__file__).with_name("Dockerfile")
 SANDBOX_DIRS = ("sandbox", "sandbox/program", "sandbox/out", "sandbox/io", "sandbox/lib")
 # /sbin stays a real folder: Docker mounts its init at /sbin/docker-init, which a link into the
@@ -119,18 +119,15 @@ def image_runtime(image) -> str:
 
 
 def ensure_image(client, name: str = DEFAULT_IMAGE, log=None):
-    """The image to run; builds the offline one when there is none (or it is for another Python)."""
+    """The image to run; builds the offline one when there is none."""
     import docker
 
     try:
         image = client.images.get(name)
     except docker.errors.ImageNotFound:
         image = None
-    if image is not None:
-        stale = (image_runtime(image) == "host"
-                 and (image.labels or {}).get(PYTHON_LABEL) != sys.executable)
-        if not stale:
-            return image
+    if image is not None:  # an offline image holds nothing of a particular Python: any will do
+        return image
     if log is not None:
         log(f"building the offline sandbox image {name} (this host's Python, mounted read-only); "
             "`darwin sandbox build` makes a self-contained one where a registry is reachable")
