@@ -103,7 +103,11 @@ def check() -> list[dict]:
         except SandboxUnavailable as e:
             rows.append({"backend": name, "works": False, "isolates": False, "why": str(e)})
         else:
-            rows.append(_probe(box))
+            row = _probe(box)
+            if name == "docker":
+                kind = "offline, host runtime read-only" if box.host_runtime else "self-contained"
+                row["why"] += f"; image {box.image_name} ({kind})"
+            rows.append(row)
     rows.append(
         {
             "backend": "unsafe",

@@ -33,7 +33,7 @@ from darwin.sandbox.base import (
     hit_file_cap,
 )
 from darwin.sandbox.image import DEFAULT_IMAGE, ensure_image, image_runtime
-from darwin.sandbox.limits import OutputCap, reap_stale_output_mounts
+from darwin.sandbox.limits import OutputCap, pid_alive, reap_stale_output_mounts
 from darwin.sandbox.local import ETC_FILES, SYSTEM_DIRS, PythonRuntime
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def reap_stale_containers(client) -> int:
     # The low-level listing: containers of live orchestrators come and go while we look.
     for c in client.api.containers(all=True, filters={"label": [LABEL, f"{OWNER_HOST}={host}"]}):
         pid = (c.get("Labels") or {}).get(OWNER_PID, "")
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         try:
             client.api.remove_container(c["Id"], force=True)
@@ -91,16 +91,6 @@ def reap_stale_containers(client) -> int:
     if removed:
         log.warning("removed %d sandbox container(s) left by a crashed orchestrator", removed)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 class _SocketWriter:

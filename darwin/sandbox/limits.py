@@ -159,7 +159,7 @@ def set_rlimits(max_file_bytes: int, memory_bytes: int | None, nproc: int | None
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -179,7 +179,7 @@ def reap_stale_cgroups() -> int:
         base = CGROUP_ROOT / (controller or "") / own.lstrip("/")
         try:
             stale = [d for d in base.iterdir() if d.is_dir() and d.name.startswith("darwin-")
-                     and d.name.split("-")[1].isdigit() and not _alive(int(d.name.split("-")[1]))]
+                     and d.name.split("-")[1].isdigit() and not pid_alive(int(d.name.split("-")[1]))]
         except OSError:
             continue
         for d in stale:
@@ -287,7 +287,7 @@ def reap_stale_output_mounts() -> int:
         prefix = OutputCap.FS_NAME + "-"
         if not source.startswith(prefix) or not source[len(prefix):].isdigit():
             continue
-        if _alive(int(source[len(prefix):])):
+        if pid_alive(int(source[len(prefix):])):
             continue
         mountpoint = mountpoint.replace("\\040", " ")
         umount = _system_tool("umount")
