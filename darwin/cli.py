@@ -69,9 +69,9 @@ def _sandbox(name: str | None):
     chosen = name or get_settings().sandbox
     box = get_sandbox(chosen)
     if box.name == "docker":
-        how = ("offline image: this host's Python mounted read-only" if box.host_runtime
-               else "self-contained image")
-        err.print(f"[dim]sandbox: docker ({box.image_name}, {how})[/]")
+        from darwin.sandbox.image import describe_runtime
+
+        err.print(f"[dim]sandbox: docker ({box.image_name}, {describe_runtime(box.runtime_kind)})[/]")
     elif box.name == "local":
         err.print("[dim]sandbox: local (bubblewrap)"
                   + (", no Docker daemon answered" if chosen == "auto" else "") + "[/]")
@@ -785,7 +785,12 @@ def build(*, offline: bool = False, image: str | None = None, torch_version: str
         The wheel index for torch (a CUDA one on GPU machines, e.g. .../whl/cu126).
     """
     from darwin.sandbox.docker_backend import connect
-    from darwin.sandbox.image import build_from_dockerfile, build_offline, image_runtime
+    from darwin.sandbox.image import (
+        build_from_dockerfile,
+        build_offline,
+        describe_runtime,
+        image_runtime,
+    )
     from darwin.settings import get_settings
 
     name = image or get_settings().docker_image
@@ -807,9 +812,8 @@ def build(*, offline: bool = False, image: str | None = None, torch_version: str
     if json_:
         print(json.dumps(row))
     else:
-        how = ("self-contained" if row["runtime"] == "image"
-               else "offline: this host's Python and torch mounted read-only")
-        out.print(f"built {name} ({how}) in {row['seconds']} s; `darwin sandbox check` tries it")
+        out.print(f"built {name} ({describe_runtime(row['runtime'])}) in {row['seconds']} s; "
+                  "`darwin sandbox check` tries it")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,8 @@ turn that skip into a failure."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,63 @@ def prefect_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+def host_ip() -> str:
+    """This host's outward address (what a sandboxed program would try instead of 127.0.0.1)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+        return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+    finally:
+        s.close()
+
+
+class HostListener:
+    """TCP and UDP listeners on all of the host's addresses that count connections and remember
+    every byte they receive: what a sandboxed program must never reach."""
+
+    def __init__(self):
+        self.connections = 0
+        self.received = bytearray()
+        self.tcp = socket.create_server(("0.0.0.0", 0))
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("0.0.0.0", 0))
+        self.port, self.udp_port = self.tcp.getsockname()[1], self.udp.getsockname()[1]
+        self._stop = False
+        self._threads = [threading.Thread(target=t, daemon=True) for t in (self._tcp, self._udp)]
+        for t in self._threads:
+            t.start()
+
+    def _tcp(self):
+        self.tcp.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while data := conn.recv(4096):
+                        self.received += data
+                except OSError:
+                    pass
+
+    def _udp(self):
+        self.udp.settimeout(0.2)
+        while not self._stop:
+            try:
+                self.received += self.udp.recv(4096)
+            except OSError:
+                continue
+
+    def close(self):
+        self._stop = True
+        for t in self._threads:
+            t.join()
+        self.tcp.close()
+        self.udp.close()

@@ -15,10 +15,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +30,8 @@ from darwin.data import corpus_path
 from darwin.failures import Rejected
 from darwin.training import runtime_dir, train
 
+from .conftest import HostListener, host_ip
+
 ATTACKS = Path(__file__).parent / "attacks"
 # Small caps so the suite is quick; the mechanisms are the ones every budget uses.
 BUDGET = get_budget("tiny").model_copy(update={
@@ -41,61 +41,11 @@ BARE_TIMEOUT_S = 60
 pytestmark = pytest.mark.sandbox
 
 
-# -- the host side: listeners, planted secrets, a victim process -------------------------------
-def external_ip() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outward interface
-        ip = s.getsockname()[0]
-    assert not ip.startswith("127."), "this host has no external address to attack"
-    return ip
-
-
-class Listener:
-    """TCP and UDP listeners on all addresses that remember every byte they receive."""
-
-    def __init__(self):
-        self.received = bytearray()
-        self.tcp = socket.create_server(("0.0.0.0", 0))
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("0.0.0.0", 0))
-        self.port, self.udp_port = self.tcp.getsockname()[1], self.udp.getsockname()[1]
-        self._stop = False
-        for target in (self._tcp, self._udp):
-            threading.Thread(target=target, daemon=True).start()
-
-    def _tcp(self):
-        self.tcp.settimeout(0.2)
-        while not self._stop:
-            try:
-                conn, _ = self.tcp.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    while data := conn.recv(4096):
-                        self.received += data
-                except OSError:
-                    pass
-
-    def _udp(self):
-        self.udp.settimeout(0.2)
-        while not self._stop:
-            try:
-                self.received += self.udp.recv(4096)
-            except OSError:
-                continue
-
-    def close(self):
-        self._stop = True
-        self.tcp.close()
-        self.udp.close()
-
-
+# -- the host side: a listener, planted secrets, a victim process ------------------------------
 @dataclass
 class Host:
     base: Path
-    listener: Listener
+    listener: HostListener
     ip: str
     canary: str
     secrets: dict[str, Path] = field(default_factory=dict)
@@ -117,8 +67,10 @@ def host(tmp_path_factory):
         path.write_text(f"{name} secret {canary}\n")
     decoy = base / "decoy"
     decoy.mkdir()
-    listener = Listener()
-    h = Host(base=base, listener=listener, ip=external_ip(), canary=canary, secrets=planted,
+    ip = host_ip()
+    assert not ip.startswith("127."), "this host has no external address to attack"
+    listener = HostListener()
+    h = Host(base=base, listener=listener, ip=ip, canary=canary, secrets=planted,
              decoy=decoy)
     yield h
     listener.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ from darwin.sandbox import Outcome
 from darwin.sandbox.unsafe import UnsafeSandbox
 from darwin.training import train
 
-from .conftest import PROGRAMS
+from .conftest import PROGRAMS, HostListener, host_ip
 
 pytestmark = pytest.mark.sandbox
 
@@ -48,53 +47,13 @@ def _fill(template: str, **values: str) -> str:
     return template
 
 
-class Listener:
-    """A TCP listener on the host that records any connection."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = False
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-
-    def _loop(self):
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-                self.connections += 1
-                conn.close()
-            except OSError:
-                pass
-
-    def close(self):
-        self._stop = True
-        self._t.join()
-        self.sock.close()
-
-
-def _host_ip() -> str:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
-        return s.getsockname()[0]
-    except OSError:
-        return socket.gethostbyname(socket.gethostname())
-    finally:
-        s.close()
-
-
-def _run_probe(box, tmp_path, tiny, monkeypatch, search_root: str) -> tuple[dict, Listener]:
+def _run_probe(box, tmp_path, tiny, monkeypatch, search_root: str) -> tuple[dict, HostListener]:
     secret = f"sk-canary-{uuid.uuid4().hex}"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     home_file = Path.home() / f".darwin-test-canary-{uuid.uuid4().hex[:8]}"
     home_file.write_text(secret)
-    listener = Listener()
+    listener = HostListener()
     val_c, test_c = _canaries()
     host_dir = tmp_path / "host-dir"
     host_dir.mkdir()
@@ -107,7 +66,7 @@ def _run_probe(box, tmp_path, tiny, monkeypatch, search_root: str) -> tuple[dict
             HOME_FILE=str(home_file),
             SECRET=secret,
             PORT=str(listener.port),
-            HOST_IP=_host_ip(),
+            HOST_IP=host_ip(),
             HOST_DIR=str(host_dir),
             SEARCH_ROOT=search_root,
         )

@@ -95,6 +95,8 @@ print(json.dumps(report))
 
 
 def check() -> list[dict]:
+    from darwin.sandbox.image import describe_runtime
+
     """Probe each backend for real: run a tiny program and see what it can reach."""
     rows = []
     for name in ("docker", "local"):
@@ -105,8 +107,7 @@ def check() -> list[dict]:
         else:
             row = _probe(box)
             if name == "docker":
-                kind = "offline, host runtime read-only" if box.host_runtime else "self-contained"
-                row["why"] += f"; image {box.image_name} ({kind})"
+                row["why"] += f"; {box.image_name}: {describe_runtime(box.runtime_kind)}"
             rows.append(row)
     rows.append(
         {

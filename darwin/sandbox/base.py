@@ -182,11 +182,28 @@ def hit_file_cap(spec: SandboxSpec) -> bool:
     return False
 
 
-class OutputWatch:
-    """Kills a sandbox whose writable folders outgrow ``max_out_mb`` (files under the per-file cap
-    can still fill a disk). Polls from the trusted side, so the overshoot is one poll's writing."""
+def prepare_outputs(spec: SandboxSpec):
+    """Before a run: its writable folders belong to the sandbox user and, as root, each becomes a
+    capped tmpfs (``limits.OutputCap``; None where that cannot be mounted)."""
+    from darwin.sandbox.limits import OutputCap
 
-    def __init__(self, spec: SandboxSpec, kill: Callable[[], None], every_s: float = 0.2):
+    folders = [m.src for m in spec.mounts if m.writable]
+    if os.geteuid() == 0:
+        for folder in folders:  # the program runs as nobody and must be able to write here
+            os.chown(folder, SANDBOX_UID, SANDBOX_UID)
+    return OutputCap.mount(folders, spec.max_out_mb << 20, SANDBOX_UID)
+
+
+class OutputGuard:
+    """The output caps of one running sandbox. With a tmpfs cap the kernel enforces the size;
+    without one (not root) the writable folders are polled from the trusted side and the sandbox
+    killed past ``max_out_mb``, late by one poll's writing. ``settle()`` says whether the run hit a
+    cap (so it failed for `disk`) and puts the outputs back on disk."""
+
+    def __init__(self, spec: SandboxSpec, kill: Callable[[], None], cap=None,
+                 every_s: float = 0.2):
+        self.spec = spec
+        self.cap = cap
         self.folders = [m.src for m in spec.mounts if m.writable]
         self.limit = spec.max_out_mb << 20
         self.kill = kill
@@ -194,7 +211,7 @@ class OutputWatch:
         self.exceeded = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="darwin-output-watch", daemon=True)
-        if self.folders:
+        if self.folders and cap is None:
             self._thread.start()
 
     def _run(self) -> None:
@@ -208,6 +225,16 @@ class OutputWatch:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+    def settle(self) -> bool:
+        """Once nothing of the run is left: did it hit a cap? Releases the tmpfs."""
+        self.stop()
+        disk = self.exceeded or hit_file_cap(self.spec)
+        if self.cap is not None:
+            disk = disk or self.cap.full()
+            self.cap.release()
+            self.cap = None
+        return disk
 
 
 class SandboxProcess:
@@ -234,8 +261,7 @@ class SandboxProcess:
         self._on_exit = on_exit or []
         self._start_error = start_error
         self._finished = False
-        self._watch = OutputWatch(spec, self.kill)
-        self.output_cap = output_cap  # a limits.OutputCap (tmpfs over the writable folders) or None
+        self._outputs = OutputGuard(spec, self.kill, output_cap)
 
     @property
     def stdin(self) -> IO[bytes] | None:
@@ -278,7 +304,6 @@ class SandboxProcess:
             killed_at = time.monotonic()
             self.kill()
         self.popen.wait()
-        self._watch.stop()
         wall = time.monotonic() - self.started
         oom = False
         if self.limits is not None:
@@ -286,10 +311,7 @@ class SandboxProcess:
             oom = self.limits.oom_killed()
             self.limits.remove()
         cleanup = time.monotonic() - killed_at if killed_at is not None else 0.0
-        disk = self._watch.exceeded or hit_file_cap(self.spec)
-        if self.output_cap is not None:
-            disk = disk or self.output_cap.full()
-            self.output_cap.release()
+        disk = self._outputs.settle()
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream is not None:
                 try:

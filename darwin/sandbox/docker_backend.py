@@ -23,14 +23,14 @@ from pathlib import Path
 
 from darwin.sandbox.base import (
     SANDBOX_UID,
-    OutputWatch,
+    OutputGuard,
     SandboxInfraError,
     SandboxResult,
     SandboxSpec,
     SandboxUnavailable,
     base_env,
     classify,
-    hit_file_cap,
+    prepare_outputs,
 )
 from darwin.sandbox.image import DEFAULT_IMAGE, ensure_image, image_runtime
 from darwin.sandbox.limits import OutputCap, pid_alive, reap_stale_output_mounts
@@ -140,8 +140,7 @@ class DockerProcess:
         self._pump = threading.Thread(target=self._pump_output, name="darwin-docker-output",
                                       daemon=True)
         self._pump.start()
-        self._watch = OutputWatch(spec, self.kill)
-        self.output_cap = output_cap
+        self._outputs = OutputGuard(spec, self.kill, output_cap)
 
     # The attach stream multiplexes stdout and stderr; in pipe mode stdout is the protocol, the
     # rest goes to the log file, capped like the local backend's file-size limit. The stream is
@@ -231,7 +230,6 @@ class DockerProcess:
         except docker.errors.APIError as e:
             log.warning("could not remove sandbox container %s: %s", self.container.short_id, e)
         cleanup = time.monotonic() - killed_at if killed_at is not None else 0.0
-        self._watch.stop()
         self._pump.join(timeout=10)
         for closing in (self.stdin, self.stdout, self._log, self._attach):
             if closing is not None:
@@ -240,10 +238,7 @@ class DockerProcess:
                 except OSError:
                     pass
         self.client.close()
-        disk = self.log_overflow or self._watch.exceeded or hit_file_cap(self.spec)
-        if self.output_cap is not None:
-            disk = disk or self.output_cap.full()
-            self.output_cap.release()
+        disk = self._outputs.settle() or self.log_overflow
         self._result = SandboxResult(
             outcome=classify(rc, self.timed_out, oom, disk),
             returncode=rc,
@@ -269,7 +264,8 @@ class DockerSandbox:
             self.image_name = image
             img = ensure_image(client, image, log=log.warning)
             self.image_id = img.id
-            self.host_runtime = image_runtime(img) == "host"
+            self.runtime_kind = image_runtime(img)
+            self.host_runtime = self.runtime_kind == "host"
             reap_stale_containers(client)
             reap_stale_output_mounts()  # after the containers that held them
         finally:
@@ -309,13 +305,8 @@ class DockerSandbox:
         import docker
         from docker.types import DeviceRequest, LogConfig, Ulimit
 
-        if self.as_root:
-            for m in spec.mounts:
-                if m.writable:  # the program runs as nobody and must be able to write here
-                    os.chown(m.src, SANDBOX_UID, SANDBOX_UID)
         mounts, tmpfs = self._mounts(spec)
-        output_cap = OutputCap.mount([m.src for m in spec.mounts if m.writable],
-                                     spec.max_out_mb << 20, SANDBOX_UID)
+        output_cap = prepare_outputs(spec)
         argv = list(spec.argv)
         if argv and argv[0] == "python":
             argv[0] = self.runtime.executable if self.runtime is not None else "python"

@@ -118,6 +118,13 @@ def image_runtime(image) -> str:
     return (image.labels or {}).get(RUNTIME_LABEL, "image")
 
 
+def describe_runtime(runtime: str) -> str:
+    """What an image's runtime label means, for people."""
+    if runtime == "host":
+        return "offline image: this host's OS, Python and torch mounted read-only"
+    return "self-contained image"
+
+
 def ensure_image(client, name: str = DEFAULT_IMAGE, log=None):
     """The image to run; builds the offline one when there is none."""
     import docker

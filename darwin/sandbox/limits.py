@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the OS keeps util-linux, whatever our PATH
 
 
 def _own_cgroup(controller: str | None) -> str | None:
@@ -197,14 +198,13 @@ class OutputCap:
     A cap polled from outside is always late (writes to the page cache run at GB/s: measured, a
     256 MB filler finished between two polls of 0.2 s), and per-file limits do not stop many files.
     The tmpfs also makes a hard link to a host file impossible (another file system). Without root
-    there is no mount, and the polled watch in ``base.OutputWatch`` is the only cap.
+    there is no mount, and the poll in ``base.OutputGuard`` is the only cap.
     """
 
     FS_NAME = "darwin-out"
 
-    def __init__(self, folders: list[Path], max_bytes: int):
+    def __init__(self, folders: list[Path]):
         self.folders = folders
-        self.max_bytes = max_bytes
 
     @classmethod
     def mount(cls, folders: list[Path], max_bytes: int, uid: int) -> OutputCap | None:
@@ -218,10 +218,10 @@ class OutputCap:
                                 f"{cls.FS_NAME}-{os.getpid()}", str(folder)],
                                capture_output=True, text=True)
             if r.returncode != 0:
-                cls(done, max_bytes).release()
+                cls(done).release()
                 return None
             done.append(Path(folder))
-        return cls(done, max_bytes)
+        return cls(done)
 
     def full(self) -> bool:
         """Did the program fill its space (bytes or inodes)? Then it failed for `disk`."""
@@ -252,7 +252,7 @@ class OutputCap:
 
 def _system_tool(name: str) -> str | None:
     """util-linux's tools where the OS keeps them, whatever the caller's PATH."""
-    return shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    return shutil.which(name, path=SYSTEM_PATH)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -34,12 +34,13 @@ from darwin.sandbox.base import (
     SandboxUnavailable,
     base_env,
     log_tail,
+    prepare_outputs,
 )
-from darwin.sandbox.limits import CgroupLimits, OutputCap, set_rlimits
+from darwin.sandbox.limits import SYSTEM_PATH, CgroupLimits, set_rlimits
 
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group")
-LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+LAUNCH_PATH = SYSTEM_PATH
 PACKAGES_NEEDED = ("torch", "numpy", "safetensors")
 
 
@@ -188,12 +189,7 @@ class LocalSandbox:
     # -- running ------------------------------------------------------------------------------
     def start(self, spec: SandboxSpec, *, pipe: bool = False) -> SandboxProcess:
         stage = Path(tempfile.mkdtemp(prefix="darwin-stage-"))
-        if self.as_root:
-            for m in spec.mounts:
-                if m.writable:  # the program runs as nobody and must be able to write here
-                    os.chown(m.src, SANDBOX_UID, SANDBOX_UID)
-        output_cap = OutputCap.mount([m.src for m in spec.mounts if m.writable],
-                                     spec.max_out_mb << 20, SANDBOX_UID)
+        output_cap = prepare_outputs(spec)
         memory = spec.memory_mb << 20
         limits = CgroupLimits.create(memory, spec.max_pids)
         max_file = spec.max_file_mb << 20
