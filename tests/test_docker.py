@@ -161,3 +161,15 @@ def test_a_dockerfile_build_that_cannot_finish_says_so_in_one_line(docker_sandbo
     assert message.startswith("docker build failed:") and "\n" not in message
     if "registry" in message:
         assert "--offline" in message
+
+
+def test_a_bad_image_name_is_one_line_naming_the_setting(docker_sandbox, tmp_path):
+    env = {**os.environ, "DARWIN_HOME": str(tmp_path), "DARWIN_DOCKER_IMAGE": "Bad Name"}
+    for argv in (["baseline", "--budget", "tiny", "--sandbox", "docker"],
+                 ["sandbox", "build", "--offline"]):
+        r = subprocess.run([sys.executable, "-m", "darwin.cli", *argv], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert lines[-1].startswith("darwin: error: invalid Docker image name 'Bad Name'")
+        assert "DARWIN_DOCKER_IMAGE" in lines[-1] and "Traceback" not in r.stderr

@@ -71,8 +71,16 @@ def _rootfs() -> bytes:
     return buf.getvalue()
 
 
+def _invalid_name(name: str, error) -> ImageBuildError:
+    reason = str(getattr(error, "explanation", "") or error).rsplit(": ", 1)[-1]
+    return ImageBuildError(f"invalid Docker image name {name!r} ({reason}): fix "
+                           "DARWIN_DOCKER_IMAGE or --image, e.g. darwin-sandbox:latest")
+
+
 def build_offline(client, name: str = DEFAULT_IMAGE):
     """Import the mount-point-only image for this host's Python (no registry, no download)."""
+    import docker
+
     repo, tag = _split(name)
     changes = [
         f"LABEL {RUNTIME_LABEL}=host",
@@ -80,7 +88,12 @@ def build_offline(client, name: str = DEFAULT_IMAGE):
         "USER 65534:65534",
         "WORKDIR /tmp",
     ]
-    client.api.import_image_from_data(_rootfs(), repository=repo, tag=tag, changes=changes)
+    try:
+        client.api.import_image_from_data(_rootfs(), repository=repo, tag=tag, changes=changes)
+    except docker.errors.APIError as e:
+        if e.status_code == 400:
+            raise _invalid_name(name, e) from None
+        raise
     return client.images.get(name)
 
 
@@ -133,6 +146,10 @@ def ensure_image(client, name: str = DEFAULT_IMAGE, log=None):
         image = client.images.get(name)
     except docker.errors.ImageNotFound:
         image = None
+    except docker.errors.APIError as e:
+        if e.status_code == 400:  # the daemon refuses the name itself
+            raise _invalid_name(name, e) from None
+        raise
     if image is not None:  # an offline image holds nothing of a particular Python: any will do
         return image
     if log is not None:
