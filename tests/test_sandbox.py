@@ -84,7 +84,10 @@ def _run_probe(box, tmp_path, tiny, monkeypatch, search_root: str) -> tuple[dict
 
 
 def test_probe_sees_nothing_it_must_not(sandbox, tmp_path, tiny, monkeypatch):
-    report, listener = _run_probe(sandbox, tmp_path, tiny, monkeypatch, search_root="/")
+    # Grepping every visible file takes 20-60+ s on a machine whose /usr holds several GB (cold
+    # cache, the other test worker busy): the probe gets a deadline its search fits in.
+    roomy = tiny.model_copy(update={"deadline_s": 300.0})
+    report, listener = _run_probe(sandbox, tmp_path, roomy, monkeypatch, search_root="/")
     assert report["canary_files"] == [], "val/test text visible inside the sandbox"
     assert report["planted_home_file_visible"] is False
     assert report["secret_visible"] is False
