@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from darwin.budgets import get_budget
-from darwin.evaluate import evaluate_program
+from darwin.engine.slots import run_in_slots
+from darwin.evaluation.budgets import get_budget
+from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.training import seed_program
 from darwin.sandbox import check, get_sandbox
-from darwin.slots import run_in_slots
-from darwin.training import seed_program
 
 
 def main() -> None:

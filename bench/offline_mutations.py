@@ -16,14 +16,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from darwin.budgets import get_budget
-from darwin.evaluate import evaluate_program
-from darwin.mutator import MutationContext
-from darwin.offline import OfflineMutator
-from darwin.repair import RuleRepair, repair_case
+from darwin.engine.slots import run_in_slots, slot_cpus
+from darwin.evaluation.budgets import get_budget
+from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.training import seed_program
+from darwin.mutation.llm_mutator import MutationContext
+from darwin.mutation.offline import OfflineMutator
+from darwin.mutation.repair import RuleRepair, repair_case
 from darwin.sandbox import get_sandbox
-from darwin.slots import run_in_slots, slot_cpus
-from darwin.training import seed_program
 
 
 def main() -> None:

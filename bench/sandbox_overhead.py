@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from darwin.budgets import get_budget
+from darwin.evaluation.budgets import get_budget
+from darwin.evaluation.training import seed_program, train
 from darwin.sandbox import SandboxUnavailable, get_sandbox
-from darwin.training import seed_program, train
 
 
 def main() -> None:

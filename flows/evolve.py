@@ -7,17 +7,17 @@ from __future__ import annotations
 import statistics
 import time
 
+from darwin.flows.generation import generation
+from darwin.memory.records import GenerationRecord, Member
+from darwin.tasks import engine as steps
+from darwin.tasks import publish as ui
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from darwin.engine import SEED_ID, Engine, build_engine
-from darwin.experiment import Experiment
-from darwin.flows.generation import generation
-from darwin.memory.records import GenerationRecord, Member
-from darwin.selection import noise_margin
-from darwin.slots import shared_pool
-from darwin.tasks import engine as steps
-from darwin.tasks import publish as ui
+from darwin.engine.experiment import Experiment
+from darwin.engine.selection import noise_margin
+from darwin.engine.slots import shared_pool
+from darwin.engine.steps import SEED_ID, Engine, build_engine
 
 
 def _generation_zero(engine: Engine, seed_source: str) -> GenerationRecord:

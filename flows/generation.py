@@ -1,8 +1,8 @@
 """One generation as a Prefect flow: select parents -> mutate (mapped) -> train and score
 (mapped) -> repair the failures (bounded) -> re-run the best children -> select -> commit.
 
-The flow holds control flow only; every decision lives in the core package (darwin.engine,
-darwin.selection). A crashed child never fails the generation; an infrastructure failure raises
+The flow holds control flow only; every decision lives in the core package (darwin.engine.steps,
+darwin.engine.selection). A crashed child never fails the generation; an infrastructure failure raises
 before anything is committed, so the run resumes from the last committed generation.
 """
 
@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from darwin.memory.records import GenerationRecord, Member
+from darwin.tasks import engine as steps
+from darwin.tasks import publish as ui
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
-from darwin.engine import build_engine
-from darwin.experiment import Experiment
-from darwin.memory.records import GenerationRecord, Member
-from darwin.selection import choose_parents, pareto, select
-from darwin.tasks import engine as steps
-from darwin.tasks import publish as ui
+from darwin.engine.experiment import Experiment
+from darwin.engine.selection import choose_parents, pareto, select
+from darwin.engine.steps import build_engine
 
 
 def _train_all(engine, ids, seed, progress, done_before, total):

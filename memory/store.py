@@ -25,8 +25,6 @@ import uuid
 from pathlib import Path
 
 import fsspec
-from pydantic import BaseModel
-
 from darwin.memory.records import (
     CandidateRecord,
     EvaluationRecord,
@@ -34,6 +32,7 @@ from darwin.memory.records import (
     code_hash,
     read_candidate,
 )
+from pydantic import BaseModel
 
 
 class StoreError(RuntimeError):

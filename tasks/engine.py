@@ -7,13 +7,13 @@ Candidate failures are returned as data; only infrastructure problems raise.
 
 from __future__ import annotations
 
+from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from darwin.engine import Engine
-from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
-from darwin.slots import shared_pool
+from darwin.engine.slots import shared_pool
+from darwin.engine.steps import Engine
 
 
 @task(name="mutate", task_run_name="mutate-{gen:03d}-{index:02d}", cache_policy=NO_CACHE)
@@ -64,6 +64,6 @@ def commit(engine: Engine, record: GenerationRecord) -> None:
 
 @task(name="final-test", task_run_name="test-split-{cid}", cache_policy=NO_CACHE)
 def final_test(engine: Engine, cid: str) -> dict:
-    from darwin.engine import final_test as run_final_test
+    from darwin.engine.steps import final_test as run_final_test
 
     return run_final_test(engine, cid)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from darwin.budgets import get_budget
+from darwin.evaluation.budgets import get_budget
 
-PROGRAMS = Path(__file__).parent / "programs"
+PROGRAMS = Path(__file__).parent / "sandbox" / "programs"
 
 
 def require_sandbox(name: str):
@@ -55,7 +55,7 @@ def darwin_home(tmp_path, monkeypatch):
 @pytest.fixture()
 def llm_server():
     """A real HTTP OpenAI-compatible server on 127.0.0.1 with scripted answers."""
-    from darwin.devserver import ScriptedLLMServer
+    from darwin.llm.devserver import ScriptedLLMServer
 
     key = f"sk-canary-{os.urandom(8).hex()}"
     with ScriptedLLMServer(api_key=key) as server:

@@ -83,7 +83,7 @@ class PythonRuntime:
         # Our own package (and the dataset inside it, when installed non-editable) must never be
         # visible to a candidate: a tmpfs is mounted over it.
         import darwin
-        from darwin.data import corpus_path
+        from darwin.evaluation.data import corpus_path
 
         masks = []
         for hidden in (Path(darwin.__file__).resolve().parent, corpus_path().resolve().parent):

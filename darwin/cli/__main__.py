@@ -1,0 +1,3 @@
+from darwin.cli.app import main
+
+main()

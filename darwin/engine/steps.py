@@ -1,0 +1,312 @@
+"""The evolution engine's steps, free of Prefect: the flows call these through thin tasks.
+
+Every step is idempotent, so a run resumed after a crash (or kill -9) redoes nothing that was
+persisted: a candidate's code and record are written before it trains and reused if present;
+an evaluation is looked up in the run store, then in the training cache (keyed on the normalised
+code's hash + budget + seed + device + scorer / data / torch versions), and only then trained.
+Candidate ids are deterministic (``g002-c01``, repairs ``g002-c01-r1``) and each mutation's
+randomness is derived from (run seed, generation, child), so regenerating gives the same answer
+for offline mutators, and persisted LLM answers are simply reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from darwin.engine.experiment import Experiment
+from darwin.engine.selection import Scored
+from darwin.evaluation.budgets import Budget, get_budget
+from darwin.evaluation.data import load_dataset
+from darwin.evaluation.evaluate import Evaluation, evaluate_program
+from darwin.evaluation.failures import Failure
+from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
+from darwin.memory.store import RunStore
+from darwin.mutation.answers import ChangeKind
+from darwin.mutation.lessons import Outcome, aggregate, lesson_lines
+from darwin.mutation.llm_mutator import FailureNote, MutationContext, MutationResult, make_mutator
+from darwin.mutation.repair import LLMRepair, RuleRepair, repair_case
+from darwin.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SEED_ID = "seed"
+DUPLICATE_REDRAWS = 4
+TRUSTED_FILES = ("scoring.py", "outputs.py", "token_server.py", "evaluate.py", "training.py",
+                 "runtime/eval_server.py", "runtime/darwin_io.py")
+
+
+def candidate_id(generation: int, index: int, repair: int = 0) -> str:
+    base = f"g{generation:03d}-c{index:02d}"
+    return f"{base}-r{repair}" if repair else base
+
+
+@dataclass
+class Engine:
+    store: RunStore
+    experiment: Experiment
+    settings: Settings
+    sandbox: object
+
+    @cached_property
+    def budget(self) -> Budget:
+        return get_budget(self.experiment.budget)
+
+    @cached_property
+    def scorer_version(self) -> str:
+        h = hashlib.sha256()
+        pkg = resources.files("darwin.evaluation")
+        for name in TRUSTED_FILES:
+            h.update((pkg / name).read_bytes())
+        import torch
+
+        h.update(load_dataset().sha256.encode() + torch.__version__.encode())
+        return h.hexdigest()[:16]
+
+    def seeds(self) -> list[int]:
+        """The seeds every program is measured on, first run first."""
+        return [self.experiment.seed + k for k in range(max(self.experiment.seeds,
+                                                             self.experiment.min_runs))]
+
+    # -- candidates -------------------------------------------------------------------------
+    def add_seed_program(self, source: str) -> CandidateRecord:
+        existing = self.store.candidate(SEED_ID)
+        if existing is not None:
+            return existing
+        record = CandidateRecord(id=SEED_ID, run_id=self.store.run_id, generation=0,
+                                 code_sha=self.store.put_code(source), mutator="seed",
+                                 reasoning="generation 0: the seed program", created_at=time.time())
+        self.store.put_candidate(record)
+        return record
+
+    def code(self, cid: str) -> str:
+        record = self.store.candidate(cid)
+        assert record is not None, cid
+        return self.store.code(record.code_sha)
+
+    def _record(self, cid: str, gen: int, parents: list[str], result: MutationResult,
+                repair_of: str | None = None) -> CandidateRecord:
+        answer = result.answer
+        record = CandidateRecord(
+            id=cid, run_id=self.store.run_id, generation=gen, parents=parents, repair_of=repair_of,
+            code_sha=self.store.put_code(result.child) if result.child else "",
+            diff=result.diff, mutator=result.mutator, mode=result.mode, operator=result.operator,
+            kind=answer.kind.value if answer else None,
+            reasoning=answer.reasoning if answer else "",
+            requests=[r.model_dump(mode="json") for r in answer.requests] if answer else [],
+            input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+            cost_usd=result.cost_usd, llm_failure=result.failure if not result.ok else None,
+            llm_detail=result.detail if not result.ok else "", created_at=time.time(),
+        )
+        self.store.put_candidate(record)  # persisted BEFORE it trains
+        return record
+
+    def _mutation_context(self, target: str, proposer: str | None) -> MutationContext:
+        kind_stats, lines, failures = self.lessons()
+        target_rec = self.store.candidate(target)
+        return MutationContext(
+            target_program=self.code(target),
+            budget=self.budget,
+            proposer_program=self.code(proposer) if proposer else None,
+            target_score=self._score_line(target) if target_rec else None,
+            lessons=lines, failures=failures, kind_stats=kind_stats,
+            chunk_probability=self.experiment.chunk_probability,
+        )  # the LLM's mode is a seeded draw from the mode mix, made in propose()
+
+    def propose(self, gen: int, index: int, target: str, proposer: str | None) -> CandidateRecord:
+        """Make (or reuse) child ``index`` of generation ``gen``."""
+        cid = candidate_id(gen, index)
+        existing = self.store.candidate(cid)
+        if existing is not None:
+            return existing
+        rng = np.random.default_rng([self.experiment.seed, gen, index])
+        mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=rng)
+        ctx = self._mutation_context(target, proposer)
+        if mutator.name == "openai":
+            modes = list(self.experiment.mode_mix)
+            weights = np.array([self.experiment.mode_mix[m] for m in modes], dtype=float)
+            ctx.mode = modes[int(rng.choice(len(modes), p=weights / weights.sum()))]  # type: ignore[assignment]
+            ctx.seed = int(rng.integers(1 << 31))
+        if not self.experiment.memory:
+            ctx.lessons, ctx.kind_stats = [], {}
+        result = mutator.mutate(ctx)
+        if mutator.name != "openai":
+            # The catalogue can draw an edit an earlier generation already tried (its score is
+            # known): draw again, a few times. Only earlier generations count, so the outcome
+            # does not depend on which sibling was proposed first (resume stays reproducible).
+            seen = {c.code_sha for c in self.store.candidates() if c.generation < gen}
+            for redraw in range(1, DUPLICATE_REDRAWS + 1):
+                if not result.child or code_hash(result.child) not in seen:
+                    break
+                again = make_mutator(self.experiment.mutator, self.settings.llm,
+                                     rng=np.random.default_rng([self.experiment.seed, gen, index,
+                                                                redraw]))
+                result = again.mutate(ctx)
+        return self._record(cid, gen, [target] + ([proposer] if proposer else []), result)
+
+    def repair(self, broken: CandidateRecord, evaluation: EvaluationRecord, attempt: int
+               ) -> CandidateRecord:
+        """A new candidate that tries to fix ``broken``; its parent is the broken one."""
+        root_id = broken.id.split("-r")[0]
+        index = int(root_id.split("-c")[1])
+        cid = candidate_id(broken.generation, index, attempt)
+        existing = self.store.candidate(cid)
+        if existing is not None:
+            return existing
+        failure = Failure(evaluation.status)
+        case = repair_case(failure, evaluation.detail, evaluation.log_tail)
+        parent_src = self.code(broken.parents[0]) if broken.parents else None
+        mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=attempt)
+        repairer = LLMRepair(mutator) if mutator.name == "openai" else RuleRepair()
+        result = repairer.repair(self.code(broken.id), parent_src, case, self.budget)
+        if result.answer is not None and broken.kind:
+            # A repair keeps the broken child's intent; its lesson counts for that kind.
+            result.answer = result.answer.model_copy(update={"kind": ChangeKind(broken.kind)})
+        return self._record(cid, broken.generation, [broken.id], result, repair_of=broken.id)
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _cache_path(self, code_sha: str, seed: int) -> Path:
+        key = hashlib.sha256(json.dumps([code_sha, self.budget.model_dump(), seed,
+                                         self.experiment.device, self.scorer_version]).encode())
+        return self.settings.home / "cache" / "train" / f"{key.hexdigest()[:32]}.json"
+
+    def evaluate(self, cid: str, seed: int, cpus: list[int] | None = None) -> EvaluationRecord:
+        existing = self.store.evaluation(cid, seed)
+        if existing is not None:
+            return existing
+        record = self.store.candidate(cid)
+        assert record is not None, cid
+        if not record.code_sha:  # the mutation itself failed: nothing to train
+            ev = EvaluationRecord(candidate_id=cid, code_sha="", seed=seed, budget=self.budget.name,
+                                  status="no_child", detail=record.llm_detail or "no child")
+            self.store.put_evaluation(ev)
+            return ev
+        cache = self._cache_path(record.code_sha, seed)
+        if cache.exists():
+            data = json.loads(cache.read_text())
+            ev = EvaluationRecord(**{**data, "candidate_id": cid, "cached": True})
+            self.store.put_evaluation(ev)
+            return ev
+        source = self.store.code(record.code_sha)
+        work = self.settings.scratch / self.store.run_id / f"{cid}-s{seed}"
+        work.mkdir(parents=True, exist_ok=True)
+        program = work / "train.py"
+        program.write_text(source)
+        result = evaluate_program(program, self.budget, seed, self.sandbox, work / "run",
+                                  device=self.experiment.device, cpus=cpus)
+        ev = self._evaluation_record(cid, record.code_sha, seed, result)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(ev.model_dump_json())
+        tmp.replace(cache)
+        self.store.put_evaluation(ev)
+        return ev
+
+    def _evaluation_record(self, cid: str, sha: str, seed: int, e: Evaluation) -> EvaluationRecord:
+        d = e.to_dict()
+        tail = e.train.log_tail(3000) if not e.train.ok else (e.score.log_tail if e.score else "")
+        return EvaluationRecord(
+            candidate_id=cid, code_sha=sha, seed=seed, budget=self.budget.name, status=d["status"],
+            detail=d["detail"], val_loss=d["val_loss"], perplexity=d["perplexity"], mfu=d["mfu"],
+            train_wall_s=d["train_wall_s"], eval_wall_s=d["eval_wall_s"],
+            tokens_served=d["tokens_served"], claims=d["claims"], flags=d["flags"],
+            log_tail=tail[-3000:], isolated=d["isolated"],
+        )
+
+    # -- what we know -----------------------------------------------------------------------
+    def scored(self, cid: str) -> Scored:
+        evals = [e for e in self.store.evaluations() if e.candidate_id == cid]
+        losses = [e.val_loss for e in sorted(evals, key=lambda e: e.seed) if e.val_loss is not None]
+        mfus = [e.mfu for e in evals if e.mfu is not None]
+        return Scored(cid, losses, mfu=sum(mfus) / len(mfus) if mfus else None)
+
+    def _score_line(self, cid: str) -> str | None:
+        s = self.scored(cid)
+        if not s.losses:
+            return None
+        return f"{s.fitness:.4f} (mean of {len(s.losses)} seed(s))"
+
+    def lessons(self) -> tuple[dict, list[str], list[FailureNote]]:
+        """Per kind of change: effects of children against their parents (first runs), and the
+        most recent failures, for the next prompts and the offline bandit."""
+        if not self.experiment.memory:
+            return {}, [], []
+        evals = self.store.evaluations()
+        by_cand: dict[str, list[EvaluationRecord]] = {}
+        for e in evals:
+            by_cand.setdefault(e.candidate_id, []).append(e)
+        first_seed = self.seeds()[0]
+        outcomes, failures = [], []
+        for record in self.store.candidates():
+            if record.id == SEED_ID or not record.kind or not record.parents:
+                continue
+            mine = {e.seed: e for e in by_cand.get(record.id, [])}
+            if first_seed not in mine:
+                continue
+            first = mine[first_seed]
+            parent = {e.seed: e for e in by_cand.get(record.parents[0], [])}.get(first_seed)
+            kind = ChangeKind(record.kind)
+            if first.val_loss is None:
+                outcomes.append(Outcome(kind, None))
+                failures.append((record.created_at, record, first))
+            elif parent is not None and parent.val_loss is not None:
+                outcomes.append(Outcome(kind, first.val_loss - parent.val_loss))
+        stats = aggregate(outcomes)
+        notes = [
+            FailureNote(f"{rec.id} ({rec.kind}, {rec.operator or rec.mode}) failed: {ev.status}"
+                        f" - {ev.detail[:200]}", ev.log_tail[-1500:])
+            for _, rec, ev in sorted(failures, key=lambda x: x[0])[-3:]
+        ]
+        return stats, lesson_lines(stats), notes
+
+
+def _out_dir(engine: Engine, cid: str, seed: int) -> Path:
+    return engine.settings.scratch / engine.store.run_id / f"{cid}-s{seed}" / "run" / "out"
+
+
+def final_test(engine: Engine, cid: str) -> dict:
+    """Score ``cid`` on the TEST split (reports only; never used by selection). Reuses the
+    weights of its first training run when they are still on disk, else trains it again."""
+    import shutil
+
+    from darwin.evaluation.scoring import score
+    from darwin.evaluation.training import train
+
+    cached = engine.store.final(cid)
+    if cached is not None:
+        return cached
+    seed = engine.seeds()[0]
+    out = _out_dir(engine, cid, seed)
+    work = engine.settings.scratch / engine.store.run_id / f"{cid}-test"
+    if not (out / "model.safetensors").exists():
+        program = work / "train.py"
+        work.mkdir(parents=True, exist_ok=True)
+        program.write_text(engine.code(cid))
+        trained = train(program, engine.budget, seed, work / "run", engine.sandbox,
+                        device=engine.experiment.device)
+        out = trained.out_dir
+    s = score(out, engine.budget, engine.sandbox, work, split="test",
+              device=engine.experiment.device)
+    result = {"candidate": cid, "split": "test", "seed": seed, "val_loss": None,
+              "test_loss": s.loss, "test_perplexity": s.perplexity,
+              "status": "ok" if s.ok else s.failure.value, "detail": s.detail}
+    engine.store.put_final(cid, result)
+    shutil.rmtree(work / "model-test", ignore_errors=True)
+    return result
+
+
+def build_engine(run_id: str, store_url: str, experiment: Experiment) -> Engine:
+    """The engine for a run, from what a flow parameter can carry (ids, a URL, the settings)."""
+    from darwin.sandbox import get_sandbox
+    from darwin.settings import get_settings
+
+    settings = get_settings()
+    return Engine(RunStore(store_url, run_id), experiment, settings, get_sandbox(settings.sandbox))

@@ -1,0 +1,158 @@
+"""Train a program and score it, exactly as a child is: the one path `score`, `baseline` and the
+evolution engine share."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from darwin.evaluation.budgets import Budget
+from darwin.evaluation.failures import Failure
+from darwin.evaluation.hardware import device_peak
+from darwin.evaluation.scoring import Score, score
+from darwin.evaluation.training import TrainResult, train
+from darwin.sandbox import Outcome, Sandbox
+
+TRAIN_FAILURES = {
+    Outcome.crash: Failure.crash,
+    Outcome.timeout: Failure.timeout,
+    Outcome.oom: Failure.oom,
+    Outcome.disk: Failure.disk,
+}
+# Only claims about the same quantity are compared: a train loss is not a val loss.
+CLAIM_KEYS = ("val_loss",)
+CLAIM_TOLERANCE = 0.10  # relative: a claimed loss this far off the trusted one is flagged
+
+
+@dataclass
+class Evaluation:
+    program: str
+    budget: str
+    seed: int
+    device: str
+    train: TrainResult
+    score: Score | None = None
+    claims: dict = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    mfu: float | None = None
+    peak_flops: float | None = None
+    peak_label: str = ""
+
+    @property
+    def failure(self) -> Failure | None:
+        if not self.train.ok:
+            return TRAIN_FAILURES[self.train.outcome]
+        return self.score.failure if self.score else None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def detail(self) -> str:
+        if not self.train.ok:
+            return f"training ended: {self.train.outcome.value} (exit {self.train.returncode})"
+        return self.score.detail if self.score else ""
+
+    @property
+    def loss(self) -> float | None:
+        return self.score.loss if self.score and self.score.ok else None
+
+    def to_dict(self) -> dict:
+        s = self.score
+        return {
+            "program": self.program,
+            "budget": self.budget,
+            "seed": self.seed,
+            "device": self.device,
+            "status": "ok" if self.ok else self.failure.value,  # type: ignore[union-attr]
+            "detail": self.detail,
+            "val_loss": self.loss,
+            "perplexity": s.perplexity if s and s.ok else None,
+            "eval_tokens": s.tokens if s else 0,
+            "checks": s.checks if s else {},
+            "parameters": s.parameters if s else None,
+            "flops_per_token": s.flops_per_token if s else None,
+            "flops_per_token_counted": s.flops_per_token_counted if s else None,
+            "mfu": self.mfu,
+            "peak_flops": self.peak_flops,
+            "peak_label": self.peak_label,
+            "train_wall_s": round(self.train.wall_s, 3),
+            "eval_wall_s": round(s.eval_wall_s, 3) if s else None,
+            "tokens_served": self.train.tokens_served,
+            "token_refusals": self.train.token_refusals,
+            "sandbox": self.train.backend,
+            "isolated": self.train.isolated,
+            "claims": self.claims,
+            "flags": self.flags,
+        }
+
+
+def read_claims(out_dir: Path) -> dict:
+    """What the program said about itself (untrusted: kept, compared, never used as a score)."""
+    path = Path(out_dir) / "model-val" / "claims.json"
+    try:
+        data = json.loads(path.read_text()[: 1 << 16])
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k)[:64]: v for k, v in list(data.items())[:32] if isinstance(v, (int, float, str))}
+
+
+def compare_claims(claims: dict, trusted_loss: float | None) -> list[str]:
+    flags = []
+    if trusted_loss is None:
+        return flags
+    for key in CLAIM_KEYS:
+        value = claims.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if abs(value - trusted_loss) > CLAIM_TOLERANCE * trusted_loss:
+                flags.append(
+                    f"claimed {key} {value:.4f} disagrees with the trusted val loss "
+                    f"{trusted_loss:.4f}"
+                )
+    return flags
+
+
+def evaluate_program(
+    program: Path,
+    budget: Budget,
+    seed: int,
+    sandbox: Sandbox,
+    workdir: Path,
+    *,
+    device: str = "cpu",
+    cpus: list[int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    workdir = Path(workdir)
+    trained = train(
+        program, budget, seed, workdir, sandbox, device=device, cpus=cpus, on_progress=on_progress
+    )
+    ev = Evaluation(str(program), budget.name, seed, device, trained)
+    if not trained.ok:
+        return ev
+    ev.score = score(trained.out_dir, budget, sandbox, workdir, device=device, cpus=cpus)
+    ev.claims = read_claims(workdir)
+    ev.flags = compare_claims(ev.claims, ev.loss)
+    s = ev.score
+    if s.ok and s.flops_per_token and s.flops_per_token_counted:
+        ratio = s.flops_per_token / s.flops_per_token_counted
+        if not 0.5 <= ratio <= 2.0:
+            ev.flags.append(
+                f"FLOPs from weight shapes ({s.flops_per_token:.3g}/token) and counted in the "
+                f"forward/backward ({s.flops_per_token_counted:.3g}/token) disagree"
+            )
+    if s.ok and s.flops_per_token:
+        # MFU from trusted numbers only: FLOPs from the weights' shapes (the lower of the shape
+        # figure and the counted one, so neither unused parameters nor a faked counter inflate
+        # it), tokens served by our server, wall time measured outside.
+        flops = min(filter(None, [s.flops_per_token, s.flops_per_token_counted]))
+        ev.peak_flops, ev.peak_label = device_peak(device, budget.threads)
+        if ev.peak_flops and trained.wall_s > 0:
+            ev.mfu = flops * trained.tokens_served / trained.wall_s / ev.peak_flops
+    return ev

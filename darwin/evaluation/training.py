@@ -1,0 +1,164 @@
+"""Train one program in the sandbox under a budget (the trusted side of a training run).
+
+The program gets a fresh folder of its own: a read-only copy of itself, a unix socket to the token
+server, one writable output folder. Tokens are charged by the server, the deadline is enforced by
+the sandbox, and the wall time is measured here, outside anything the program controls.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from darwin.evaluation.budgets import Budget
+from darwin.evaluation.data import load_dataset
+from darwin.evaluation.token_server import TokenServer
+from darwin.sandbox import (
+    IO_DIR,
+    LIB_DIR,
+    OUT_DIR,
+    PROGRAM_DIR,
+    Mount,
+    Outcome,
+    Sandbox,
+    SandboxSpec,
+    log_tail,
+)
+
+PROGRAM_NAME = "train.py"
+
+
+def runtime_dir() -> Path:
+    """Trusted helper modules mounted read-only at /sandbox/lib (darwin_io, the eval server)."""
+    return Path(str(resources.files("darwin.evaluation.runtime")))
+
+
+def seed_program() -> Path:
+    """Generation 0: the stock training program shipped in seed/."""
+    return Path(str(resources.files("darwin.seed") / PROGRAM_NAME))
+
+
+@dataclass
+class TrainResult:
+    outcome: Outcome
+    wall_s: float
+    tokens_served: int
+    token_requests: int
+    token_refusals: int
+    out_dir: Path
+    log_path: Path
+    backend: str
+    isolated: bool
+    returncode: int | None
+    cleanup_s: float = 0.0  # from our kill until no process of the run was left
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.ok
+
+    def log_tail(self, max_bytes: int = 4000) -> str:
+        return log_tail(self.log_path, max_bytes)
+
+
+def prepare_workdir(program: Path, workdir: Path) -> tuple[Path, Path, Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)
+    prog_dir = workdir / "program"
+    out_dir = workdir / "out"
+    for d in (prog_dir, out_dir):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(mode=0o755)
+    # A unix socket path must fit in 108 bytes, so the socket lives in a short temporary folder
+    # rather than next to the run's other files.
+    io_dir = Path(tempfile.mkdtemp(prefix="darwin-io-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    io_dir.chmod(0o755)
+    target = prog_dir / PROGRAM_NAME
+    shutil.copyfile(program, target)
+    target.chmod(0o644)
+    return prog_dir, out_dir, io_dir
+
+
+def train(
+    program: Path,
+    budget: Budget,
+    seed: int,
+    workdir: Path,
+    sandbox: Sandbox,
+    *,
+    device: str = "cpu",
+    cpus: list[int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Run ``program`` once under ``budget``; returns how it ended and where its output is."""
+    dataset = load_dataset()
+    prog_dir, out_dir, io_dir = prepare_workdir(Path(program), Path(workdir))
+    log_path = Path(workdir) / "train.log"
+    spec = SandboxSpec(
+        argv=["python", f"{PROGRAM_DIR}/{PROGRAM_NAME}"],
+        mounts=[
+            Mount(prog_dir, PROGRAM_DIR),
+            Mount(out_dir, OUT_DIR, writable=True),
+            Mount(io_dir, IO_DIR),
+            Mount(runtime_dir(), LIB_DIR),
+        ],
+        env={
+            "DARWIN_BUDGET": budget.name,
+            "DARWIN_BUDGET_TOKENS": str(budget.tokens),
+            "DARWIN_DEADLINE_S": str(budget.deadline_s),
+            "DARWIN_EVAL_CONTEXT": str(budget.eval_context),
+            "DARWIN_VOCAB_SIZE": str(dataset.vocab_size),
+            "DARWIN_SEED": str(seed),
+            "DARWIN_DEVICE": device,
+            "DARWIN_OUT_DIR": OUT_DIR,
+            "DARWIN_DATA_SOCKET": f"{IO_DIR}/data.sock",
+        },
+        cwd=OUT_DIR,
+        deadline_s=budget.deadline_s,
+        memory_mb=budget.memory_mb,
+        max_pids=budget.max_pids,
+        max_file_mb=budget.max_file_mb,
+        max_out_mb=budget.max_out_mb,
+        threads=budget.threads,
+        cpus=cpus,
+        gpu=device == "cuda",
+        log_path=log_path,
+        label=f"train:{Path(workdir).name}",
+    )
+    server = TokenServer(io_dir / "data.sock", dataset.train, budget.tokens, seed)
+    with server:
+        proc = sandbox.start(spec)
+        stop = threading.Event()
+        if on_progress is not None:
+            # Progress from the trusted side: tokens served so far, whatever the program prints.
+            def report() -> None:
+                while not stop.wait(0.5):
+                    on_progress(server.tokens_served, budget.tokens)
+
+            threading.Thread(target=report, daemon=True).start()
+        try:
+            result = proc.wait()
+        finally:
+            stop.set()
+            proc.finish()
+        if on_progress is not None:
+            on_progress(server.tokens_served, budget.tokens)
+    shutil.rmtree(io_dir, ignore_errors=True)
+    return TrainResult(
+        outcome=result.outcome,
+        wall_s=result.wall_s,
+        tokens_served=server.tokens_served,
+        token_requests=server.requests,
+        token_refusals=server.refused,
+        out_dir=out_dir,
+        log_path=log_path,
+        backend=result.backend,
+        isolated=result.isolated,
+        returncode=result.returncode,
+        cleanup_s=result.cleanup_s,
+    )

@@ -1,0 +1,99 @@
+"""The `darwin` command as a user runs it (a real subprocess each time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DARWIN = [sys.executable, "-m", "darwin.cli"]
+
+
+def darwin(*args: str, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DARWIN_HOME": str(home), **(env or {})}
+    return subprocess.run([*DARWIN, *args], capture_output=True, text=True, env=full_env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["baseline", "--budget", "huge"], ["unknown budget 'huge'", "tiny|cpu|paper"]),
+        (["baseline", "--budget", "tiny", "--device", "cuda"], ["--device cuda", "CUDA"]),
+        (["baseline", "--budget", "tiny", "--device", "tpu"], ["unknown device 'tpu'"]),
+        (["baseline", "--budget", "tiny", "--seeds", "0"], ["--seeds must be at least 1"]),
+        (["score", "/nonexistent/train.py", "--budget", "tiny"], ["program not found"]),
+        (["baseline", "--budget", "tiny", "--sandbox", "magic"], ["unknown sandbox 'magic'"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, words, tmp_path):
+    r = darwin(*args, home=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("darwin: error:"), r.stderr
+    for w in words:
+        assert w in lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_missing_sandbox_is_refused_with_the_fix(tmp_path):
+    r = darwin("baseline", "--budget", "tiny", home=tmp_path,
+               env={"PATH": "/nonexistent", "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert r.returncode == 2
+    assert "bubblewrap" in r.stderr and "--sandbox unsafe" in r.stderr
+    assert "no Docker daemon answers" in r.stderr and "DOCKER_HOST" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.sandbox
+def test_sandbox_check_reports_an_isolating_backend(sandbox, tmp_path):
+    r = darwin("sandbox", "check", "--json", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {row["backend"]: row for row in json.loads(r.stdout)}
+    assert rows["local"]["works"] and rows["local"]["isolates"]
+    assert rows["unsafe"]["isolates"] is False
+
+
+@pytest.mark.sandbox
+def test_score_and_baseline_agree_on_the_seed(sandbox, tmp_path):
+    from darwin.evaluation.training import seed_program
+
+    base = darwin("baseline", "--budget", "tiny", "--seeds", "1", "--seed", "3", "--json",
+                  home=tmp_path)
+    assert base.returncode == 0, base.stderr
+    scored = darwin("score", str(seed_program()), "--budget", "tiny", "--seed", "3", "--json",
+                    home=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    b = json.loads(base.stdout)  # --json: nothing but JSON on stdout
+    s = json.loads(scored.stdout)
+    assert b["runs"][0]["status"] == s["status"] == "ok"
+    assert b["runs"][0]["val_loss"] == s["val_loss"]  # same program, seed, budget: same number
+    assert b["summary"]["ok"] == 1 and b["runs"][0]["isolated"] is True
+
+
+def test_mutate_without_a_key_names_the_variable(tmp_path):
+    env = {"OPENAI_API_KEY": "", "DARWIN_LLM__API_KEY": ""}
+    r = darwin("mutate", "seed/train.py", "--mutator", "openai", home=tmp_path, env=env)
+    assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.sandbox
+def test_mutate_through_the_test_server_then_score_the_child(sandbox, llm_server, tmp_path):
+    from darwin.evaluation.training import seed_program
+
+    env = {"OPENAI_BASE_URL": llm_server.url, "OPENAI_API_KEY": llm_server.key}
+    child = tmp_path / "child.py"
+    m = darwin("mutate", str(seed_program()), "--budget", "tiny", "--out", str(child), "--json",
+               home=tmp_path, env=env)
+    assert m.returncode == 0, m.stderr
+    report = json.loads(m.stdout)
+    assert report["ok"] and report["input_tokens"] > 0 and report["cost_usd"] > 0
+    assert child.read_text() != seed_program().read_text()
+    s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
+    assert s.returncode == 0, s.stderr
+    assert json.loads(s.stdout)["status"] == "ok"

@@ -1,0 +1,217 @@
+"""The evolution engine end to end: `darwin run` against a real Prefect server, resume after
+kill -9, lessons reaching the next generation's prompts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from darwin.memory.store import RunStore, list_runs
+
+pytestmark = pytest.mark.sandbox
+
+SMALL = ["run", "--budget", "tiny", "--generations", "2", "--population", "2", "--keep", "1",
+         "--children", "2", "--seeds", "2", "--reruns", "1", "--repair-tries", "1"]
+
+
+def _env(prefect_server, home: Path, **extra: str) -> dict:
+    env = {**os.environ, "DARWIN_HOME": str(home), "PREFECT_API_URL": prefect_server["url"],
+           "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "", **extra}
+    return env
+
+
+def _darwin(args, env, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def _store(home: Path) -> RunStore:
+    (run_id,) = list_runs(home / "runs")
+    return RunStore(home / "runs", run_id)
+
+
+def _flow_runs(prefect_server, run_id: str) -> list[dict]:
+    import urllib.request
+
+    body = json.dumps({"flow_runs": {"tags": {"all_": [f"darwin-run:{run_id}"]}}}).encode()
+    req = urllib.request.Request(f"{prefect_server['url']}/flow_runs/filter", data=body,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def reference_run(prefect_server, sandbox, tmp_path_factory):
+    """An uninterrupted 2-generation tiny run with the offline mutator."""
+    home = tmp_path_factory.mktemp("reference")
+    r = _darwin([*SMALL, "--mutator", "offline", "--json"], _env(prefect_server, home))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return home, json.loads(r.stdout)
+
+
+def test_two_generations_commit_and_show_in_prefect(reference_run, prefect_server):
+    home, summary = reference_run
+    store = _store(home)
+    assert store.head() == 2
+    gens = [store.generation(n) for n in range(3)]
+    assert [g.generation for g in gens] == [0, 1, 2]
+    assert gens[0].population[0].candidate_id == "seed" and len(gens[0].population[0].losses) == 2
+    for g in gens[1:]:
+        assert len(g.children) == 2 and 1 <= len(g.population) <= 2
+        for cid in g.children:
+            rec = store.candidate(cid)
+            assert rec.code_sha and store.code(rec.code_sha)  # persisted code for every child
+            assert rec.kind and rec.parents
+    assert summary["best"] == gens[2].population[0].candidate_id
+    runs = _flow_runs(prefect_server, store.run_id)
+    names = {fr["name"]: fr["state_type"] for fr in runs}
+    assert names.get("gen-001") == "COMPLETED" and names.get("gen-002") == "COMPLETED"
+
+
+def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_server, tmp_path):
+    ref_home, ref_summary = reference_run
+    home = tmp_path / "killed"
+    env = _env(prefect_server, home)
+    proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator", "offline",
+                             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    store = None
+    while time.monotonic() < deadline:  # wait until generation 2 has a persisted, trained child
+        if (home / "runs").exists() and list_runs(home / "runs"):
+            store = _store(home)
+            if any(e.candidate_id.startswith("g002") for e in store.evaluations()):
+                break
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert store is not None and store.head() == 1
+    before = {p: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
+    cands_before = {p.name for p in (Path(store.root) / "candidates").iterdir()}
+
+    r = _darwin(["run", "--resume", store.run_id, "--json"], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    # Nothing persisted was lost or redone...
+    for path, data in before.items():
+        assert path.read_bytes() == data
+    assert cands_before <= {p.name for p in (Path(store.root) / "candidates").iterdir()}
+    # ...and the result is the uninterrupted run's.
+    assert summary["best"] == ref_summary["best"]
+    same = lambda pop: [(m["candidate_id"], m["losses"]) for m in pop]  # noqa: E731 (MFU is timing)
+    assert same(summary["population"]) == same(ref_summary["population"])
+    # The dead process' flow runs were marked Crashed, none is left Running.
+    states = [fr["state_type"] for fr in _flow_runs(prefect_server, store.run_id)]
+    assert "RUNNING" not in states and "CRASHED" in states
+
+
+def test_lessons_from_generation_1_reach_generation_2_prompts(prefect_server, llm_server,
+                                                             sandbox, tmp_path):
+    env = _env(prefect_server, tmp_path, OPENAI_BASE_URL=llm_server.url,
+               OPENAI_API_KEY=llm_server.key)
+    r = _darwin([*SMALL, "--mutator", "openai", "--json"], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prompts = ["\n".join(m["content"] for m in q["messages"]) for q in llm_server.requests]
+    with_lessons = [p for p in prompts if "## Lessons from earlier generations" in p]
+    assert with_lessons, "no generation-2 prompt carried the lessons of generation 1"
+    assert any("mean val-loss change" in p or "all crashed" in p for p in with_lessons)
+    assert not any("## Lessons" in p for p in prompts[:2])  # generation 1 had nothing to learn from
+    assert llm_server.key not in json.dumps(llm_server.requests)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--keep", "4", "--population", "4"], "invalid --keep"),
+        (["--generations", "0"], "invalid --generations"),
+        (["--budget", "huge"], "invalid --budget"),
+        (["--resume", "no-such-run"], "unknown run 'no-such-run'"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(args, words, tmp_path, prefect_server):
+    r = _darwin(["run", *args], _env(prefect_server, tmp_path))
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists() or not list_runs(tmp_path / "runs")
+
+
+def test_evolves_a_users_nanogpt_fork(prefect_server, sandbox, tmp_path):
+    from tests.conftest import PROGRAMS
+
+    fork = PROGRAMS / "nanogpt_fork.py"
+    r = _darwin(["run", "--seed-program", str(fork), "--budget", "tiny", "--generations", "1",
+                 "--population", "2", "--keep", "1", "--children", "2", "--seeds", "2",
+                 "--mutator", "offline", "--json"], _env(prefect_server, tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    store = _store(tmp_path)
+    assert store.code(store.candidate("seed").code_sha) == fork.read_text()
+    children = store.generation(1).children
+    assert all(store.candidate(c).diff for c in children)  # real edits of the user's program
+    assert json.loads(r.stdout)["seed_val_loss"] < 4.17
+
+
+def _artifacts(prefect_server, key: str) -> list[dict]:
+    import urllib.request
+
+    body = json.dumps({"artifacts": {"key": {"any_": [key]}}}).encode()
+    req = urllib.request.Request(f"{prefect_server['url']}/artifacts/filter", data=body,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_each_generation_publishes_artifacts(reference_run, prefect_server):
+    from darwin.reports.views import artifact_key
+
+    home, _ = reference_run
+    store = _store(home)
+    table = _artifacts(prefect_server, artifact_key(store.run_id, "leaderboard"))
+    report = _artifacts(prefect_server, artifact_key(store.run_id, "report"))
+    progress = _artifacts(prefect_server, artifact_key(store.run_id, "gen-002-progress"))
+    assert len(table) >= 3 and len(report) >= 3  # one version per generation, 0..2
+    assert any("generation 2" in (a["data"] or "") for a in report)
+    assert progress and progress[0]["type"] == "progress" and float(progress[0]["data"]) == 100.0
+
+
+def test_reading_a_run_back(reference_run, prefect_server):
+    home, summary = reference_run
+    env = _env(prefect_server, home)
+    runs = json.loads(_darwin(["runs", "--json"], env).stdout)
+    assert runs[0]["best"] == summary["best"] and runs[0]["generations"] == "2/2"
+    board = json.loads(_darwin(["leaderboard", "--json"], env).stdout)["candidates"]
+    assert board[0]["val_loss"] <= board[-1]["val_loss"] or board[-1]["val_loss"] is None
+    assert {r["candidate"] for r in board} >= {"seed", "g001-c00", "g002-c01"}
+    shown = _darwin(["show", summary["best"], "--json"], env)
+    detail = json.loads(shown.stdout)
+    assert detail["candidate"]["id"] == summary["best"] and detail["evaluations"]
+    if summary["best"] != "seed":
+        assert detail["candidate"]["diff"].startswith("--- parent/train.py")
+    human = _darwin(["show", "g001-c00"], env)
+    assert human.returncode == 0 and "kind of change" in human.stdout
+    missing = _darwin(["show", "g999-c00"], env)
+    assert missing.returncode == 2 and "no candidate 'g999-c00'" in missing.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(prefect_server, sandbox, tmp_path):
+    env = _env(prefect_server, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator", "offline"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until generation 0 is committed
+        if (tmp_path / "runs").exists() and list_runs(tmp_path / "runs"):
+            if _store(tmp_path).head() is not None:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    store = _store(tmp_path)
+    assert f"darwin run --resume {store.run_id}" in err
+    assert "Traceback" not in err
+    assert store.head() is not None  # the committed generation is intact and resumable

@@ -1,0 +1,50 @@
+"""The token server charges every batch against the budget and refuses what it cannot cover."""
+
+import socket
+import struct
+
+import numpy as np
+
+from darwin.evaluation.token_server import TokenServer
+
+
+def _ask(sock, batch, block):
+    sock.sendall(struct.pack("<II", batch, block))
+    (rows,) = struct.unpack("<I", sock.recv(4, socket.MSG_WAITALL))
+    if rows == 0:
+        return None
+    n = rows * (block + 1) * 2
+    buf = b""
+    while len(buf) < n:
+        buf += sock.recv(n - len(buf))
+    return np.frombuffer(buf, dtype="<u2").reshape(rows, block + 1)
+
+
+def test_budget_is_enforced_and_windows_come_from_train(tmp_path):
+    train = np.arange(10_000, dtype=np.uint16) % 65
+    with TokenServer(tmp_path / "s.sock", train, budget_tokens=1000, seed=0) as server:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(tmp_path / "s.sock"))
+        batch = _ask(sock, 4, 100)  # 400 tokens
+        assert batch.shape == (4, 101)
+        # every row is a contiguous window of the train split
+        for row in batch:
+            assert np.array_equal(np.diff(row.astype(int)) % 65, np.ones(100) % 65)
+        assert _ask(sock, 8, 100) is None  # 800 > 600 left: refused, nothing served
+        assert _ask(sock, 6, 100).shape == (6, 101)  # exactly what is left
+        assert _ask(sock, 1, 1) is None  # spent
+        assert server.tokens_served == 1000
+        assert server.refused == 2
+        sock.close()
+
+
+def test_same_seed_same_batches(tmp_path):
+    train = np.arange(5_000, dtype=np.uint16)
+    got = []
+    for i in range(2):
+        with TokenServer(tmp_path / f"s{i}.sock", train, budget_tokens=100, seed=7):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(tmp_path / f"s{i}.sock"))
+            got.append(_ask(sock, 2, 10))
+            sock.close()
+    assert np.array_equal(got[0], got[1])
