@@ -4,7 +4,7 @@
 
 Runs, on one GPU: the sandbox probe; the seed alone on seed 0 (val loss, wall time, MFU against
 the device's data-sheet peak, the scorer's checks); then --packed seeds at once on the same GPU
-(throughput of packing several children per GPU, design §1). Prints a short table and writes
+(throughput of packing several children per GPU). Prints a short table and writes
 JSON. Needs bubblewrap (or --sandbox unsafe) and a CUDA build of torch.
 """
 

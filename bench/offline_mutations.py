@@ -20,7 +20,7 @@ from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.evaluation.budgets import get_budget
 from darwin.evaluation.evaluate import evaluate_program
 from darwin.evaluation.training import seed_program
-from darwin.mutation.llm_mutator import MutationContext
+from darwin.mutation.base import MutationContext
 from darwin.mutation.offline import OfflineMutator
 from darwin.mutation.repair import RuleRepair, repair_case
 from darwin.sandbox import get_sandbox

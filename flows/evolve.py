@@ -7,17 +7,18 @@ from __future__ import annotations
 import statistics
 import time
 
-from darwin.flows.generation import generation
-from darwin.memory.records import GenerationRecord, Member
-from darwin.tasks import engine as steps
-from darwin.tasks import publish as ui
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from darwin.engine.experiment import Experiment
+from darwin.engine.ids import SEED_ID
 from darwin.engine.selection import noise_margin
 from darwin.engine.slots import shared_pool
-from darwin.engine.steps import SEED_ID, Engine, build_engine
+from darwin.engine.steps import Engine, build_engine
+from darwin.flows.generation import generation
+from darwin.memory.records import GenerationRecord, Member
+from darwin.tasks import engine as steps
+from darwin.tasks import publish as ui
 
 
 def _generation_zero(engine: Engine, seed_source: str) -> GenerationRecord:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from darwin.memory.records import GenerationRecord, Member
-from darwin.tasks import engine as steps
-from darwin.tasks import publish as ui
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
 from darwin.engine.experiment import Experiment
 from darwin.engine.selection import choose_parents, pareto, select
 from darwin.engine.steps import build_engine
+from darwin.memory.records import GenerationRecord, Member
+from darwin.tasks import engine as steps
+from darwin.tasks import publish as ui
 
 
 def _train_all(engine, ids, seed, progress, done_before, total):

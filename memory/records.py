@@ -8,6 +8,7 @@ population after selection. Old schema versions stay readable through ``read_can
 from __future__ import annotations
 
 import hashlib
+import statistics
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -66,6 +67,12 @@ class EvaluationRecord(BaseModel):
     cached: bool = False  # answered from the training cache, not trained again
 
 
+def mean_loss(losses: list[float]) -> float:
+    """Fitness: the mean val loss over a program's seeds (lower is better); infinite with none,
+    so a program with no finished run sorts last."""
+    return statistics.fmean(losses) if losses else float("inf")
+
+
 class Member(BaseModel):
     candidate_id: str
     losses: list[float]
@@ -73,7 +80,7 @@ class Member(BaseModel):
 
     @property
     def fitness(self) -> float:
-        return sum(self.losses) / len(self.losses)
+        return mean_loss(self.losses)
 
 
 class GenerationRecord(BaseModel):

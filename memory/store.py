@@ -25,6 +25,9 @@ import uuid
 from pathlib import Path
 
 import fsspec
+from pydantic import BaseModel
+
+from darwin import errors
 from darwin.memory.records import (
     CandidateRecord,
     EvaluationRecord,
@@ -32,11 +35,10 @@ from darwin.memory.records import (
     code_hash,
     read_candidate,
 )
-from pydantic import BaseModel
 
 
-class StoreError(RuntimeError):
-    pass
+class StoreError(errors.StorageError):
+    """The run store cannot do what was asked (see darwin.errors)."""
 
 
 class RunStore:

@@ -7,13 +7,13 @@ Candidate failures are returned as data; only infrastructure problems raise.
 
 from __future__ import annotations
 
-from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from darwin.engine.slots import shared_pool
 from darwin.engine.steps import Engine
+from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
 
 
 @task(name="mutate", task_run_name="mutate-{gen:03d}-{index:02d}", cache_policy=NO_CACHE)

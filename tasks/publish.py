@@ -4,7 +4,6 @@ the run's history."""
 
 from __future__ import annotations
 
-from darwin.memory.store import RunStore
 from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -14,6 +13,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from darwin.memory.store import RunStore
 from darwin.reports.views import artifact_key, generation_markdown, leaderboard_rows
 
 TABLE_COLUMNS = ("candidate", "generation", "parent", "kind", "operator", "val_loss", "runs",

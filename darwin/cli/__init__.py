@@ -1,5 +1,31 @@
-"""The `darwin` command line (see ``app``)."""
+"""The `darwin` command line: the app and its consoles in app.py, one module per command group.
 
-from darwin.cli.app import app, main
+    run.py        darwin run                       evolve a program (the main job)
+    read.py       darwin runs | leaderboard | show read runs back
+    evaluate.py   darwin baseline | score          train and score one program on N seeds
+    mutate.py     darwin mutate                    one mutation, written as a child
+    sandbox.py    darwin sandbox check | build     the sandbox and its Docker image
+    dev.py        darwin dev llm-server            a local OpenAI-compatible server
+"""
+
+from __future__ import annotations
+
+import sys
+
+from darwin.cli import dev, evaluate, mutate, read, run, sandbox  # noqa: F401 - registration
+from darwin.cli.app import app, err
+from darwin.errors import DarwinError
 
 __all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; DARWIN's errors become one line on stderr and the error's exit code."""
+    try:
+        app(argv if argv is not None else sys.argv[1:])
+    except DarwinError as e:
+        err.print(f"darwin: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("darwin: interrupted")
+        sys.exit(130)

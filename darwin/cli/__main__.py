@@ -1,3 +1,3 @@
-from darwin.cli.app import main
+from darwin.cli import main
 
 main()

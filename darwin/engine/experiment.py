@@ -4,8 +4,9 @@ they come from DARWIN_* variables, and secrets are never flow parameters."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from darwin.errors import UserError
 from darwin.evaluation.budgets import BUDGETS
 
 
@@ -46,3 +47,16 @@ class Experiment(BaseModel):
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device: unknown {self.device!r}; use cpu|cuda")
         return self
+
+
+def make_experiment(**values) -> Experiment:
+    """The experiment, or a UserError naming the flag and the fix (``invalid --keep: …``)."""
+    try:
+        return Experiment(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = ".".join(str(p) for p in first["loc"])
+        if not field and ": " in message:  # cross-field checks name their field first
+            field, message = message.split(": ", 1)
+        raise UserError(f"invalid --{(field or 'settings').replace('_', '-')}: {message}") from None

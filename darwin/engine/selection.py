@@ -1,6 +1,6 @@
 """Parent selection and noise-aware survivor selection (pure, seeded).
 
-Promotion rule (design §1, "a child only beats its parent beyond the noise"): the noise is the
+Promotion rule ("a child only beats its parent beyond the noise", README.md): the noise is the
 seed program's spread over S seeds; a child may replace a population member only when, over at
 least ``min_runs`` seeds (its first run plus re-runs), its mean val loss is lower than that
 member's by more than ``margin = 2 sigma_seed``. We chose the 2-sigma margin over a Welch test
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from darwin.memory.records import mean_loss
+
 
 @dataclass
 class Scored:
@@ -28,7 +30,7 @@ class Scored:
 
     @property
     def fitness(self) -> float:
-        return statistics.fmean(self.losses) if self.losses else float("inf")
+        return mean_loss(self.losses)
 
 
 def noise_margin(seed_losses: list[float], sigmas: float = 2.0) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from darwin.engine.experiment import Experiment
+from darwin.engine.ids import SEED_ID, candidate_id, parse
 from darwin.engine.selection import Scored
 from darwin.evaluation.budgets import Budget, get_budget
 from darwin.evaluation.data import load_dataset
@@ -31,22 +32,18 @@ from darwin.evaluation.failures import Failure
 from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
 from darwin.memory.store import RunStore
 from darwin.mutation.answers import ChangeKind
+from darwin.mutation.base import FailureNote, MutationContext, MutationResult
 from darwin.mutation.lessons import Outcome, aggregate, lesson_lines
-from darwin.mutation.llm_mutator import FailureNote, MutationContext, MutationResult, make_mutator
-from darwin.mutation.repair import LLMRepair, RuleRepair, repair_case
+from darwin.mutation.registry import make_mutator
+from darwin.mutation.repair import repair_case
+from darwin.sandbox import Sandbox
 from darwin.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SEED_ID = "seed"
 DUPLICATE_REDRAWS = 4
 TRUSTED_FILES = ("scoring.py", "outputs.py", "token_server.py", "evaluate.py", "training.py",
                  "runtime/eval_server.py", "runtime/darwin_io.py")
-
-
-def candidate_id(generation: int, index: int, repair: int = 0) -> str:
-    base = f"g{generation:03d}-c{index:02d}"
-    return f"{base}-r{repair}" if repair else base
 
 
 @dataclass
@@ -54,7 +51,7 @@ class Engine:
     store: RunStore
     experiment: Experiment
     settings: Settings
-    sandbox: object
+    sandbox: Sandbox
 
     @cached_property
     def budget(self) -> Budget:
@@ -130,15 +127,15 @@ class Engine:
         rng = np.random.default_rng([self.experiment.seed, gen, index])
         mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=rng)
         ctx = self._mutation_context(target, proposer)
-        if mutator.name == "openai":
-            modes = list(self.experiment.mode_mix)
+        if len(mutator.modes) > 1:
+            modes = [m for m in self.experiment.mode_mix if m in mutator.modes]
             weights = np.array([self.experiment.mode_mix[m] for m in modes], dtype=float)
             ctx.mode = modes[int(rng.choice(len(modes), p=weights / weights.sum()))]  # type: ignore[assignment]
             ctx.seed = int(rng.integers(1 << 31))
         if not self.experiment.memory:
             ctx.lessons, ctx.kind_stats = [], {}
         result = mutator.mutate(ctx)
-        if mutator.name != "openai":
+        if mutator.redraws_duplicates:
             # The catalogue can draw an edit an earlier generation already tried (its score is
             # known): draw again, a few times. Only earlier generations count, so the outcome
             # does not depend on which sibling was proposed first (resume stays reproducible).
@@ -155,9 +152,7 @@ class Engine:
     def repair(self, broken: CandidateRecord, evaluation: EvaluationRecord, attempt: int
                ) -> CandidateRecord:
         """A new candidate that tries to fix ``broken``; its parent is the broken one."""
-        root_id = broken.id.split("-r")[0]
-        index = int(root_id.split("-c")[1])
-        cid = candidate_id(broken.generation, index, attempt)
+        cid = str(parse(broken.id).repaired(attempt))
         existing = self.store.candidate(cid)
         if existing is not None:
             return existing
@@ -165,8 +160,7 @@ class Engine:
         case = repair_case(failure, evaluation.detail, evaluation.log_tail)
         parent_src = self.code(broken.parents[0]) if broken.parents else None
         mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=attempt)
-        repairer = LLMRepair(mutator) if mutator.name == "openai" else RuleRepair()
-        result = repairer.repair(self.code(broken.id), parent_src, case, self.budget)
+        result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
         if result.answer is not None and broken.kind:
             # A repair keeps the broken child's intent; its lesson counts for that kind.
             result.answer = result.answer.model_copy(update={"kind": ChangeKind(broken.kind)})

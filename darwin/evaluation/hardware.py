@@ -11,6 +11,24 @@ from __future__ import annotations
 import functools
 import time
 
+from darwin.errors import UserError
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> None:
+    """UserError unless ``device`` is one we can train on here."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}: use --device cpu|cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda but no CUDA device is visible to torch here: "
+                "use --device cpu, or install a CUDA build of torch on a GPU machine"
+            )
+
 GPU_PEAK_BF16 = [  # (substring of torch.cuda.get_device_name(), FLOPS)
     ("H200", 989e12),
     ("H100 PCIe", 756e12),

@@ -1,4 +1,4 @@
-"""The trusted scorer: the score comes from code the candidate cannot reach (design §4).
+"""The trusted scorer: the score comes from code the candidate cannot reach.
 
 After the training sandbox is gone, a fresh sandboxed process (darwin/evaluation/runtime/eval_server.py)
 loads the candidate's model code and safetensors weights and answers forward requests over a pipe.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import openai
 
+from darwin import errors
 from darwin.errors import UserError
 from darwin.settings import LLMSettings
 
@@ -34,7 +35,9 @@ class LLMFailure(str, enum.Enum):
     cost_cap = "cost_cap"
 
 
-class LLMError(Exception):
+class LLMError(errors.LLMError):
+    """One failed use of the LLM; ``kind`` is the typed reason a mutation records."""
+
     def __init__(self, kind: LLMFailure, detail: str):
         super().__init__(f"{kind.value}: {detail}")
         self.kind = kind

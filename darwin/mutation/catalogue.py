@@ -20,7 +20,8 @@ from darwin.mutation.answers import ChangeKind, Edit, MutationAnswer
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
-def _line(program: str, pattern: str) -> re.Match | None:
+def unique_line(program: str, pattern: str) -> re.Match | None:
+    """The one line matching ``pattern`` (multiline), or None when none or several do."""
     matches = list(re.finditer(pattern, program, flags=re.M))
     return matches[0] if len(matches) == 1 else None  # ambiguous means "does not apply"
 
@@ -33,7 +34,7 @@ def _fmt(x: float) -> str:
 
 def _set_number(program: str, rng: np.random.Generator, name: str, options: list[float],
                 kind: ChangeKind, why: str, relative: bool = False) -> MutationAnswer | None:
-    m = _line(program, rf"^(?P<lhs>{name}\s*=\s*)(?P<val>{NUM})(?P<rest>.*)$")
+    m = unique_line(program, rf"^(?P<lhs>{name}\s*=\s*)(?P<val>{NUM})(?P<rest>.*)$")
     if m is None:
         return None
     current = float(m.group("val"))
@@ -53,7 +54,7 @@ def _set_number(program: str, rng: np.random.Generator, name: str, options: list
 
 def _replace_line(program: str, pattern: str, make: Callable[[re.Match], str], kind: ChangeKind,
                   why: str) -> MutationAnswer | None:
-    m = _line(program, pattern)
+    m = unique_line(program, pattern)
     if m is None:
         return None
     new = make(m)
@@ -62,13 +63,14 @@ def _replace_line(program: str, pattern: str, make: Callable[[re.Match], str], k
     return MutationAnswer(reasoning=why, kind=kind, edits=[Edit(search=m.group(0), replace=new)])
 
 
-def _shape_row(program: str, budget: str) -> re.Match | None:
-    return _line(program, rf'^(?P<indent>\s*)"{budget}":\s*dict\((?P<args>[^)]*)\),?.*$')
+def shape_row(program: str, budget: str) -> re.Match | None:
+    """The seed's per-budget shape row (``"cpu": dict(batch_size=…, …)``), when it is there."""
+    return unique_line(program, rf'^(?P<indent>\s*)"{budget}":\s*dict\((?P<args>[^)]*)\),?.*$')
 
 
 def _shape_change(program: str, budget: str, update: Callable[[dict], dict | None],
                   kind: ChangeKind, why: str) -> MutationAnswer | None:
-    m = _shape_row(program, budget)
+    m = shape_row(program, budget)
     if m is None:
         return None
     try:
@@ -116,7 +118,7 @@ def weight_decay(p, rng, budget):
 
 
 def betas(p, rng, budget):
-    m = _line(p, rf"^(?P<lhs>beta1,\s*beta2\s*=\s*)(?P<b1>{NUM}),\s*(?P<b2>{NUM})(?P<rest>.*)$")
+    m = unique_line(p, rf"^(?P<lhs>beta1,\s*beta2\s*=\s*)(?P<b1>{NUM}),\s*(?P<b2>{NUM})(?P<rest>.*)$")
     if m is None:
         return None
     b1, b2 = float(m.group("b1")), float(m.group("b2"))
@@ -210,8 +212,8 @@ def rmsnorm(p, rng, budget):
 
 
 def post_norm(p, rng, budget):
-    attn = _line(p, r"^(?P<i>\s*)x = x \+ self\.attn\(self\.ln_1\(x\)\)\s*$")
-    mlp = _line(p, r"^(?P<i>\s*)x = x \+ self\.mlp\(self\.ln_2\(x\)\)\s*$")
+    attn = unique_line(p, r"^(?P<i>\s*)x = x \+ self\.attn\(self\.ln_1\(x\)\)\s*$")
+    mlp = unique_line(p, r"^(?P<i>\s*)x = x \+ self\.mlp\(self\.ln_2\(x\)\)\s*$")
     if attn is None or mlp is None:
         return None
     return MutationAnswer(
@@ -223,7 +225,7 @@ def post_norm(p, rng, budget):
 
 
 def untie(p, rng, budget):
-    m = _line(p, r"^\s*self\.lm_head\.weight = self\.wte\.weight.*$")
+    m = unique_line(p, r"^\s*self\.lm_head\.weight = self\.wte\.weight.*$")
     if m is None:
         return None
     indent = re.match(r"\s*", m.group(0)).group(0)
@@ -243,7 +245,7 @@ def optimizer(p, rng, budget):
 
 
 def init_scale(p, rng, budget):
-    m = _line(p, rf"^(?P<pre>\s*(?:torch\.)?nn\.init\.normal_\(module\.weight, mean=0\.0, std=)"
+    m = unique_line(p, rf"^(?P<pre>\s*(?:torch\.)?nn\.init\.normal_\(module\.weight, mean=0\.0, std=)"
                  rf"(?P<std>{NUM})(?P<rest>\).*)$")
     if m is None:
         return None
@@ -256,7 +258,7 @@ def init_scale(p, rng, budget):
 
 
 def schedule_shape(p, rng, budget):
-    m = _line(p, r"^(?P<i>\s*)coeff = 0\.5 \* \(1\.0 \+ math\.cos\(math\.pi \* (?P<arg>.+)\)\)\s*$")
+    m = unique_line(p, r"^(?P<i>\s*)coeff = 0\.5 \* \(1\.0 \+ math\.cos\(math\.pi \* (?P<arg>.+)\)\)\s*$")
     if m is None:
         return None
     linear = bool(rng.random() < 0.5)
@@ -267,8 +269,8 @@ def schedule_shape(p, rng, budget):
 
 
 def mlp_ratio(p, rng, budget):
-    fc = _line(p, r'^.*nn\.Linear\(cfg\["n_embd"\], 4 \* cfg\["n_embd"\].*$')
-    proj = _line(p, r'^.*nn\.Linear\(4 \* cfg\["n_embd"\], cfg\["n_embd"\].*$')
+    fc = unique_line(p, r'^.*nn\.Linear\(cfg\["n_embd"\], 4 \* cfg\["n_embd"\].*$')
+    proj = unique_line(p, r'^.*nn\.Linear\(4 \* cfg\["n_embd"\], cfg\["n_embd"\].*$')
     if fc is None or proj is None:
         return None
     r = int(rng.choice([2, 3, 6]))

@@ -9,15 +9,13 @@ the mutation at once, typed, without a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Literal
 
 import jinja2
 
 from darwin.evaluation.budgets import Budget
-from darwin.llm.client import LLMClient, LLMError, Usage
+from darwin.llm.client import LLMClient, LLMError
 from darwin.mutation.answers import (
     AnswerError,
     ChangeKind,
@@ -26,74 +24,15 @@ from darwin.mutation.answers import (
     answer_schema,
     parse_answer,
 )
-from darwin.mutation.edits import EditError, apply_edits, check_program, unified_diff
-from darwin.mutation.untrusted import quote_untrusted
-
-Mode = Literal["search_replace", "whole", "chunk"]
-MODES: tuple[str, ...] = ("search_replace", "whole", "chunk")
-CHUNK_PROBABILITY = 0.3  # the paper's per-chunk rewrite probability (a setting)
-
-
-@dataclass
-class FailureNote:
-    """A recent failure shown to the model: our own one-line summary + the quoted log tail."""
-
-    summary: str
-    log_tail: str = ""
-
-    @property
-    def quoted(self) -> str:
-        return quote_untrusted(self.log_tail, label="failure log", limit=2000) if self.log_tail else ""
-
-
-@dataclass
-class MutationContext:
-    target_program: str
-    budget: Budget
-    mode: Mode = "search_replace"
-    proposer_program: str | None = None
-    proposer_ideas: list[str] = field(default_factory=list)
-    target_score: str | None = None
-    lessons: list[str] = field(default_factory=list)
-    failures: list[FailureNote] = field(default_factory=list)
-    human_notes: list[str] = field(default_factory=list)
-    # Per kind of change, what the lessons say (steers the offline bandit; empty = memory off).
-    kind_stats: dict = field(default_factory=dict)
-    task: Literal["improve", "repair"] = "improve"
-    repair_summary: str = ""  # our own one-line description of the failure to fix
-    chunk_probability: float = CHUNK_PROBABILITY
-    seed: int = 0  # for the chunk-wise operator's choice of chunks
-
-
-@dataclass
-class MutationResult:
-    mutator: str
-    mode: str
-    child: str | None = None
-    answer: MutationAnswer | None = None
-    diff: str = ""
-    failure: str | None = None  # an LLMFailure value, "unusable_answer", ...
-    detail: str = ""
-    attempts: int = 0
-    usage: list[Usage] = field(default_factory=list)
-    prompt: str = ""  # the first user prompt, kept for the record
-    operator: str | None = None  # the catalogue operator (offline mutators)
-
-    @property
-    def ok(self) -> bool:
-        return self.child is not None
-
-    @property
-    def input_tokens(self) -> int:
-        return sum(u.input_tokens for u in self.usage)
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(u.output_tokens for u in self.usage)
-
-    @property
-    def cost_usd(self) -> float:
-        return sum(u.cost_usd for u in self.usage)
+from darwin.mutation.base import (
+    MODES,
+    FailureNote,
+    MutationContext,
+    MutationResult,
+    RepairCase,
+    apply_answer,
+)
+from darwin.mutation.edits import EditError, check_program, unified_diff
 
 
 @lru_cache(maxsize=1)
@@ -132,22 +71,13 @@ def build_messages(ctx: MutationContext, structured: bool) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def apply_answer(target: str, answer: MutationAnswer, mode: str) -> str:
-    """The child program an answer describes, checked to parse; EditError if it cannot be made."""
-    if mode == "whole" or (answer.program and not answer.edits):
-        if not answer.program:
-            raise EditError("whole-program mode: give the complete new program")
-        child = answer.program if answer.program.endswith("\n") else answer.program + "\n"
-        if child == target:
-            raise EditError("the new program is identical to the target")
-    else:
-        child = apply_edits(target, answer.edits)
-    check_program(child)
-    return child
-
-
 class LLMMutator:
+    """The LLM as a mutator (see the module docstring); it repairs by asking for a fix."""
+
     name = "openai"
+    modes = MODES
+    redraws_duplicates = False  # every draw costs a call; persisted answers are reused instead
+    uses_llm = True
 
     def __init__(self, client: LLMClient, max_attempts: int = 3):
         self.client = client
@@ -171,6 +101,21 @@ class LLMMutator:
         result.child, result.answer = made["child"], answer
         result.diff = unified_diff(ctx.target_program, made["child"])
         result.failure, result.detail = None, ""
+        return result
+
+    def repair(self, broken: str, parent: str | None, case: RepairCase,
+               budget: Budget) -> MutationResult:
+        """Ask the model to fix ``broken`` given our summary of its failure and its quoted log."""
+        ctx = MutationContext(
+            target_program=broken,
+            budget=budget,
+            mode="search_replace",
+            task="repair",
+            repair_summary=f"{case.cls} ({case.summary})",
+            failures=[FailureNote(f"this program: {case.summary}", case.log_tail)],
+        )
+        result = self.mutate(ctx)
+        result.mode = "repair"
         return result
 
     def _ask(self, messages: list[dict], result: MutationResult, check,
@@ -271,24 +216,3 @@ def _as_chunk(new: str, old: str) -> str:
     prefix, body = _split_prefix(old)
     trail = body[len(body.rstrip("\n")) :]
     return prefix + new.strip("\n") + (trail or "\n")
-
-
-MUTATORS = ("auto", "openai", "offline", "random")
-
-
-def make_mutator(name: str, settings=None, rng=0):
-    """``auto``: the LLM when a key is configured, else the offline catalogue (said plainly)."""
-    from darwin.errors import UserError
-    from darwin.mutation.offline import OfflineMutator, RandomMutator
-    from darwin.settings import get_settings
-
-    if name not in MUTATORS:
-        raise UserError(f"unknown mutator {name!r}: use --mutator " + "|".join(MUTATORS))
-    llm_settings = settings or get_settings().llm
-    if name == "auto":
-        name = "openai" if llm_settings.key() else "offline"
-    if name == "openai":
-        return LLMMutator(LLMClient(llm_settings))
-    if name == "offline":
-        return OfflineMutator(rng)
-    return RandomMutator(rng)

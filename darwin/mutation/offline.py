@@ -13,11 +13,13 @@ import math
 
 import numpy as np
 
+from darwin.evaluation.budgets import Budget
 from darwin.mutation.answers import ChangeKind
+from darwin.mutation.base import MutationContext, MutationResult, RepairCase, apply_answer
 from darwin.mutation.catalogue import CATALOGUE, Operator
 from darwin.mutation.edits import EditError, unified_diff
 from darwin.mutation.lessons import KindStats
-from darwin.mutation.llm_mutator import MutationContext, MutationResult, apply_answer
+from darwin.mutation.repair import RuleRepair
 
 EXPLORATION = 0.05  # loss units: how much an untried kind is worth
 CRASH_COST = 0.1  # loss units per crash share
@@ -39,6 +41,9 @@ def bandit_scores(kinds: list[ChangeKind], stats: dict[ChangeKind, KindStats]) -
 
 class _CatalogueMutator:
     name = "offline"
+    modes = ("search_replace",)
+    redraws_duplicates = True  # seeded and free: an edit an earlier generation tried is redrawn
+    uses_llm = False
 
     def __init__(self, rng: np.random.Generator | int = 0):
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -68,6 +73,11 @@ class _CatalogueMutator:
         result.failure = "no_operator_applies"
         result.detail = "no catalogue operator found its construct in this program"
         return result
+
+    def repair(self, broken: str, parent: str | None, case: RepairCase,
+               budget: Budget) -> MutationResult:
+        """No LLM: the rules (NaN, out of memory, else revert the offending hunk)."""
+        return RuleRepair().repair(broken, parent, case, budget)
 
 
 class OfflineMutator(_CatalogueMutator):

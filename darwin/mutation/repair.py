@@ -14,28 +14,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
 
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.failures import Failure
 from darwin.mutation.answers import ChangeKind, Edit, MutationAnswer
-from darwin.mutation.catalogue import NUM, _line, _shape_row
+from darwin.mutation.base import MutationResult, RepairCase, apply_answer
+from darwin.mutation.catalogue import NUM, shape_row, unique_line
 from darwin.mutation.edits import EditError, unified_diff
-from darwin.mutation.llm_mutator import (
-    FailureNote,
-    LLMMutator,
-    MutationContext,
-    MutationResult,
-    apply_answer,
-)
-
-
-@dataclass
-class RepairCase:
-    cls: str
-    summary: str
-    log_tail: str = ""
-    line: int | None = None
 
 
 def _traceback_line(log: str) -> int | None:
@@ -85,6 +70,8 @@ def revert_hunk(broken: str, parent: str, line: int | None) -> str | None:
 
 
 class RuleRepair:
+    """Repair without an LLM, by the rules in the module docstring."""
+
     name = "rules"
 
     def repair(self, broken: str, parent: str | None, case: RepairCase,
@@ -92,7 +79,7 @@ class RuleRepair:
         result = MutationResult(mutator=self.name, mode="repair", attempts=1)
         answer = None
         if case.cls == "nan":
-            m = _line(broken, rf"^(?P<lhs>learning_rate\s*=\s*)(?P<val>{NUM})(?P<rest>.*)$")
+            m = unique_line(broken, rf"^(?P<lhs>learning_rate\s*=\s*)(?P<val>{NUM})(?P<rest>.*)$")
             if m:
                 new = float(m.group("val")) / 10
                 answer = MutationAnswer(
@@ -100,7 +87,7 @@ class RuleRepair:
                     kind=ChangeKind.learning_rate,
                     edits=[Edit(search=m.group(0), replace=f"{m.group('lhs')}{new:g}{m.group('rest')}")])
         elif case.cls == "oom":
-            m = _shape_row(broken, budget.name)
+            m = shape_row(broken, budget.name)
             b = re.search(r"batch_size=(\d+)", m.group(0)) if m else None
             if m and b and int(b.group(1)) > 1:
                 half = int(b.group(1)) // 2
@@ -126,25 +113,4 @@ class RuleRepair:
             return result
         result.child, result.answer = child, answer
         result.diff = unified_diff(broken, child)
-        return result
-
-
-class LLMRepair:
-    name = "openai"
-
-    def __init__(self, mutator: LLMMutator):
-        self.mutator = mutator
-
-    def repair(self, broken: str, parent: str | None, case: RepairCase,
-               budget: Budget) -> MutationResult:
-        ctx = MutationContext(
-            target_program=broken,
-            budget=budget,
-            mode="search_replace",
-            task="repair",
-            repair_summary=f"{case.cls} ({case.summary})",
-            failures=[FailureNote(f"this program: {case.summary}", case.log_tail)],
-        )
-        result = self.mutator.mutate(ctx)
-        result.mode = "repair"
         return result

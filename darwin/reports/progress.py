@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from darwin.engine.experiment import Experiment
+from darwin.engine.ids import in_generation
 from darwin.memory.store import RunStore
 
 
@@ -39,9 +40,7 @@ def snapshot(store: RunStore, exp: Experiment, slots: int) -> Snapshot:
     head = store.head()
     evals = store.evaluations()
     working = 0 if head is None else head + 1
-    prefix = f"g{working:03d}-"
-    gen_evals = [e for e in evals if (e.candidate_id.startswith(prefix) if working else
-                                      e.candidate_id == "seed")]
+    gen_evals = [e for e in evals if in_generation(e.candidate_id, working)]
     failed = sum(e.val_loss is None for e in gen_evals)
     best_id = best_loss = seed_loss = noise = None
     if head is not None:

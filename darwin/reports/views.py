@@ -10,6 +10,7 @@ import math
 import statistics
 
 from darwin.errors import UserError
+from darwin.memory.records import mean_loss
 from darwin.memory.store import RunStore, StoreError, list_runs
 
 
@@ -56,7 +57,7 @@ def leaderboard_rows(store: RunStore) -> list[dict]:
         mine = sorted(evals.get(rec.id, []), key=lambda e: e.seed)
         losses = [e.val_loss for e in mine if e.val_loss is not None]
         failed = [e for e in mine if e.val_loss is None]
-        mean = statistics.fmean(losses) if losses else None
+        mean = mean_loss(losses) if losses else None
         rows.append({
             "candidate": rec.id, "generation": rec.generation,
             "parent": rec.parents[0] if rec.parents else None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from darwin.errors import UserError
+from darwin.errors import SandboxError, UserError
 
 # Inside every sandbox the layout is the same, whatever the backend.
 PROGRAM_DIR = "/sandbox/program"
@@ -29,11 +29,14 @@ LIB_DIR = "/sandbox/lib"
 SANDBOX_UID = 65534  # nobody
 
 
-class SandboxUnavailable(UserError):
-    """No backend here can isolate untrusted code (and unsafe mode was not chosen)."""
+class SandboxUnavailable(SandboxError, UserError):
+    """No backend here can isolate untrusted code (and unsafe mode was not chosen): the user's
+    machine lacks what it needs, so a user error (exit 2)."""
+
+    exit_code = UserError.exit_code
 
 
-class SandboxInfraError(RuntimeError):
+class SandboxInfraError(SandboxError):
     """The sandbox itself failed to start: our problem, never the candidate's."""
 
 

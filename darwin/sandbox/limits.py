@@ -1,6 +1,6 @@
 """Resource caps for a sandbox: a cgroup where we may create one, rlimits always.
 
-Measured here (notes/sandbox-and-training.md): RLIMIT_NPROC is ignored for root and counts per uid
+Measured on our machines: RLIMIT_NPROC is ignored for root and counts per uid
 across the machine, and RLIMIT_AS does not suit CUDA, so memory and process caps come from a
 cgroup (v1 or v2) when one can be created; rlimits are the fallback and an extra layer.
 """

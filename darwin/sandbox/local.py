@@ -1,6 +1,6 @@
 """The local sandbox: bubblewrap, entered as an unprivileged uid, plus a cgroup and rlimits.
 
-Measured traps this design answers (notes/sandbox-and-training.md):
+Measured traps this design answers:
 - bwrap run by root stays root on the host (it could remount binds read-write, write sysctls), so
   as root we drop to uid 65534 with setpriv *before* bwrap, which then builds its own user, mount,
   PID, network, IPC and UTS namespaces like it does for any normal user.
@@ -83,15 +83,21 @@ class PythonRuntime:
         # Our own package (and the dataset inside it, when installed non-editable) must never be
         # visible to a candidate: a tmpfs is mounted over it.
         import darwin
-        from darwin.evaluation.data import corpus_path
 
         masks = []
-        for hidden in (Path(darwin.__file__).resolve().parent, corpus_path().resolve().parent):
+        for hidden in (Path(darwin.__file__).resolve().parent, _seed_package().resolve()):
             if any(_is_under(hidden, b) for b in binds) and not any(
                 _is_under(hidden, m) for m in masks
             ):
                 masks.append(hidden)
         return cls(executable=sys.executable, binds=binds, masks=masks)
+
+
+def _seed_package() -> Path:
+    """Where the seed package (program, contract, dataset) is installed: never visible inside."""
+    from importlib import resources
+
+    return Path(str(resources.files("darwin.seed")))
 
 
 class LocalSandbox:

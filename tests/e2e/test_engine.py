@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from darwin.memory.store import RunStore, list_runs
 
 pytestmark = pytest.mark.sandbox

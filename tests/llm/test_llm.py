@@ -12,7 +12,8 @@ from pydantic import SecretStr
 from darwin.evaluation.training import seed_program
 from darwin.llm.client import LLMClient, LLMError, LLMFailure
 from darwin.llm.devserver import count_tokens
-from darwin.mutation.llm_mutator import FailureNote, LLMMutator, MutationContext
+from darwin.mutation.base import FailureNote, MutationContext
+from darwin.mutation.llm_mutator import LLMMutator
 from darwin.settings import LLMSettings
 
 SEED = seed_program().read_text()

@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 import pytest
+
+from darwin.engine.selection import Scored, choose_parents, noise_margin, pareto, select
 from darwin.memory.records import (
     CandidateRecord,
     GenerationRecord,
@@ -14,8 +16,6 @@ from darwin.memory.records import (
     read_candidate,
 )
 from darwin.memory.store import RunStore, StoreError, list_runs
-
-from darwin.engine.selection import Scored, choose_parents, noise_margin, pareto, select
 
 
 def test_code_is_content_addressed_and_records_immutable(tmp_path):
@@ -110,12 +110,11 @@ def test_pareto_front():
 
 
 def test_offline_children_do_not_repeat_an_earlier_generation(tmp_path):
-    from darwin.memory.records import CandidateRecord
-
     from darwin.engine.experiment import Experiment
     from darwin.engine.steps import Engine
     from darwin.evaluation.training import seed_program
-    from darwin.mutation.llm_mutator import MutationContext
+    from darwin.memory.records import CandidateRecord
+    from darwin.mutation.base import MutationContext
     from darwin.mutation.offline import OfflineMutator
     from darwin.settings import Settings
 

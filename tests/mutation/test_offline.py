@@ -10,11 +10,12 @@ import pytest
 from darwin.evaluation.budgets import get_budget
 from darwin.evaluation.training import seed_program
 from darwin.mutation.answers import ChangeKind
+from darwin.mutation.base import MutationContext
 from darwin.mutation.catalogue import CATALOGUE, OPERATORS
 from darwin.mutation.chunks import join, split
 from darwin.mutation.lessons import KindStats
-from darwin.mutation.llm_mutator import MutationContext, make_mutator
 from darwin.mutation.offline import OfflineMutator, RandomMutator
+from darwin.mutation.registry import make_mutator
 
 SEED = seed_program().read_text()
 

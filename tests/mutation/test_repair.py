@@ -8,9 +8,10 @@ import pytest
 from darwin.evaluation.evaluate import evaluate_program
 from darwin.evaluation.training import seed_program
 from darwin.llm.client import LLMClient
+from darwin.mutation.base import apply_answer
 from darwin.mutation.catalogue import CATALOGUE
-from darwin.mutation.llm_mutator import LLMMutator, apply_answer
-from darwin.mutation.repair import LLMRepair, RuleRepair, repair_case, revert_hunk
+from darwin.mutation.llm_mutator import LLMMutator
+from darwin.mutation.repair import RuleRepair, repair_case, revert_hunk
 from tests.mutation.test_offline import CONSTRUCT
 
 SEED = seed_program().read_text()
@@ -89,7 +90,7 @@ def test_llm_repairs_a_scripted_crash(sandbox, tiny, tmp_path, llm_server, llm_s
            "<<<<<<< SEARCH\n        x = self.drop(self.wte(idx) + self.wpe(pos) + undefined_bias)\n"
            "=======\n        x = self.drop(self.wte(idx) + self.wpe(pos))\n>>>>>>> REPLACE\n")
     llm_server.enqueue({"content": fix})
-    repairer = LLMRepair(LLMMutator(LLMClient(llm_settings)))
+    repairer = LLMMutator(LLMClient(llm_settings))
     tries, case, fixed = _repair_until_ok(repairer, broken, SEED, ev, tiny, sandbox, tmp_path)
     assert tries == 1 and fixed.ok
     prompt = llm_server.requests[0]["messages"][-1]["content"]

@@ -1,0 +1,148 @@
+"""`darwin run`: evolve a training program (the main job), new or resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from darwin.cli.app import JsonFlag, app, err, open_sandbox, out
+
+
+@app.command
+def run(
+    *,
+    resume: str | None = None,
+    seed_program: Path | None = None,
+    budget: str = "cpu",
+    generations: int = 3,
+    population: int = 4,
+    keep: int = 2,
+    children: int = 4,
+    mutator: str = "auto",
+    seeds: int = 3,
+    seed: int = 0,
+    reruns: int = 1,
+    repair_tries: int = 2,
+    memory: bool = True,
+    device: str = "cpu",
+    sandbox: str | None = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Evolve a training program: generation 0 is the seed measured over --seeds seeds, then
+    --generations generations of --children children each.
+
+    Parameters
+    ----------
+    resume
+        Continue the run with this id from its last committed generation (see `darwin runs`).
+    seed_program
+        Evolve this program (it must follow seed/README.md) instead of the stock seed.
+    budget
+        tiny | cpu | paper.
+    generations
+        Generations after the seed's.
+    population
+        Members kept after each generation.
+    keep
+        Elites: only a child that beats them beyond the noise displaces them.
+    children
+        Children per generation.
+    mutator
+        auto (the LLM when OPENAI_API_KEY is set, else offline) | openai | offline | random.
+    seeds
+        S: seeds the seed program is measured on (its spread is the noise band).
+    seed
+        The run's seed: the same seed and settings give the same run.
+    reruns
+        Best children per generation re-run on more seeds before they may be promoted.
+    repair_tries
+        Repair attempts per failed child.
+    memory
+        Feed lessons back into mutation (--no-memory: the paper's ablation).
+    device
+        cpu | cuda.
+    sandbox
+        auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
+        answers, else local).
+    """
+    from darwin.engine.experiment import make_experiment
+    from darwin.engine.runs import (
+        create_run,
+        open_for_resume,
+        reap_leftovers,
+        run_summary,
+    )
+    from darwin.evaluation.data import load_dataset
+    from darwin.evaluation.hardware import check_device
+    from darwin.flows.admin import quiet_prefect
+    from darwin.mutation.registry import make_mutator
+    from darwin.settings import get_settings
+
+    quiet_prefect()
+    settings = get_settings()
+    if sandbox:
+        os.environ["DARWIN_SANDBOX"] = sandbox
+    url = settings.store_url
+    opened = open_for_resume(url, resume) if resume else None
+    experiment = opened.experiment if opened else make_experiment(
+        budget=budget, generations=generations, population=population, keep=keep,
+        children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
+        repair_tries=repair_tries, memory=memory, device=device,
+        seed_program=str(seed_program) if seed_program else None)
+    check_device(experiment.device)
+    load_dataset()
+    open_sandbox(sandbox)  # refuse early when nothing isolates
+    chosen = make_mutator(experiment.mutator, settings.llm)
+    if not chosen.uses_llm:
+        err.print(f"mutator: [bold]{chosen.name}[/] (the offline catalogue, no LLM)"
+                  + (": no OPENAI_API_KEY is set" if experiment.mutator == "auto" else ""))
+    if opened is None:
+        from darwin.evaluation.training import seed_program as stock
+
+        opened = create_run(url, experiment, Path(seed_program) if seed_program else stock())
+    run_id, store = opened.run_id, opened.store
+    reap_leftovers()
+    err.print(f"run [bold]{run_id}[/] ("
+              + (f"resumed at generation {store.head()}" if opened.resumed else "new")
+              + f"); resume with: darwin run --resume {run_id}")
+    from prefect import tags
+
+    from darwin.engine.slots import slot_cpus
+    from darwin.evaluation.budgets import get_budget
+    from darwin.flows.admin import mark_stale_runs_crashed, run_tag
+    from darwin.flows.evolve import evolve
+    from darwin.reports.progress import LiveProgress
+
+    if opened.resumed:
+        mark_stale_runs_crashed(run_id)
+    n_slots = len(slot_cpus(experiment.device, get_budget(experiment.budget).threads))
+    try:
+        with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal), \
+                tags(run_tag(run_id), f"budget:{experiment.budget}"):
+            last = evolve(experiment, run_id, url)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: generation {store.head()} is committed; "
+                  f"continue with: darwin run --resume {run_id}")
+        sys.exit(130)
+    summary = run_summary(store, last)
+    if json_:
+        print(json.dumps(summary, indent=2))
+        return
+    from darwin.cli.read import leaderboard
+
+    leaderboard(run_id)
+    verdict = ("[green]beyond the noise[/]" if summary["beyond_noise"]
+               else "[yellow]within the noise[/]")
+    out.print(
+        f"best {summary['best']}: val loss {summary['best_val_loss']:.4f} over "
+        f"{summary['best_runs']} seed(s) vs seed {summary['seed_val_loss']:.4f} ± "
+        f"{summary['noise']:.4f} (2σ): perplexity "
+        f"{100 * summary['perplexity_change']:+.2f}%, {verdict}")
+    if summary["test_loss_best"] is not None and summary["test_loss_seed"] is not None:
+        change = math.exp(summary["test_loss_best"] - summary["test_loss_seed"]) - 1
+        out.print(f"test split (never used for selection): {summary['test_loss_best']:.4f} vs "
+                  f"seed {summary['test_loss_seed']:.4f}, perplexity {100 * change:+.2f}%")
+    out.print(f"inspect: darwin show {summary['best']} --run {run_id}")

@@ -1,0 +1,83 @@
+"""Starting, resuming and summing up a run, free of Prefect and of printing: the CLI (and later a
+deployment) calls these, then hands the run to the evolve flow."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from darwin.engine.experiment import Experiment, make_experiment
+from darwin.engine.ids import SEED_ID
+from darwin.errors import UserError
+from darwin.memory.records import GenerationRecord
+from darwin.memory.store import RunStore
+
+
+@dataclass
+class OpenedRun:
+    run_id: str
+    store: RunStore
+    experiment: Experiment
+    resumed: bool
+
+
+def new_run_id(budget: str) -> str:
+    """Sortable by start time, readable, and unique across machines starting at once."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{budget}-{uuid.uuid4().hex[:4]}"
+
+
+def create_run(store_url: str, experiment: Experiment, seed_program: Path) -> OpenedRun:
+    """A new run in the store: its id, the seed program's code and the run's metadata."""
+    from darwin import __version__
+
+    if not seed_program.is_file():
+        raise UserError(f"--seed-program {seed_program} not found")
+    run_id = new_run_id(experiment.budget)
+    store = RunStore(store_url, run_id)
+    sha = store.put_code(seed_program.read_text())
+    store.create({"run_id": run_id, "experiment": experiment.model_dump(mode="json"),
+                  "seed_code_sha": sha, "created_at": time.time(), "darwin": __version__})
+    return OpenedRun(run_id, store, experiment, resumed=False)
+
+
+def open_for_resume(store_url: str, run_id: str) -> OpenedRun:
+    """An existing run, with the experiment it was started with."""
+    store = RunStore(store_url, run_id)
+    if not store.exists():
+        raise UserError(f"unknown run {run_id!r} in {store_url}: `darwin runs` lists the runs")
+    return OpenedRun(run_id, store, make_experiment(**store.meta()["experiment"]), resumed=True)
+
+
+def reap_leftovers() -> None:
+    """Remove what a run killed with -9 left on this machine (cgroups, output mounts; Docker
+    containers are reaped when the Docker backend starts)."""
+    from darwin.sandbox.limits import reap_stale_cgroups, reap_stale_output_mounts
+
+    reap_stale_cgroups()
+    reap_stale_output_mounts()
+
+
+def run_summary(store: RunStore, last: GenerationRecord) -> dict:
+    """The run's result: the best against the seed and its noise band, and the test split."""
+    seed_gen = store.generation(0)
+    seed_loss = seed_gen.population[0].fitness
+    best = last.population[0]
+    finals = {cid: store.final(cid) or {} for cid in {best.candidate_id, SEED_ID}}
+    return {
+        "run_id": store.run_id,
+        "generations": last.generation,
+        "seed_val_loss": seed_loss,
+        "noise": seed_gen.noise,
+        "best": best.candidate_id,
+        "best_val_loss": best.fitness,
+        "best_runs": len(best.losses),
+        "improvement": seed_loss - best.fitness,
+        "perplexity_change": math.exp(best.fitness - seed_loss) - 1,
+        "beyond_noise": seed_loss - best.fitness > seed_gen.noise,
+        "test_loss_best": finals[best.candidate_id].get("test_loss"),
+        "test_loss_seed": finals[SEED_ID].get("test_loss"),
+        "population": [m.model_dump() for m in last.population],
+    }
