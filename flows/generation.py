@@ -88,7 +88,8 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) ->
         run_id=run_id, generation=gen,
         population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
         children=[c.id for c, _ in final], promoted=promoted, noise=previous.noise,
-        pareto=pareto(new_pop + scored), wall_s=time.monotonic() - started,
+        pareto=pareto(new_pop + scored, engine.seed_fitness(), previous.noise),
+        wall_s=time.monotonic() - started,
     )
     steps.commit(engine, record)
     ui.set_progress(progress, 100.0)

@@ -79,6 +79,14 @@ def _print_rows(title: str, rows: list[dict], summary: dict | None) -> None:
             f"{summary['wall_s_mean']:.1f} s per seed"
         )
     for r in rows:
+        c = r["checks"]
+        if r["status"] == "ok" and "probes" in c:
+            out.print(
+                f"[dim]seed {r['seed']}: checks passed: no held-out text in the program or its "
+                f"outputs; {c['probes']} probes answered by a fresh process agree (largest gap "
+                f"{c['max_diff']:.2g}, tolerance {c['tolerance']:g}; edge {c['edge']:.2g}, at most "
+                f"{c['epsilon']:g}); FLOPs from {len(r['unused_tensors']) and 'the used' or 'all'} "
+                f"tensors{'' if c['verified'] else '; [red]unverified (no sandbox)[/]'}[/]")
         if r["status"] != "ok":
             out.print(f"[red]seed {r['seed']}: {r['status']}[/] {r['detail']}")
         for flag in r["flags"]:

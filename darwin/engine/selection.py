@@ -27,6 +27,9 @@ class Scored:
     id: str
     losses: list[float] = field(default_factory=list)
     mfu: float | None = None
+    # False when any run was scored without a sandbox (--sandbox unsafe): its probes prove
+    # nothing, so it is never promoted.
+    verified: bool = True
 
     @property
     def fitness(self) -> float:
@@ -58,7 +61,8 @@ def select(population: list[Scored], children: list[Scored], size: int, keep: in
     """The next population and the ids of the children promoted into it."""
     current = sorted(population, key=lambda m: m.fitness)
     promoted: list[str] = []
-    for child in sorted((c for c in children if c.losses), key=lambda c: c.fitness):
+    for child in sorted((c for c in children if c.losses and c.verified),
+                        key=lambda c: c.fitness):
         if len(current) < size:
             current.append(child)
             promoted.append(child.id)
@@ -71,9 +75,17 @@ def select(population: list[Scored], children: list[Scored], size: int, keep: in
     return current, promoted
 
 
-def pareto(candidates: list[Scored]) -> list[str]:
-    """Ids not dominated on (lower val loss, higher MFU)."""
-    pts = [(c.id, c.fitness, c.mfu if c.mfu is not None else 0.0) for c in candidates if c.losses]
+def pareto(candidates: list[Scored], seed_loss: float | None = None,
+           margin: float = 0.0) -> list[str]:
+    """Ids not dominated on (lower val loss, higher MFU). MFU counts only for candidates not
+    worse than the seed beyond the noise (``seed_loss + margin``): a model can buy MFU by
+    wasting served tokens or compute, never by being worse."""
+
+    def mfu(c: Scored) -> float:
+        worse = seed_loss is not None and c.fitness > seed_loss + margin
+        return 0.0 if c.mfu is None or worse else c.mfu
+
+    pts = [(c.id, c.fitness, mfu(c)) for c in candidates if c.losses]
     out = []
     for cid, loss, mfu in pts:
         dominated = any(

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -42,8 +44,8 @@ from darwin.settings import Settings
 log = logging.getLogger(__name__)
 
 DUPLICATE_REDRAWS = 4
-TRUSTED_FILES = ("scoring.py", "outputs.py", "token_server.py", "evaluate.py", "training.py",
-                 "runtime/eval_server.py", "runtime/darwin_io.py")
+TRUSTED_FILES = ("scoring.py", "outputs.py", "heldout.py", "hardware.py", "token_server.py",
+                 "evaluate.py", "training.py", "runtime/eval_server.py", "runtime/darwin_io.py")
 
 
 @dataclass
@@ -198,7 +200,7 @@ class Engine:
                                   device=self.experiment.device, cpus=cpus)
         ev = self._evaluation_record(cid, record.code_sha, seed, result)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        tmp = cache.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # writers race
         tmp.write_text(ev.model_dump_json())
         tmp.replace(cache)
         self.store.put_evaluation(ev)
@@ -220,7 +222,12 @@ class Engine:
         evals = [e for e in self.store.evaluations() if e.candidate_id == cid]
         losses = [e.val_loss for e in sorted(evals, key=lambda e: e.seed) if e.val_loss is not None]
         mfus = [e.mfu for e in evals if e.mfu is not None]
-        return Scored(cid, losses, mfu=sum(mfus) / len(mfus) if mfus else None)
+        return Scored(cid, losses, mfu=sum(mfus) / len(mfus) if mfus else None,
+                      verified=all(e.isolated for e in evals))
+
+    def seed_fitness(self) -> float:
+        """The seed program's mean val loss (generation 0)."""
+        return self.store.generation(0).population[0].fitness
 
     def _score_line(self, cid: str) -> str | None:
         s = self.scored(cid)

@@ -39,6 +39,9 @@ class Dataset:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    def text(self, tokens: np.ndarray) -> str:
+        return "".join(self.vocab[int(i)] for i in tokens)
+
     def split(self, name: str) -> np.ndarray:
         if name not in ("val", "test"):
             raise ValueError(f"unknown held-out split {name!r}")
@@ -82,7 +85,13 @@ def eval_windows(tokens: np.ndarray, context: int, max_windows: int) -> np.ndarr
     Non-overlapping and evenly spread over the split, so every child is scored on exactly the
     same tokens and no target is ever an input of another row.
     """
-    n_max = (len(tokens) - 1) // context
-    n = min(n_max, max_windows)
-    starts = np.linspace(0, (n_max - 1) * context, n).astype(np.int64) // context * context
+    starts = window_starts(len(tokens), context, max_windows)
     return np.stack([tokens[s : s + context + 1] for s in starts]).astype(np.int64)
+
+
+def window_starts(length: int, context: int, max_windows: int) -> np.ndarray:
+    """Where ``eval_windows`` takes its windows in a text of ``length`` tokens: multiples of
+    ``context``, so windows touch only when their starts are ``context`` apart."""
+    n_max = (length - 1) // context
+    n = min(n_max, max_windows)
+    return np.linspace(0, (n_max - 1) * context, n).astype(np.int64) // context * context

@@ -76,7 +76,9 @@ class Evaluation:
             "checks": s.checks if s else {},
             "parameters": s.parameters if s else None,
             "flops_per_token": s.flops_per_token if s else None,
-            "flops_per_token_counted": s.flops_per_token_counted if s else None,
+            "unused_tensors": s.unused if s else [],
+            "train_sample_loss": s.train_sample_loss if s and s.ok else None,
+            "audit_seed": s.audit_seed if s else "",
             "mfu": self.mfu,
             "peak_flops": self.peak_flops,
             "peak_label": self.peak_label,
@@ -136,23 +138,20 @@ def evaluate_program(
     ev = Evaluation(str(program), budget.name, seed, device, trained)
     if not trained.ok:
         return ev
-    ev.score = score(trained.out_dir, budget, sandbox, workdir, device=device, cpus=cpus)
+    ev.score = score(trained.out_dir, budget, sandbox, workdir, device=device, cpus=cpus,
+                     program=Path(program))
     ev.claims = read_claims(workdir)
-    ev.flags = compare_claims(ev.claims, ev.loss)
+    ev.flags = compare_claims(ev.claims, ev.loss) + ev.score.flags
     s = ev.score
-    if s.ok and s.flops_per_token and s.flops_per_token_counted:
-        ratio = s.flops_per_token / s.flops_per_token_counted
-        if not 0.5 <= ratio <= 2.0:
-            ev.flags.append(
-                f"FLOPs from weight shapes ({s.flops_per_token:.3g}/token) and counted in the "
-                f"forward/backward ({s.flops_per_token_counted:.3g}/token) disagree"
-            )
     if s.ok and s.flops_per_token:
-        # MFU from trusted numbers only: FLOPs from the weights' shapes (the lower of the shape
-        # figure and the counted one, so neither unused parameters nor a faked counter inflate
-        # it), tokens served by our server, wall time measured outside.
-        flops = min(filter(None, [s.flops_per_token, s.flops_per_token_counted]))
+        # MFU from trusted numbers only: FLOPs from the shapes of the tensors shown (in a fresh
+        # process, by perturbation) to change the output, tokens served by our server, wall time
+        # measured outside, against the peak of the device used.
         ev.peak_flops, ev.peak_label = device_peak(device, budget.threads)
         if ev.peak_flops and trained.wall_s > 0:
-            ev.mfu = flops * trained.tokens_served / trained.wall_s / ev.peak_flops
+            mfu = s.flops_per_token * trained.tokens_served / trained.wall_s / ev.peak_flops
+            if mfu > 1.0:
+                ev.flags.append(f"implausible MFU {mfu:.2f} (above the device's peak): not kept")
+            else:
+                ev.mfu = mfu
     return ev

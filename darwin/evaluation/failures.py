@@ -21,16 +21,23 @@ class Failure(str, enum.Enum):
     eval_crash = "eval_crash"  # forward raised, or the evaluation process died
     eval_timeout = "eval_timeout"
     invalid_logits = "invalid_logits"  # wrong shape or non-finite values
-    noncausal = "noncausal"  # changing future tokens moved earlier logits
-    batch_leak = "batch_leak"  # a row's logits depend on the other rows of the batch
-    stateful = "stateful"  # the same batch sent twice gave different logits
+    noncausal = "noncausal"  # a fresh process, shown other later tokens, disagreed: it peeks
+    inconsistent_logits = "inconsistent_logits"  # a fresh process disagreed on the same prefix
+    heldout_in_program = "heldout_in_program"  # val/test text in the program or its outputs
+    scorer_error = "scorer_error"  # a bug of ours: the candidate is not at fault
+    # Only in records written before scorer v2 (checks then ran inside the process they checked).
+    batch_leak = "batch_leak"
+    stateful = "stateful"
 
     @property
     def stage(self) -> str:
         if self in (Failure.crash, Failure.timeout, Failure.oom, Failure.disk):
             return "train"
-        if self in (Failure.missing_output, Failure.bad_output, Failure.bad_weights):
+        if self in (Failure.missing_output, Failure.bad_output, Failure.bad_weights,
+                    Failure.heldout_in_program):
             return "output"
+        if self is Failure.scorer_error:
+            return "scorer"
         return "eval"
 
 

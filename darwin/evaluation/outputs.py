@@ -83,6 +83,15 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     Returns ``{name: (dtype, shape)}``. Anything that is not a well-formed safetensors file (a
     pickle, a zip from torch.save, truncated data, overlapping tensors) is a bad_weights failure.
     """
+    try:
+        return _read_header(path)
+    except Rejected:
+        raise
+    except Exception:  # noqa: BLE001 - deep nesting, overflowing numbers, odd types: all hostile
+        raise Rejected(Failure.bad_weights, "model.safetensors has a malformed header") from None
+
+
+def _read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)

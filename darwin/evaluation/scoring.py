@@ -1,17 +1,42 @@
-"""The trusted scorer: the score comes from code the candidate cannot reach.
+"""The trusted scorer: the score comes from code the candidate cannot reach, and no check relies
+on what the checked process said about itself.
 
-After the training sandbox is gone, a fresh sandboxed process (darwin/evaluation/runtime/eval_server.py)
-loads the candidate's model code and safetensors weights and answers forward requests over a pipe.
-This process sends it fixed held-out windows, gets raw float32 logits back and computes the
-cross-entropy itself, in float64. It never imports, unpickles or torch.loads anything the candidate
-wrote. Before a number counts, the logits must be finite and of the declared shape, and the model
-must be causal, treat batch rows independently and be stateless.
+The candidate's model code has to run to be scored, so it runs in fresh sandboxed processes
+(darwin/evaluation/runtime/eval_server.py) that answer forward requests with raw float32 logits;
+this side computes every number, in float64, and treats every frame as untrusted input.
+
+- **Process A** answers the fixed held-out windows (the loss) plus a fixed sample of train windows
+  (for the held-out suspicion flag), in batches whose order and composition come from a secret
+  per-scoring seed (``os.urandom``, kept in the result for audit afterwards). No two windows that
+  touch in the text share a batch, since a window's last target is its neighbour's first token.
+- **Process B** starts after A is gone and answers probes it cannot tell from real rows: a
+  window's tokens up to a secret position l, then train text whose token at l+1 differs from the
+  true one, at full length. A causal model gives B the log-probabilities it gave A at l (same
+  prefix). A model that read the future, remembered earlier requests or read other rows gave A
+  something B cannot reproduce. Every probe must agree within a fixed absolute tolerance (never
+  scaled by the logits, so shifting them buys nothing), and A must have no systematic edge over B
+  on the true token (mean of A's minus B's log-probability at most ``EDGE``). A model that peeks
+  at a fraction f of positions is caught by the probes with probability 1 - (1 - f)^P: 99.4 %
+  for f = 2 % and P = 256; peeks too small for the tolerance add up in the edge test.
+- In B, after the probes, every saved floating-point tensor is perturbed in turn; a tensor that
+  moves no log-probability is unused: it is left out of the parameter count behind FLOPs (flag
+  ``unused_weights``).
+- Before anything runs, the program and its output folder are scanned for any 32-character run of
+  val or test text, as text or as token ids in common integer and float widths
+  (``heldout_in_program``).
+
+What leaves the scorer of the evaluation processes: typed failures, numbers we computed, and for
+an error the stage, a built-in exception class name and model.py line numbers. Never their
+output or an exception's message (which could carry the tokens the model was shown).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
+import logging
 import math
+import os
 import select
 import struct
 import time
@@ -21,17 +46,31 @@ from pathlib import Path
 import numpy as np
 
 from darwin.evaluation.budgets import Budget
-from darwin.evaluation.data import eval_windows, load_dataset
+from darwin.evaluation.data import Dataset, eval_windows, load_dataset, window_starts
 from darwin.evaluation.failures import Failure, Rejected
+from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_safetensors_header
 from darwin.evaluation.training import runtime_dir
 from darwin.sandbox import LIB_DIR, Mount, Outcome, Sandbox, SandboxSpec
-from darwin.sandbox.base import SandboxProcess, log_tail
+from darwin.sandbox.base import SandboxProcess
+
+log = logging.getLogger(__name__)
 
 MODEL_DIR = "/sandbox/model"
 EVAL_BATCH = 32
-CHECK_ROWS = 4
-EVAL_SEED = 20260226  # the private order of evaluation batches (not visible to candidates)
+PROBES = 256  # at most one per window: min(PROBES, windows) probes per scoring
+TRAIN_SAMPLE = 64  # train windows scored beside the held-out ones (heldout_suspect)
+PERTURB_ROWS = 4
+# Absolute tolerances on log-probabilities (max over the vocabulary at a probe position). CPU:
+# float32 kernels, A and B differ only by batch composition (measured honest: below 1e-5). CUDA:
+# bf16/TF32 kernels and autocast programs; not yet calibrated on a GPU here.
+TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
+# The most A may gain over B on the true token, mean over probes (nats): a tenth of the seed's
+# 2-sigma band or less (measured bands: tiny 0.009, cpu 0.044, paper 0.014).
+EDGE = {"cpu": 5e-4, "cuda": 1e-3}
+MAX_FRAME = 1 << 16  # bytes of an RDY or ERR frame
+EVAL_STAGES = {"import": Failure.import_error, "weights": Failure.weights_mismatch,
+               "forward": Failure.eval_crash, "perturb": Failure.eval_crash}
 
 
 @dataclass
@@ -42,32 +81,37 @@ class Score:
     tokens: int = 0
     failure: Failure | None = None
     detail: str = ""
-    checks: dict[str, bool] = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)  # probes, tolerance, max_diff, edge, verified
+    flags: list[str] = field(default_factory=list)
     parameters: int | None = None  # from the safetensors header (trusted)
-    flops_per_token: float | None = None  # trusted: 6 x matrix parameters (from shapes)
-    flops_per_token_counted: float | None = None  # torch's FLOP counter in the eval sandbox
-    flops_note: str = ""  # why the counter gave nothing, if it did
+    flops_per_token: float | None = None  # 6 x parameters of matrices shown to matter
+    unused: list[str] = field(default_factory=list)  # tensors that changed nothing
+    train_sample_loss: float | None = None
+    audit_seed: str = ""  # the secret batching and probe seed, revealed after scoring
     eval_wall_s: float = 0.0
-    log_tail: str = ""  # untrusted text from the evaluation process
+    log_tail: str = ""  # our own summary of an evaluation error (no text of the candidate's)
 
     @property
     def ok(self) -> bool:
         return self.failure is None
 
 
-def tolerance(logits: np.ndarray, device: str) -> float:
-    """How far two evaluations of the same input may differ: float32 kernels differ with batch
-    shape; bf16/TF32 on a GPU differ more."""
-    scale = max(1.0, float(np.max(np.abs(logits))))
-    return (3e-2 if device == "cuda" else 1e-3) * scale
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 class EvalClient:
-    """Speaks eval_server.py's protocol, with the sandbox's deadline on every read."""
+    """Speaks eval_server.py's protocol; every frame is untrusted and bounded, every read has the
+    sandbox's deadline, and anything unexpected is a typed failure."""
 
-    def __init__(self, proc: SandboxProcess, vocab_size: int):
+    def __init__(self, proc: SandboxProcess, vocab_size: int, model_lines: int,
+                 keep_messages: bool = False):
         self.proc = proc
         self.vocab_size = vocab_size
+        self.model_lines = model_lines
+        self.keep_messages = keep_messages  # test hook only: the weakened scorer's leak
 
     def _read(self, n: int) -> bytes:
         out = self.proc.stdout
@@ -86,6 +130,12 @@ class EvalClient:
             buf += chunk
         return bytes(buf)
 
+    def _frame(self) -> bytes:
+        (n,) = struct.unpack("<I", self._read(4))
+        if n > MAX_FRAME:
+            raise Rejected(Failure.eval_crash, "protocol violation (an oversized frame)")
+        return self._read(n)
+
     def _write(self, data: bytes) -> None:
         try:
             assert self.proc.stdin is not None
@@ -94,54 +144,65 @@ class EvalClient:
         except (BrokenPipeError, OSError):
             raise Rejected(Failure.eval_crash, "the evaluation process died") from None
 
-    def _error(self, default: Failure) -> Rejected:
-        (n,) = struct.unpack("<I", self._read(4))
-        message = self._read(min(n, 1 << 16)).decode("utf-8", "replace")
-        stage = message.split(":", 1)[0]
-        failure = {"import": Failure.import_error, "weights": Failure.weights_mismatch}.get(
-            stage, default
-        )
-        return Rejected(failure, message)
+    def _error(self) -> Rejected:
+        """An error frame, as a typed failure with only what cannot carry text: the stage, a
+        built-in exception class name and line numbers of model.py."""
+        raw = self._frame()
+        if self.keep_messages:
+            return Rejected(Failure.eval_crash, raw.decode("utf-8", "replace"))
+        try:
+            report = json.loads(raw)
+            stage = report["stage"] if report["stage"] in EVAL_STAGES else "forward"
+            name = report["error"]
+            cls = getattr(builtins, name, None) if isinstance(name, str) else None
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                name = "Exception"
+            lines = [int(line) for file, line in report["frames"]
+                     if file == "model.py" and isinstance(line, int)
+                     and 0 < line <= self.model_lines][-3:]
+        except Exception:  # noqa: BLE001 - a frame we cannot read is the candidate's fault
+            return Rejected(Failure.eval_crash, "protocol violation (an unreadable error frame)")
+        where = f" at model.py line {', '.join(map(str, lines))}" if lines else ""
+        return Rejected(EVAL_STAGES[stage], f"{stage} raised {name}{where}")
 
-    def ready(self) -> dict:
+    def ready(self) -> None:
         tag = self._read(4)
         if tag == b"ERR ":
-            raise self._error(Failure.import_error)
+            raise self._error()
         if tag != b"RDY ":
-            raise Rejected(Failure.eval_crash, f"protocol violation at start ({tag!r})")
-        (n,) = struct.unpack("<I", self._read(4))
-        return json.loads(self._read(min(n, 1 << 16)))
+            raise Rejected(Failure.eval_crash, "protocol violation at start")
+        self._frame()  # its content is the candidate's to forge: nothing in it is used
 
-    def forward(self, tokens: np.ndarray) -> np.ndarray:
-        b, t = tokens.shape
-        self._write(b"FWD " + struct.pack("<II", b, t) + tokens.astype("<u2").tobytes())
+    def _logits(self, b: int, t: int) -> np.ndarray:
         tag = self._read(4)
         if tag == b"ERR ":
-            raise self._error(Failure.eval_crash)
+            raise self._error()
         if tag != b"LOG ":
-            raise Rejected(Failure.eval_crash, f"protocol violation ({tag!r})")
+            raise Rejected(Failure.eval_crash, "protocol violation (expected logits)")
         shape = struct.unpack("<III", self._read(12))
         if shape != (b, t, self.vocab_size):
-            raise Rejected(
-                Failure.invalid_logits,
-                f"logits of shape {list(shape)}, expected {[b, t, self.vocab_size]} "
-                "(all positions, full vocabulary)",
-            )
-        raw = self._read(b * t * self.vocab_size * 4)
-        logits = np.frombuffer(raw, dtype="<f4").reshape(b, t, self.vocab_size)
+            raise Rejected(Failure.invalid_logits,
+                           f"logits of the wrong shape (expected {[b, t, self.vocab_size]}: "
+                           "all positions, the full vocabulary)")
+        logits = np.frombuffer(self._read(b * t * self.vocab_size * 4), dtype="<f4")
         if not np.isfinite(logits).all():
             raise Rejected(Failure.invalid_logits, "logits contain NaN or infinity")
-        return logits
+        return logits.reshape(b, t, self.vocab_size)
 
-    def flops(self, t: int) -> tuple[int, int]:
-        self._write(b"FLP " + struct.pack("<I", t))
-        tag = self._read(4)
-        if tag == b"ERR ":
-            raise self._error(Failure.eval_crash)
-        if tag != b"FLP ":
-            raise Rejected(Failure.eval_crash, f"protocol violation ({tag!r})")
-        fwd, total = struct.unpack("<QQ", self._read(16))
-        return fwd, total
+    @staticmethod
+    def _tokens(tokens: np.ndarray) -> bytes:
+        b, t = tokens.shape
+        return struct.pack("<II", b, t) + tokens.astype("<u2").tobytes()
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        self._write(b"FWD " + self._tokens(tokens))
+        return self._logits(*tokens.shape)
+
+    def perturbed(self, name: str, seed: int, tokens: np.ndarray) -> np.ndarray:
+        encoded = name.encode()
+        self._write(b"PRT " + struct.pack("<I", len(encoded)) + encoded
+                    + struct.pack("<Q", seed) + self._tokens(tokens))
+        return self._logits(*tokens.shape)
 
     def bye(self) -> None:
         try:
@@ -150,88 +211,96 @@ class EvalClient:
             pass
 
 
-def cross_entropy_sum(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Sum of -log softmax(logits)[target], computed here in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=-1))
-    picked = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
-    return float((log_norm - picked).sum())
+@dataclass(frozen=True)
+class Window:
+    tokens: np.ndarray  # context + 1 tokens: inputs [:-1], targets [1:]
+    region: str  # "held" (the split being scored) or "train" (the sample)
+    start: int  # where it starts in its region's text
 
 
-def _run_checks(client: EvalClient, first: np.ndarray, first_logits: np.ndarray, device: str,
-                rng: np.random.Generator, vocab: int) -> dict[str, bool]:
-    tol = tolerance(first_logits, device)
-    checks: dict[str, bool] = {}
-
-    # Statelessness: the very first batch again, at the end, must give the same logits.
-    again = client.forward(first)
-    if np.max(np.abs(again - first_logits)) > tol:
-        raise Rejected(Failure.stateful, "the same batch sent twice gave different logits")
-    checks["stateless"] = True
-
-    # Batch independence: a row alone, and the batch in reverse order, must not change a row.
-    alone = client.forward(first[:1])
-    reverse = client.forward(first[::-1].copy())[::-1]
-    if (np.max(np.abs(alone[0] - first_logits[0])) > tol
-            or np.max(np.abs(reverse - first_logits)) > tol):
-        raise Rejected(Failure.batch_leak, "a row's logits depend on the other rows of the batch")
-    checks["batch_independent"] = True
-
-    # Causality: change every token after position p; logits up to p must not move.
-    rows = first[:CHECK_ROWS].copy()
-    t = rows.shape[1]
-    for p in sorted({0, t // 2, t - 2}):
-        changed = rows.copy()
-        changed[:, p + 1 :] = rng.integers(0, vocab, size=changed[:, p + 1 :].shape)
-        out = client.forward(changed)
-        if np.max(np.abs(out[:, : p + 1] - first_logits[:CHECK_ROWS, : p + 1])) > tol:
-            raise Rejected(
-                Failure.noncausal, f"changing tokens after position {p} moved earlier logits"
-            )
-    checks["causal"] = True
-    return checks
+def secret_batches(items: list[Window], size: int, rng: np.random.Generator,
+                   context: int) -> list[list[int]]:
+    """Indices of ``items`` in batches of at most ``size``, in a secret random order, never two
+    windows that touch in the text (within ``context`` tokens) in one batch."""
+    order = rng.permutation(len(items))
+    batches: list[list[int]] = []
+    for i in order:
+        w = items[i]
+        home = next((b for b in batches if len(b) < size and not any(
+            items[j].region == w.region and abs(items[j].start - w.start) <= context
+            for j in b)), None)
+        if home is None:
+            batches.append([int(i)])
+        else:
+            home.append(int(i))
+    return [batches[k] for k in rng.permutation(len(batches))]
 
 
-def _architecture_key(model_dir: Path, tensors: dict, context: int) -> str:
-    """An architecture is its weight shapes, its config and the context it is counted at."""
-    import hashlib
-
-    import torch
-
-    blob = json.dumps(
-        {
-            "shapes": sorted((k, v[1]) for k, v in tensors.items()),
-            "config": (model_dir / "config.json").read_text(),
-            "context": context,
-            "torch": torch.__version__,
-        }
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+def train_sample(dataset: Dataset, context: int, n: int) -> list[Window]:
+    """A fixed sample of train windows, spread evenly over the split."""
+    starts = window_starts(len(dataset.train), context, n)
+    return [Window(dataset.train[s : s + context + 1].astype(np.int64), "train", int(s))
+            for s in starts]
 
 
-def _counted_flops(client: EvalClient, model_dir: Path, tensors: dict, context: int,
-                   result: Score) -> float | None:
-    """torch's FLOP count for one forward+backward, per token, cached per architecture (the
-    counter costs a couple of seconds, most of the evaluation on small models)."""
-    from darwin.settings import get_settings
+@dataclass
+class Probe:
+    window: int  # index into the held-out windows
+    pos: int  # the secret position l: B's row keeps the window's tokens up to l
+    row: np.ndarray  # B's input row
+    a_logp: np.ndarray | None = None  # A's log-probabilities at positions 0..l
 
-    cache = get_settings().home / "cache" / "flops" / f"{_architecture_key(model_dir, tensors, context)}.json"
-    try:
-        return float(json.loads(cache.read_text())["flops_per_token"])
-    except (OSError, ValueError, KeyError):
-        pass
-    try:  # a cross-check only: a model we cannot count still has its score
-        _, fwd_bwd = client.flops(context)
-    except Rejected as r:
-        result.flops_note = r.detail
-        return None
-    per_token = fwd_bwd / context
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"flops_per_token": per_token}))
-    tmp.replace(cache)
-    return per_token
+
+def make_probes(held: list[Window], dataset: Dataset, n: int, context: int,
+                rng: np.random.Generator) -> list[Probe]:
+    """One probe for each of ``n`` secret windows: its tokens up to a secret position, then train
+    text whose next token differs from the true one, at full length."""
+    probes = []
+    train = dataset.train
+    for w in sorted(rng.choice(len(held), size=n, replace=False).tolist()):
+        x = held[w].tokens[:-1]
+        pos = int(rng.integers(0, context - 1))  # the true next token x[pos+1] is in the row
+        while True:
+            s = int(rng.integers(0, len(train) - context))
+            donor = train[s : s + context]
+            if donor[pos + 1] != x[pos + 1]:
+                break
+        row = np.concatenate([x[: pos + 1], donor[pos + 1 :]]).astype(np.int64)
+        probes.append(Probe(w, pos, row))
+    return probes
+
+
+class _Session:
+    """One fresh evaluation sandbox, closed (and its log deleted) on exit whatever happens."""
+
+    def __init__(self, sandbox: Sandbox, spec: SandboxSpec, vocab: int, model_lines: int,
+                 keep_messages: bool):
+        self.sandbox, self.spec = sandbox, spec
+        self.args = (vocab, model_lines, keep_messages)
+        self.proc: SandboxProcess | None = None
+        self.failed = False
+
+    def __enter__(self) -> EvalClient:
+        self.proc = self.sandbox.start(self.spec, pipe=True)
+        client = EvalClient(self.proc, *self.args)
+        try:
+            client.ready()
+        except BaseException:
+            self.proc.finish(grace_s=0.0)
+            self.spec.log_path.unlink(missing_ok=True)
+            raise
+        return client
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.proc is not None:
+            ok = exc_type is None
+            if ok:
+                EvalClient(self.proc, *self.args).bye()
+            ended = self.proc.finish(grace_s=5.0 if ok else 0.0)
+            if ok and ended.outcome is Outcome.oom:
+                self.spec.log_path.unlink(missing_ok=True)
+                raise Rejected(Failure.eval_crash, "evaluation ran out of memory")
+        self.spec.log_path.unlink(missing_ok=True)  # its output never leaves the scorer
 
 
 def score(
@@ -243,69 +312,187 @@ def score(
     split: str = "val",
     device: str = "cpu",
     cpus: list[int] | None = None,
-    count_flops: bool = True,
+    program: Path | None = None,
+    _weaken: frozenset[str] = frozenset(),
 ) -> Score:
-    """Score a finished training run's output folder on ``split`` (val, or test for reports)."""
-    dataset = load_dataset()
+    """Score a finished training run's output folder on ``split`` (val, or test for reports).
+
+    Never raises: a candidate's fault is a typed failure; a bug of ours is ``scorer_error``.
+    ``_weaken`` switches checks off, for tests that show an attack working without them.
+    """
     result = Score(split=split)
     started = time.monotonic()
-    model_dir = Path(workdir) / f"model-{split}"
-    log_path = Path(workdir) / f"eval-{split}.log"
-    proc = None
     try:
-        collect_outputs(Path(out_dir), model_dir)
-        tensors = read_safetensors_header(model_dir / "model.safetensors")
-        result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
-        matrix_params = sum(math.prod(s) for _, s in tensors.values() if len(s) >= 2)
-        result.flops_per_token = 6.0 * matrix_params
-
-        windows = eval_windows(dataset.split(split), budget.eval_context, budget.val_windows)
-        spec = SandboxSpec(
-            argv=["python", f"{LIB_DIR}/eval_server.py"],
-            mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR)],
-            env={"DARWIN_DEVICE": device, "DARWIN_MODEL_DIR": MODEL_DIR},
-            cwd="/tmp",
-            deadline_s=max(60.0, budget.deadline_s / 2),
-            memory_mb=budget.memory_mb,
-            threads=budget.threads,
-            cpus=cpus,
-            gpu=device == "cuda",
-            log_path=log_path,
-            label=f"eval:{Path(workdir).name}",
-        )
-        proc = sandbox.start(spec, pipe=True)
-        client = EvalClient(proc, dataset.vocab_size)
-        client.ready()
-
-        rng = np.random.default_rng(EVAL_SEED)
-        batches = [windows[i : i + EVAL_BATCH] for i in range(0, len(windows), EVAL_BATCH)]
-        order = rng.permutation(len(batches))
-        total = 0.0
-        first = first_logits = None
-        for i in order:
-            batch = batches[i]
-            x, y = batch[:, :-1], batch[:, 1:]
-            logits = client.forward(x)
-            if first is None:
-                first, first_logits = x, logits
-            total += cross_entropy_sum(logits, y)
-        assert first is not None and first_logits is not None
-        result.checks = _run_checks(client, first, first_logits, device, rng, dataset.vocab_size)
-        if count_flops:
-            result.flops_per_token_counted = _counted_flops(
-                client, model_dir, tensors, budget.eval_context, result
-            )
-        client.bye()
-        result.tokens = int(windows.shape[0] * (windows.shape[1] - 1))
-        result.loss = total / result.tokens
-        result.perplexity = math.exp(result.loss)
+        _score(result, Path(out_dir), budget, sandbox, Path(workdir), split, device, cpus,
+               program, _weaken)
     except Rejected as r:
         result.failure, result.detail = r.failure, r.detail
+        result.log_tail = r.detail if r.failure.stage == "eval" else ""
+    except Exception:  # noqa: BLE001 - ours, not the candidate's: logged as ours
+        log.exception("the scorer failed on %s", out_dir)
+        result.failure = Failure.scorer_error
+        result.detail = "the scorer itself failed (a DARWIN bug, logged); the candidate is not at fault"
     finally:
-        if proc is not None:
-            ended = proc.finish(grace_s=5.0 if result.failure is None else 0.0)
-            if result.failure is None and ended.outcome is Outcome.oom:
-                result.failure, result.detail = Failure.eval_crash, "evaluation ran out of memory"
         result.eval_wall_s = time.monotonic() - started
-        result.log_tail = log_tail(log_path, 2000)
+    if result.failure is not None:
+        result.loss = result.perplexity = None
     return result
+
+
+def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path,
+           split: str, device: str, cpus: list[int] | None, program: Path | None,
+           weaken: frozenset[str]) -> None:
+    dataset = load_dataset()
+    model_dir = workdir / f"model-{split}"
+    files = collect_outputs(out_dir, model_dir)
+    tensors = read_safetensors_header(model_dir / "model.safetensors")
+    result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
+    if "heldout_scan" not in weaken:
+        scanned = list(files.values()) + ([program] if program is not None else [])
+        found = HeldoutIndex.of(dataset).find(scanned)
+        if found:
+            raise Rejected(Failure.heldout_in_program, found)
+    try:
+        model_lines = (model_dir / "model.py").read_bytes().count(b"\n") + 1
+    except OSError:
+        model_lines = 0
+
+    context = budget.eval_context
+    held = [Window(w, "held", int(s)) for w, s in zip(
+        eval_windows(dataset.split(split), context, budget.val_windows),
+        window_starts(len(dataset.split(split)), context, budget.val_windows))]
+    sample = train_sample(dataset, context, TRAIN_SAMPLE)
+    seed = int.from_bytes(os.urandom(8), "little")
+    result.audit_seed = f"{seed:016x}"
+    rng = np.random.default_rng(seed)
+    probes = [] if "probes" in weaken else make_probes(held, dataset, min(PROBES, len(held)),
+                                                        context, rng)
+    by_window = {p.window: p for p in probes}
+
+    def spec(name: str) -> SandboxSpec:
+        return SandboxSpec(
+            argv=["python", f"{LIB_DIR}/eval_server.py"],
+            mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR)],
+            env={"DARWIN_DEVICE": device, "DARWIN_MODEL_DIR": MODEL_DIR,
+                 **({"DARWIN_EVAL_MESSAGES": "1"} if "messages" in weaken else {})},
+            cwd="/tmp", deadline_s=max(60.0, budget.deadline_s / 2), memory_mb=budget.memory_mb,
+            threads=budget.threads, cpus=cpus, gpu=device == "cuda",
+            log_path=workdir / f"eval-{split}-{name}-{os.urandom(4).hex()}.log",
+            label=f"eval-{name}:{workdir.name}")
+
+    keep = "messages" in weaken
+    vocab = dataset.vocab_size
+
+    # Process A: the windows that count, and the train sample, in a secret batching.
+    items = held + sample
+    if "batching" in weaken:
+        batches = [list(range(i, min(i + EVAL_BATCH, len(items))))
+                   for i in range(0, len(items), EVAL_BATCH)]
+    else:
+        batches = secret_batches(items, EVAL_BATCH, rng, context)
+    # Per-window sums, added in window order: the secret batch order must not move the last bits.
+    held_sums, train_losses = np.zeros(len(held)), np.zeros(len(sample))
+    with _Session(sandbox, spec("a"), vocab, model_lines, keep) as a:
+        for batch in batches:
+            rows = np.stack([items[i].tokens for i in batch])
+            logp = log_softmax(a.forward(rows[:, :-1]))
+            picked = np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
+            for r, i in enumerate(batch):
+                if i < len(held):
+                    held_sums[i] = -math.fsum(picked[r])
+                    if i in by_window:
+                        by_window[i].a_logp = logp[r, : by_window[i].pos + 1].copy()
+                else:
+                    train_losses[i - len(held)] = -math.fsum(picked[r]) / context
+    result.tokens = len(held) * context
+    result.loss = math.fsum(held_sums) / result.tokens
+    result.perplexity = math.exp(result.loss)
+    held_losses_mean = result.loss
+    result.train_sample_loss = float(np.mean(train_losses))
+
+    # Process B, fresh, after A is gone: the probes, then which tensors matter.
+    tol, edge_max = TOLERANCE[device], EDGE[device]
+    flops_tensors = dict(tensors)
+    if probes or "perturb" not in weaken:
+        _check_with_b(result, probes, held, tensors, flops_tensors, sandbox, spec("b"), vocab,
+                      model_lines, keep, rng, context, tol, edge_max, weaken)
+    result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values()
+                                       if len(s) >= 2)
+    if not sandbox.isolated:  # A and B could share files: the probes prove nothing
+        result.checks["verified"] = False
+        result.flags.append("unverified: scored without a sandbox (--sandbox unsafe); "
+                            "never promoted")
+    else:
+        result.checks["verified"] = bool(probes)
+
+    # Held-out suspicion: far better on the held-out text than on text it was trained on.
+    spread = np.std(train_losses) / math.sqrt(len(train_losses))
+    if held_losses_mean < result.train_sample_loss - max(3 * spread, 0.05):
+        result.flags.append(
+            f"heldout_suspect: {split} loss {held_losses_mean:.4f} is below the loss on a sample "
+            f"of its own training text ({result.train_sample_loss:.4f}) beyond the noise")
+
+
+def _check_with_b(result: Score, probes: list[Probe], held: list[Window], tensors: dict,
+                  flops_tensors: dict, sandbox: Sandbox, spec: SandboxSpec, vocab: int,
+                  model_lines: int, keep: bool, rng: np.random.Generator, context: int,
+                  tol: float, edge_max: float, weaken: frozenset[str]) -> None:
+    rows = [Window(p.row, "held", held[p.window].start) for p in probes]
+    worst, worst_prefix, edges = 0.0, 0.0, []
+    with _Session(sandbox, spec, vocab, model_lines, keep) as b:
+        first_rows = None
+        for batch in secret_batches(rows, EVAL_BATCH, rng, context):
+            tokens = np.stack([rows[i].tokens for i in batch])
+            first_rows = tokens if first_rows is None else first_rows
+            logp = log_softmax(b.forward(tokens))
+            for r, i in enumerate(batch):
+                p = probes[i]
+                assert p.a_logp is not None
+                mine = logp[r, : p.pos + 1]
+                at = float(np.max(np.abs(mine[-1] - p.a_logp[-1])))
+                before = float(np.max(np.abs(mine[:-1] - p.a_logp[:-1]))) if p.pos else 0.0
+                if at > worst:
+                    worst, worst_prefix = at, before
+                true_next = held[p.window].tokens[p.pos + 1]
+                edges.append(float(p.a_logp[-1, true_next] - mine[-1, true_next]))
+        if "perturb" not in weaken:
+            if first_rows is None:  # no probes (a weakened scorer): any held-out rows will do
+                first_rows = np.stack([w.tokens[:-1] for w in held[:PERTURB_ROWS]])
+            _find_unused(result, b, tensors, flops_tensors, first_rows[:PERTURB_ROWS], rng, tol)
+    if not probes:
+        return
+    edge = float(np.mean(edges))
+    result.checks.update(probes=len(probes), tolerance=tol, max_diff=worst, epsilon=edge_max,
+                         edge=edge)
+    if worst > tol:
+        if worst_prefix > tol:
+            raise Rejected(Failure.inconsistent_logits,
+                           f"a fresh process gave different log-probabilities for the same "
+                           f"prefix (by {worst:.3g}, tolerance {tol:g})")
+        raise Rejected(Failure.noncausal,
+                       f"log-probabilities moved when only later tokens changed (by {worst:.3g}, "
+                       f"tolerance {tol:g}): the model reads the future")
+    if edge > edge_max:
+        raise Rejected(Failure.noncausal,
+                       f"the model does better on the true next token when it can see it "
+                       f"(mean edge {edge:.3g} nats over {len(probes)} probes, at most "
+                       f"{edge_max:g})")
+
+
+def _find_unused(result: Score, b: EvalClient, tensors: dict, flops_tensors: dict,
+                 rows: np.ndarray, rng: np.random.Generator, tol: float) -> None:
+    """Perturb each floating-point tensor; one that moves no log-probability is left out of the
+    FLOP count."""
+    reference = log_softmax(b.forward(rows))
+    for name in sorted(tensors):
+        dtype, _ = tensors[name]
+        if not dtype.startswith(("F", "BF")):
+            continue
+        moved = log_softmax(b.perturbed(name, int(rng.integers(1 << 62)), rows))
+        if float(np.max(np.abs(moved - reference))) <= tol:
+            result.unused.append(name)
+            flops_tensors.pop(name, None)
+    if result.unused:
+        shown = ", ".join(result.unused[:4]) + (" ..." if len(result.unused) > 4 else "")
+        result.flags.append(f"unused_weights: {len(result.unused)} tensor(s) change nothing "
+                            f"({shown}); left out of the FLOP count")

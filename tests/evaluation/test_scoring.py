@@ -1,5 +1,6 @@
-"""The trusted scorer against hand-written tamper programs: each gets its true score or a typed
-rejection, never the score it claims."""
+"""The trusted scorer against hand-written tamper programs that train for real: each gets its
+true score or a typed rejection, never the score it claims. (Models written to beat the scorer's
+checks are in test_scorer_attacks.py, as output folders built directly.)"""
 
 from __future__ import annotations
 
@@ -95,25 +96,6 @@ if __name__ == "__main__":
     train_and_save()
     json.dump({"found": len(found)}, open("claims.json", "w"))
 """,
-    # Looks one token ahead: the target leaks into the input, the loss collapses.
-    "future": """
-Model.forward = lambda self, idx: self.head(self.emb(torch.roll(idx, -1, dims=1)))
-Model.logits = Model.forward
-""" + MAIN,
-    # Mixes the rows of a batch (adjacent windows would leak targets this way).
-    "mixes_rows": """
-def _forward(self, idx):
-    h = self.emb(idx)
-    return self.head(h + h.mean(dim=0, keepdim=True))
-Model.forward = _forward
-""" + MAIN,
-    # Memorises between calls.
-    "stateful": """
-def _forward(self, idx):
-    self.calls = getattr(self, "calls", 0) + 1
-    return self.head(self.emb(idx)) + 0.5 * self.calls
-Model.forward = _forward
-""" + MAIN,
     "nan": """
 Model.forward = lambda self, idx: self.head(self.emb(idx)) * float("nan")
 """ + MAIN,
@@ -157,9 +139,6 @@ if __name__ == "__main__":
 }
 
 EXPECTED_FAILURE = {
-    "future": Failure.noncausal,
-    "mixes_rows": Failure.batch_leak,
-    "stateful": Failure.stateful,
     "nan": Failure.invalid_logits,
     "pickle_weights": Failure.bad_weights,
     "symlink": Failure.bad_output,
@@ -184,7 +163,7 @@ def honest(sandbox, tiny, tmp_path_factory):
     ev = _evaluate("honest", sandbox, tiny, tmp_path_factory.mktemp("honest"))
     assert ev.ok, (ev.failure, ev.detail, ev.score.log_tail if ev.score else ev.train.log_tail())
     assert ev.loss < math.log(65) - 0.5  # it learnt something
-    assert ev.score.checks == {"stateless": True, "batch_independent": True, "causal": True}
+    assert ev.score.checks["probes"] == 256 and ev.score.checks["verified"] is True
     return ev
 
 

@@ -117,14 +117,23 @@ def test_auto_takes_docker_when_the_daemon_answers_else_local(docker_sandbox, mo
     assert "\n" not in str(e.value) and "DOCKER_HOST" in str(e.value)
 
 
-def test_scoring_through_docker_agrees_with_bubblewrap(docker_sandbox, sandbox, tiny, tmp_path):
+@pytest.mark.parametrize("program", ["seed", "nanogpt_fork"])
+def test_scoring_through_docker_agrees_with_bubblewrap(program, docker_sandbox, sandbox, tiny,
+                                                       tmp_path):
+    """The honest seed and a user's nanoGPT fork pass every check of the scorer on both
+    backends, with the same loss."""
     from darwin.evaluation.evaluate import evaluate_program
 
+    path = seed_program() if program == "seed" else PROGRAMS / "nanogpt_fork.py"
     losses = {}
     for box in (docker_sandbox, sandbox):
-        ev = evaluate_program(seed_program(), tiny, 0, box, tmp_path / box.name)
+        ev = evaluate_program(path, tiny, 0, box, tmp_path / box.name)
         assert ev.ok, ev.detail
         assert ev.train.backend == box.name and ev.train.isolated
+        checks = ev.score.checks
+        assert checks["probes"] == 256 and checks["verified"] is True, checks
+        assert checks["max_diff"] <= checks["tolerance"] and checks["edge"] <= checks["epsilon"]
+        assert ev.score.unused == [] and ev.mfu is not None
         losses[box.name] = ev.loss
     assert abs(losses["docker"] - losses["local"]) < 1e-4, losses
     assert losses["docker"] < 3.5

@@ -1,17 +1,24 @@
 """The evaluation server: answers forward requests for one trained candidate.
 
-Trusted code, but it runs INSIDE a fresh sandbox because it must import the candidate's model code.
-It never computes a score: it only returns logits. The trusted scorer outside computes the loss,
-checks shapes, finiteness, causality, batch independence and statelessness itself.
+Our code, but it runs INSIDE a fresh sandbox, in the same interpreter as the candidate's model
+code, so nothing it says is trusted: the scorer outside treats every frame as untrusted input and
+checks the answers against a second, fresh process (see darwin/evaluation/scoring.py). It never
+computes a score. It imports nothing of DARWIN (it is mounted alone into the sandbox).
 
-Protocol on stdin / stdout (little-endian); anything the candidate prints goes to stderr:
-    server  -> "RDY " u32 n, n bytes JSON  |  "ERR " u32 n, n bytes message (then exit)
+Protocol on stdin / stdout (little-endian); anything the candidate prints goes to stderr, which
+never leaves the scorer:
+    server  -> "RDY " u32 n, n bytes JSON                 (content ignored)
+             | "ERR " u32 n, n bytes JSON {stage, error, frames} (then exit)
     client  -> "FWD " u32 B, u32 T, B*T u16 tokens
-    server  -> "LOG " u32 B, u32 T, u32 V, B*T*V f32 logits  |  "ERR " u32 n, message
-    client  -> "FLP " u32 T      server -> "FLP " u64 forward FLOPs, u64 forward+backward FLOPs
+    server  -> "LOG " u32 B, u32 T, u32 V, B*T*V f32 logits  |  "ERR " ...
+    client  -> "PRT " u32 n, n bytes tensor name, u64 noise seed, u32 B, u32 T, B*T u16 tokens
+    server  -> like FWD, with that tensor perturbed (and restored afterwards)
     client  -> "BYE "
+An error frame names the stage, the exception's class and the (file, line) frames of the
+traceback, never its message: a message could carry the tokens the model was shown.
 """
 
+import builtins
 import json
 import os
 import struct
@@ -21,7 +28,7 @@ import traceback
 MODEL_DIR = os.environ.get("DARWIN_MODEL_DIR", "/sandbox/model")
 
 # Keep a private copy of the real stdout for the protocol, then point fd 1 at stderr so prints in
-# the candidate's code cannot corrupt the channel.
+# the candidate's code cannot corrupt the channel by accident.
 _proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
 os.dup2(2, 1)
 sys.stdout = sys.stderr
@@ -33,9 +40,14 @@ def _send(tag, payload=b""):
 
 
 def _send_error(stage, exc):
-    text = f"{stage}: {type(exc).__name__}: {exc}"
-    traceback.print_exc()
-    data = text[-2000:].encode("utf-8", "replace")
+    cls = type(exc)
+    name = cls.__name__ if getattr(builtins, cls.__name__, None) is cls else "Exception"
+    frames = [[os.path.basename(f.filename), f.lineno or 0]
+              for f in traceback.extract_tb(exc.__traceback__)][-8:]
+    report = {"stage": stage, "error": name, "frames": frames}
+    if os.environ.get("DARWIN_EVAL_MESSAGES") == "1":  # only a test's weakened scorer sets it
+        report["message"] = str(exc)[:2000]
+    data = json.dumps(report).encode()
     _send(b"ERR ", struct.pack("<I", len(data)) + data)
 
 
@@ -70,6 +82,45 @@ def _logits(out):
     return out
 
 
+def _tokens(torch, device):
+    import numpy as np
+
+    b, t = struct.unpack("<II", _read_exact(8))
+    tokens = np.frombuffer(_read_exact(b * t * 2), dtype="<u2").astype(np.int64)
+    return torch.from_numpy(tokens.reshape(b, t)).to(device)
+
+
+def _answer(torch, model, idx):
+    try:
+        with torch.no_grad():
+            arr = _logits(model(idx)).detach().float().cpu().contiguous().numpy()
+    except BaseException as exc:  # noqa: BLE001 - the candidate's failure, reported as data
+        _send_error("forward", exc)
+        return
+    shape = list(arr.shape) + [0, 0, 0]
+    _send(b"LOG ", struct.pack("<III", *shape[:3]) + arr.astype("<f4").tobytes())
+
+
+def _perturbed(torch, model, name, seed, idx):
+    """Logits with one saved tensor moved by noise of its own scale, then put back."""
+    state = model.state_dict()
+    tensor = state.get(name)
+    if tensor is None or not tensor.is_floating_point():
+        _send_error("perturb", KeyError(name))
+        return
+    saved = tensor.detach().clone()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float32).to(tensor.device)
+    scale = 0.5 * (float(saved.float().abs().mean()) + 1e-2)
+    with torch.no_grad():
+        tensor.add_((noise * scale).to(tensor.dtype))
+    try:
+        _answer(torch, model, idx)
+    finally:
+        with torch.no_grad():
+            tensor.copy_(saved)
+
+
 def main():
     device = os.environ.get("DARWIN_DEVICE", "cpu")
     try:
@@ -83,7 +134,7 @@ def main():
     except BaseException as exc:  # noqa: BLE001
         _send_error("weights", exc)
         return 3
-    meta = json.dumps({"parameters": sum(p.numel() for p in model.parameters())}).encode()
+    meta = json.dumps({"ready": True}).encode()
     _send(b"RDY ", struct.pack("<I", len(meta)) + meta)
     while True:
         try:
@@ -93,37 +144,12 @@ def main():
         if tag == b"BYE ":
             return 0
         if tag == b"FWD ":
-            b, t = struct.unpack("<II", _read_exact(8))
-            import numpy as np
-
-            tokens = np.frombuffer(_read_exact(b * t * 2), dtype="<u2").astype(np.int64)
-            try:
-                with torch.no_grad():
-                    idx = torch.from_numpy(tokens.reshape(b, t)).to(device)
-                    logits = _logits(model(idx))
-                    arr = logits.detach().float().cpu().contiguous().numpy()
-            except BaseException as exc:  # noqa: BLE001
-                _send_error("forward", exc)
-                continue
-            shape = list(arr.shape) + [0, 0, 0]
-            _send(b"LOG ", struct.pack("<III", *shape[:3]) + arr.astype("<f4").tobytes())
-        elif tag == b"FLP ":
-            (t,) = struct.unpack("<I", _read_exact(4))
-            try:
-                from torch.utils.flop_counter import FlopCounterMode
-
-                idx = torch.zeros((1, t), dtype=torch.long, device=device)
-                with FlopCounterMode(display=False) as fwd_counter:
-                    with torch.no_grad():
-                        _logits(model(idx))
-                model.train()
-                with FlopCounterMode(display=False) as all_counter:
-                    _logits(model(idx)).float().sum().backward()
-                model.eval()
-                model.zero_grad(set_to_none=True)
-                _send(b"FLP ", struct.pack("<QQ", fwd_counter.get_total_flops(), all_counter.get_total_flops()))
-            except BaseException as exc:  # noqa: BLE001
-                _send_error("flops", exc)
+            _answer(torch, model, _tokens(torch, device))
+        elif tag == b"PRT ":
+            (n,) = struct.unpack("<I", _read_exact(4))
+            name = _read_exact(n).decode("utf-8")
+            (seed,) = struct.unpack("<Q", _read_exact(8))
+            _perturbed(torch, model, name, seed, _tokens(torch, device))
         else:
             return 2
 
