@@ -7,13 +7,18 @@ Candidate failures are returned as data; only infrastructure problems raise.
 
 from __future__ import annotations
 
+import os
+import socket
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
+from darwin.engine.faults import checkpoint
 from darwin.engine.slots import shared_pool
 from darwin.engine.steps import Engine
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
+from darwin.sandbox.limits import pid_alive
 
 
 @task(name="mutate", task_run_name="mutate-{gen:03d}-{index:02d}", cache_policy=NO_CACHE)
@@ -28,16 +33,33 @@ def repair(engine: Engine, broken: CandidateRecord, evaluation: EvaluationRecord
     return engine.repair(broken, evaluation, attempt)
 
 
+SLOT_LIMIT_PREFIX = "darwin-train-"
+
+
 def slot_limit_name(device: str) -> str:
-    return f"darwin-train-{device}"
+    """The slots are this machine's cores (or GPU), owned by this orchestrator: the limit is named
+    after it, so a dead orchestrator's unreturned slots can never block a live one (Prefect keeps
+    leases in the server's memory: an embedded server that died with its run took them along,
+    leaving the slot count behind)."""
+    return f"{SLOT_LIMIT_PREFIX}{device}-{socket.gethostname()}-{os.getpid()}"
 
 
-def ensure_slot_limit(device: str, slots: int) -> None:
-    """The Prefect global concurrency limit that governs how many children train at once."""
+def ensure_slot_limit(device: str, slots: int) -> int:
+    """Create this orchestrator's concurrency limit; delete those of dead orchestrators on this
+    host. Returns how many were deleted."""
     from prefect.client.orchestration import get_client
 
+    host = socket.gethostname()
+    removed = 0
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(slot_limit_name(device), slots)
+        for limit in client.read_global_concurrency_limits(limit=200):
+            owner = limit.name.rsplit("-", 1)
+            if (limit.name.startswith(SLOT_LIMIT_PREFIX) and f"-{host}-" in limit.name
+                    and owner[-1].isdigit() and not pid_alive(int(owner[-1]))):
+                client.delete_global_concurrency_limit_by_name(limit.name)
+                removed += 1
+    return removed
 
 
 @task(name="train", task_run_name="train-{cid}-s{seed}", cache_policy=NO_CACHE)
@@ -59,6 +81,7 @@ def train_and_score(engine: Engine, cid: str, seed: int) -> EvaluationRecord:
 
 @task(name="commit", cache_policy=NO_CACHE)
 def commit(engine: Engine, record: GenerationRecord) -> None:
+    checkpoint("commit")
     engine.store.commit(record)
 
 

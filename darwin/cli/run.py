@@ -68,8 +68,10 @@ def run(
         auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
         answers, else local).
     """
+    from darwin.engine import watchdog
     from darwin.engine.experiment import make_experiment
     from darwin.engine.runs import (
+        claim_run,
         create_run,
         open_for_resume,
         reap_leftovers,
@@ -87,6 +89,8 @@ def run(
         os.environ["DARWIN_SANDBOX"] = sandbox
     url = settings.store_url
     opened = open_for_resume(url, resume) if resume else None
+    if opened is not None:
+        claim_run(opened.store)  # a second --resume of a live run stops here, in one line
     experiment = opened.experiment if opened else make_experiment(
         budget=budget, generations=generations, population=population, keep=keep,
         children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
@@ -103,10 +107,17 @@ def run(
         from darwin.evaluation.training import seed_program as stock
 
         opened = create_run(url, experiment, Path(seed_program) if seed_program else stock())
+        claim_run(opened.store)
     run_id, store = opened.run_id, opened.store
-    reap_leftovers()
+    reaped = {what: n for what, n in reap_leftovers().items() if n}
+    if reaped:
+        err.print("removed what a crashed run left: "
+                  + ", ".join(f"{n} {what}" for what, n in reaped.items()))
+    watchdog.start()  # if this process dies, whatever it started dies with it
+    head = store.head()
     err.print(f"run [bold]{run_id}[/] ("
-              + (f"resumed at generation {store.head()}" if opened.resumed else "new")
+              + ("new" if not opened.resumed else "resumed: nothing committed yet" if head is None
+                 else f"resumed after generation {head}")
               + f"); resume with: darwin run --resume {run_id}")
     from prefect import tags
 
@@ -119,14 +130,10 @@ def run(
     if opened.resumed:
         mark_stale_runs_crashed(run_id)
     n_slots = len(slot_cpus(experiment.device, get_budget(experiment.budget).threads))
-    try:
-        with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal), \
-                tags(run_tag(run_id), f"budget:{experiment.budget}"):
-            last = evolve(experiment, run_id, url)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: generation {store.head()} is committed; "
-                  f"continue with: darwin run --resume {run_id}")
-        sys.exit(130)
+    with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \
+            tags(run_tag(run_id), f"budget:{experiment.budget}"):
+        _stop_on_signals(store, run_id, live)
+        last = evolve(experiment, run_id, url)
     summary = run_summary(store, last)
     if json_:
         print(json.dumps(summary, indent=2))
@@ -146,3 +153,37 @@ def run(
         out.print(f"test split (never used for selection): {summary['test_loss_best']:.4f} vs "
                   f"seed {summary['test_loss_seed']:.4f}, perplexity {100 * change:+.2f}%")
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
+
+
+def _stop_on_signals(store, run_id: str, live) -> None:
+    """SIGINT and SIGTERM stop a run the same way: what is persisted stays (every write is
+    atomic), the line says how to resume, and the process ends at once (exit 130 / 143), as if
+    killed: the watchdog then stops the children and the run resumes like after a crash.
+    Waiting for the training threads instead made SIGTERM look ignored for minutes."""
+    import signal
+    import threading
+
+    def stop(signum, _frame) -> None:
+        live.stop()
+        word = "interrupted" if signum == signal.SIGINT else "terminated"
+        head = store.head()
+        kept = "nothing was committed yet" if head is None else f"generation {head} is committed"
+        err.print(f"{word}: {kept}; continue with: darwin run --resume {run_id}")
+
+        def mark() -> None:  # best effort: the resumed run marks them anyway
+            from darwin.flows.admin import mark_stale_runs_crashed
+
+            try:
+                mark_stale_runs_crashed(run_id)
+            except Exception:  # noqa: BLE001
+                pass
+
+        marker = threading.Thread(target=mark, daemon=True)
+        marker.start()
+        marker.join(timeout=5)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)

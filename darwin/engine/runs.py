@@ -3,7 +3,10 @@ deployment) calls these, then hands the run to the evolve flow."""
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,13 +54,59 @@ def open_for_resume(store_url: str, run_id: str) -> OpenedRun:
     return OpenedRun(run_id, store, make_experiment(**store.meta()["experiment"]), resumed=True)
 
 
-def reap_leftovers() -> None:
-    """Remove what a run killed with -9 left on this machine (cgroups, output mounts; Docker
-    containers are reaped when the Docker backend starts)."""
+def reap_leftovers() -> dict[str, int]:
+    """Remove what runs that died (kill -9) left on this machine: their sandboxes' cgroups,
+    output mounts and Docker containers. Returns how many of each were removed."""
     from darwin.sandbox.limits import reap_stale_cgroups, reap_stale_output_mounts
 
-    reap_stale_cgroups()
-    reap_stale_output_mounts()
+    found = {"cgroups": reap_stale_cgroups(), "output mounts": reap_stale_output_mounts(),
+             "containers": 0}
+    try:
+        from darwin.sandbox.docker_backend import connect, reap_stale_containers
+
+        client = connect()
+    except Exception:  # noqa: BLE001 - no Docker here: nothing of it to reap
+        return found
+    try:
+        found["containers"] = reap_stale_containers(client)
+    finally:
+        client.close()
+    return found
+
+
+class RunBusy(UserError):
+    pass
+
+
+@dataclass
+class RunClaim:
+    """This process's exclusive hold on a run: a lock the kernel releases when the process
+    dies, however it dies (kill -9 included), so a crash never leaves a run claimed."""
+
+    path: Path
+    fd: int
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def claim_run(store: RunStore) -> RunClaim | None:
+    """Refuse to work on a run another live process works on (a second ``--resume``)."""
+    protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
+    if "file" not in protocols:
+        return None  # a remote store: two machines are told apart by the store (S3 issue)
+    path = Path(store.root) / "run.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunBusy(f"run {store.run_id} is already running ({owner}): wait for it to end, "
+                      "or stop it first (Ctrl-C or kill), then resume") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return RunClaim(path, fd)
 
 
 def run_summary(store: RunStore, last: GenerationRecord) -> dict:

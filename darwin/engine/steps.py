@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from darwin.engine.experiment import Experiment
+from darwin.engine.faults import checkpoint
 from darwin.engine.ids import SEED_ID, candidate_id, parse
 from darwin.engine.selection import Scored
 from darwin.evaluation.budgets import Budget, get_budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
+from darwin.evaluation.training import TrainResult
 from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
 from darwin.memory.store import RunStore
 from darwin.mutation.answers import ChangeKind
@@ -137,6 +139,7 @@ class Engine:
         if not self.experiment.memory:
             ctx.lessons, ctx.kind_stats = [], {}
         result = mutator.mutate(ctx)
+        checkpoint("mutate")
         if mutator.redraws_duplicates:
             # The catalogue can draw an edit an earlier generation already tried (its score is
             # known): draw again, a few times. Only earlier generations count, so the outcome
@@ -163,6 +166,7 @@ class Engine:
         parent_src = self.code(broken.parents[0]) if broken.parents else None
         mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=attempt)
         result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
+        checkpoint("repair")
         if result.answer is not None and broken.kind:
             # A repair keeps the broken child's intent; its lesson counts for that kind.
             result.answer = result.answer.model_copy(update={"kind": ChangeKind(broken.kind)})
@@ -196,8 +200,23 @@ class Engine:
         work.mkdir(parents=True, exist_ok=True)
         program = work / "train.py"
         program.write_text(source)
+        # A training that finished before the orchestrator died is scored, not run again.
+        marker = work / "trained.json"
+        trained = TrainResult.from_json(marker.read_text()) if marker.exists() else None
+
+        def on_trained(result: TrainResult) -> None:
+            tmp = marker.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_text(result.to_json())
+            tmp.replace(marker)
+            if log_path := os.environ.get("DARWIN_TRAINING_LOG"):  # counted by the crash tests
+                with open(log_path, "a") as f:
+                    f.write(f"{self.store.run_id} {cid} {seed}\n")
+            checkpoint("score")
+
         result = evaluate_program(program, self.budget, seed, self.sandbox, work / "run",
-                                  device=self.experiment.device, cpus=cpus)
+                                  device=self.experiment.device, cpus=cpus, trained=trained,
+                                  on_trained=on_trained,
+                                  on_progress=lambda done, total: checkpoint("train"))
         ev = self._evaluation_record(cid, record.code_sha, seed, result)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # writers race
@@ -294,6 +313,7 @@ def final_test(engine: Engine, cid: str) -> dict:
         trained = train(program, engine.budget, seed, work / "run", engine.sandbox,
                         device=engine.experiment.device)
         out = trained.out_dir
+    checkpoint("final_test")
     s = score(out, engine.budget, engine.sandbox, work, split="test",
               device=engine.experiment.device)
     result = {"candidate": cid, "split": "test", "seed": seed, "val_loss": None,

@@ -130,11 +130,17 @@ def evaluate_program(
     device: str = "cpu",
     cpus: list[int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    trained: TrainResult | None = None,
+    on_trained: Callable[[TrainResult], None] | None = None,
 ) -> Evaluation:
+    """Train ``program`` (unless ``trained``, an earlier finished training of it, is given) and
+    score what it left. ``on_trained`` sees the training's result before scoring starts."""
     workdir = Path(workdir)
-    trained = train(
-        program, budget, seed, workdir, sandbox, device=device, cpus=cpus, on_progress=on_progress
-    )
+    if trained is None:
+        trained = train(program, budget, seed, workdir, sandbox, device=device, cpus=cpus,
+                        on_progress=on_progress)
+        if on_trained is not None:
+            on_trained(trained)
     ev = Evaluation(str(program), budget.name, seed, device, trained)
     if not trained.ok:
         return ev

@@ -7,6 +7,7 @@ the sandbox, and the wall time is measured here, outside anything the program co
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -63,6 +64,19 @@ class TrainResult:
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         return log_tail(self.log_path, max_bytes)
+
+    def to_json(self) -> str:
+        """What a resumed run needs to score this training without training again."""
+        return json.dumps({**{k: getattr(self, k) for k in (
+            "wall_s", "tokens_served", "token_requests", "token_refusals", "backend", "isolated",
+            "returncode", "cleanup_s")}, "outcome": self.outcome.value,
+            "out_dir": str(self.out_dir), "log_path": str(self.log_path)})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainResult:
+        d = json.loads(text)
+        return cls(**{**d, "outcome": Outcome(d["outcome"]), "out_dir": Path(d["out_dir"]),
+                      "log_path": Path(d["log_path"])})
 
 
 def prepare_workdir(program: Path, workdir: Path) -> tuple[Path, Path, Path]:

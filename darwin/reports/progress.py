@@ -105,7 +105,11 @@ class LiveProgress:
                 pass
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the display (the terminal gets its cursor back); safe to call twice."""
+        if self.enabled and not self._stop.is_set():
             self._stop.set()
             self._thread.join(timeout=3)
             self._live.__exit__(None, None, None)
