@@ -334,3 +334,38 @@ def test_uniform_logits_score_exactly_ln_vocab(sandbox, tmp_path):
         '''))
     s = run(folder, sandbox, tmp_path)
     assert s.ok and abs(s.loss - math.log(V)) < 1e-12
+
+
+def test_heldout_text_the_scan_cannot_see_is_still_flagged(sandbox, tmp_path, honest):
+    """Val text stored shifted by 1000 (no scan view holds it) and looked up causally: every
+    check passes, but its val loss sits far below its loss on its own training text."""
+    source = BASE + textwrap.dedent('''
+        _init = Model.__init__
+        def __init__(self, config):
+            _init(self, config)
+            self.register_buffer("notes", torch.zeros(NOTES))
+        Model.__init__ = __init__
+        def forward(self, idx):
+            if not hasattr(self, "_next"):
+                text = [int(v) - 1000 for v in self.notes.tolist()]
+                self._next = {tuple(text[i:i + 8]): text[i + 8] for i in range(len(text) - 8)}
+            out = self.honest(idx)
+            for b, row in enumerate(idx.tolist()):
+                for t in range(7, len(row)):
+                    nxt = self._next.get(tuple(row[t - 7:t + 1]))
+                    if nxt is not None:
+                        out[b, t, nxt] += 20.0
+            return out
+        Model.forward = forward
+        ''')
+    val = load_dataset().val
+    source = source.replace("NOTES", str(len(val)))
+    state = weights(source)
+    state["notes"] = torch.tensor(val.astype("float32") + 1000.0)
+    folder = write_folder(tmp_path / "out", source, state)
+    s = run(folder, sandbox, tmp_path)
+    assert s.ok, (s.failure, s.detail)  # causal, consistent: the probes cannot object
+    assert s.loss < s.train_sample_loss - 1.0
+    assert any(f.startswith("heldout_suspect") for f in s.flags), s.flags
+    # The control: an honest model's val loss sits near its train-sample loss, unflagged.
+    assert not any(f.startswith("heldout_suspect") for f in honest.flags)
