@@ -75,14 +75,15 @@ class Settings(BaseSettings):
     docker_image: str = Field(
         default="darwin-sandbox:latest",
         description="the Docker sandbox's image (`darwin sandbox build`; built offline if absent)")
-    store: str | None = Field(
-        default=None, description="where runs are stored (fsspec URL); default $DARWIN_HOME/runs"
-    )
+    storage_url: str | None = Field(
+        default=None, description="where runs are stored: a folder or file:// URL, or "
+        "s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL); default $DARWIN_HOME/runs")
+    store: str | None = Field(default=None, description="older name of storage_url")
     llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @property
     def store_url(self) -> str:
-        return self.store or f"file://{self.home / 'runs'}"
+        return self.storage_url or self.store or f"file://{self.home / 'runs'}"
 
     @property
     def scratch(self) -> Path:

@@ -9,9 +9,20 @@ Layout of one run (every file but HEAD is written once and never changed):
     <root>/<run_id>/generations/<n:04d>.json        a committed generation
     <root>/<run_id>/HEAD                            {"generation": n}, written last
 
-HEAD moves only after the generation's snapshot is complete, with an atomic rename under a lock
-on local disks (compare-and-swap with If-Match is the S3 backend's job), so a crash at any point
-leaves the last committed generation intact and every persisted candidate reusable.
+Two primitives keep concurrent writers (two orchestrators, two machines) from losing anything:
+
+- ``create_object``: an immutable object is created only if absent, atomically and whole (local: a
+  hard link of a complete temporary file, which fails if the name exists; S3: ``PutObject`` with
+  ``If-None-Match: *``). A second create with the same bytes is a retry and fine; other bytes are
+  refused.
+- ``update_pointer``: a mutable pointer (HEAD, and later the run index and the LLM ledger) moves by
+  compare-and-swap (local: read and rename under a lock; S3: ``PutObject`` with ``If-Match`` of
+  the ETag read, re-read and retried on 412). HEAD moves only after the generation's snapshot is
+  complete and never backwards, so a crash at any point leaves the last committed generation
+  intact and every persisted candidate reusable.
+
+``DARWIN_STORAGE_URL=s3://bucket/prefix`` selects S3 (s3fs; endpoint from ``AWS_ENDPOINT_URL``,
+credentials from the usual AWS sources, never stored or logged).
 """
 
 from __future__ import annotations
@@ -20,11 +31,13 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import time
 import uuid
 from pathlib import Path
 
 import fsspec
+import fsspec.asyn
 from pydantic import BaseModel
 
 from darwin import errors
@@ -41,9 +54,30 @@ class StoreError(errors.StorageError):
     """The run store cannot do what was asked (see darwin.errors)."""
 
 
+def open_fs(url: str | Path):
+    """(file system, root path) for a store URL. S3 listings are never cached: other processes
+    and machines write to the same bucket."""
+    url = str(url)
+    options = {"use_listings_cache": False} if url.startswith(("s3://", "s3a://")) else {}
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    """Whether an S3 error is a failed If-Match / If-None-Match (412) or a conflict (409)."""
+    if isinstance(e, FileExistsError):
+        return True
+    cause = getattr(e, "__cause__", None)
+    response = getattr(cause, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
 class RunStore:
+    CAS_TRIES = 200
+
     def __init__(self, url: str | Path, run_id: str):
-        self.fs, root = fsspec.core.url_to_fs(str(url))
+        self.fs, root = open_fs(url)
         self.root = f"{root.rstrip('/')}/{run_id}"
         self.run_id = run_id
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
@@ -53,16 +87,66 @@ class RunStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def _s3(self, method: str, path: str, **kwargs):
+        bucket, key, _ = self.fs.split_path(path)
+        return self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+
+    def create_object(self, path: str, data: bytes) -> bool:
+        """Create the immutable object ``path`` (True), or find it there with the same bytes
+        (False, a retry); StoreError when it holds other bytes."""
+        if self.local:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, target)  # atomic, whole, and only if the name is free
+                return True
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        else:
+            try:
+                self._s3("put_object", path, Body=data, IfNoneMatch="*")
+                return True
+            except Exception as e:  # noqa: BLE001 - anything but "it exists" is a real failure
+                if not _precondition_failed(e):
+                    raise
+        if self.fs.cat_file(path) != data:
+            raise StoreError(f"refusing to overwrite immutable record {path}")
+        return False
+
+    def update_pointer(self, name: str, change) -> bytes:
+        """Move the mutable pointer ``name`` from its bytes (None when absent) to
+        ``change(old)`` by compare-and-swap; ``change`` may raise to refuse the move."""
+        path = self._path(name)
+        if self.local:
+            with self._lock():
+                new = change(self._read(path))
+                tmp = Path(self._path(f".{name}.{uuid.uuid4().hex[:8]}.tmp"))
+                tmp.write_bytes(new)
+                os.replace(tmp, path)
+                return new
+        for attempt in range(self.CAS_TRIES):
+            try:  # one GET: the bytes and the ETag of the same version
+                got = self._s3("get_object", path)
+                etag, old = got["ETag"], fsspec.asyn.sync(self.fs.loop, got["Body"].read)
+            except FileNotFoundError:
+                etag, old = None, None
+            new = change(old)
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            try:
+                self._s3("put_object", path, Body=new, **condition)
+                return new
+            except Exception as e:  # noqa: BLE001
+                if not _precondition_failed(e):
+                    raise
+            time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 7)))  # back off, with jitter
+        raise StoreError(f"{path}: {self.CAS_TRIES} writers in a row changed it first; try again")
+
     def _write_once(self, path: str, data: bytes) -> None:
-        """Immutable write: a second write must carry the same bytes (a retry), never others."""
-        if self.fs.exists(path):
-            if self.fs.cat_file(path) != data:
-                raise StoreError(f"refusing to overwrite immutable record {path}")
-            return
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, path)
+        self.create_object(path, data)
 
     def _read(self, path: str) -> bytes | None:
         try:
@@ -90,9 +174,10 @@ class RunStore:
     # -- code and candidates ------------------------------------------------------------------
     def put_code(self, source: str) -> str:
         sha = code_hash(source)
-        path = self._path("code", f"{sha}.py")
-        if not self.fs.exists(path):  # same hash = same program up to whitespace: first one stays
-            self._write_once(path, source.encode())
+        try:
+            self.create_object(self._path("code", f"{sha}.py"), source.encode())
+        except StoreError:
+            pass  # same hash = same program up to whitespace: the first one stays
         return sha
 
     def code(self, sha: str) -> str:
@@ -159,20 +244,23 @@ class RunStore:
     def commit(self, record: GenerationRecord) -> None:
         """Write the generation's snapshot, then move HEAD to it (never backwards)."""
         record.committed_at = record.committed_at or time.time()
-        self._write_once(self._path("generations", f"{record.generation:04d}.json"),
-                         self._json(record))
-        with self._lock():
-            current = self.head()
+        try:
+            self._write_once(self._path("generations", f"{record.generation:04d}.json"),
+                             self._json(record))
+        except StoreError:
+            raise StoreError(f"generation {record.generation} of run {self.run_id} was already "
+                             "committed by another orchestrator working on this run; this one "
+                             "stops (its persisted children stay)") from None
+
+        def forward(old: bytes | None) -> bytes:
+            current = int(json.loads(old)["generation"]) if old is not None else None
             if current is not None and current >= record.generation:
                 raise StoreError(
-                    f"generation {record.generation} already committed (HEAD {current})")
-            payload = json.dumps({"generation": record.generation}).encode()
-            if self.local:
-                tmp = Path(self._path(f"HEAD.tmp-{uuid.uuid4().hex[:8]}"))
-                tmp.write_bytes(payload)
-                os.replace(tmp, self._path("HEAD"))
-            else:
-                self.fs.pipe_file(self._path("HEAD"), payload)
+                    f"generation {record.generation} already committed (HEAD {current}): "
+                    "another orchestrator works on this run")
+            return json.dumps({"generation": record.generation}).encode()
+
+        self.update_pointer("HEAD", forward)
 
     # -- final reports (test split) ----------------------------------------------------------
     def put_final(self, cid: str, data: dict) -> None:
@@ -191,7 +279,7 @@ class RunStore:
 
 
 def list_runs(url: str | Path) -> list[str]:
-    fs, root = fsspec.core.url_to_fs(str(url))
+    fs, root = open_fs(url)
     try:
         entries = fs.ls(root, detail=False)
     except FileNotFoundError:

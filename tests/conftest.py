@@ -119,6 +119,37 @@ def prefect_server(tmp_path_factory):
     log.close()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API), with a versioned bucket."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=url, key="testing", secret="testing")
+    fs.mkdir("darwin-test")
+    fs.make_bucket_versioned("darwin-test")
+    yield {"endpoint": url, "bucket": "darwin-test"}
+    server.stop()
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS variables pointing at the moto server (what a user would export)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import fsspec
+
+    fsspec.AbstractFileSystem.clear_instance_cache()  # s3fs caches clients per settings
+    return s3_server
+
+
 def host_ip() -> str:
     """This host's outward address (what a sandboxed program would try instead of 127.0.0.1)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
