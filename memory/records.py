@@ -65,6 +65,10 @@ class EvaluationRecord(BaseModel):
     log_tail: str = ""  # untrusted, capped
     isolated: bool = True
     cached: bool = False  # answered from the training cache, not trained again
+    # The scorer's checks (probes, tolerance, largest gap, edge, verified) and its secret
+    # batching/probe seed, revealed after scoring so the evaluation can be audited.
+    checks: dict[str, Any] = Field(default_factory=dict)
+    audit_seed: str = ""
 
 
 def mean_loss(losses: list[float]) -> float:

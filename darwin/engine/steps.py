@@ -233,7 +233,8 @@ class Engine:
             detail=d["detail"], val_loss=d["val_loss"], perplexity=d["perplexity"], mfu=d["mfu"],
             train_wall_s=d["train_wall_s"], eval_wall_s=d["eval_wall_s"],
             tokens_served=d["tokens_served"], claims=d["claims"], flags=d["flags"],
-            log_tail=tail[-3000:], isolated=d["isolated"],
+            log_tail=tail[-3000:], isolated=d["isolated"], checks=d["checks"],
+            audit_seed=d["audit_seed"],
         )
 
     # -- what we know -----------------------------------------------------------------------

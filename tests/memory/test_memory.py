@@ -103,6 +103,23 @@ def test_parents_are_seeded_and_cross_agent():
     assert choose_parents(pop[:1], 2, np.random.default_rng(0)) == [("m0", None)] * 2
 
 
+def test_an_unverified_child_is_never_promoted():
+    """Scored without a sandbox (--sandbox unsafe), its probes prove nothing."""
+    pop = [Scored("seed", [2.0, 2.0, 2.0])]
+    unsafe = Scored("unsafe", [1.0, 1.0, 1.0], verified=False)
+    safe = Scored("safe", [1.5, 1.5, 1.5])
+    new, promoted = select(pop, [unsafe, safe], size=3, keep=1, margin=0.1)
+    assert promoted == ["safe"] and "unsafe" not in [m.id for m in new]
+    new, promoted = select(pop, [Scored("unsafe", [1.0] * 3)], size=3, keep=1, margin=0.1)
+    assert promoted == ["unsafe"]  # the control: verified, the same child is promoted
+
+
+def test_mfu_counts_in_the_pareto_set_only_when_not_worse_than_the_seed():
+    c = [Scored("good", [2.0], mfu=0.1), Scored("waster", [2.5], mfu=0.9)]
+    assert sorted(pareto(c)) == ["good", "waster"]  # without the seed's bound
+    assert pareto(c, seed_loss=2.1, margin=0.05) == ["good"]
+
+
 def test_pareto_front():
     c = [Scored("fast", [2.2], mfu=0.5), Scored("good", [2.0], mfu=0.3),
          Scored("bad", [2.3], mfu=0.2)]
