@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import random
@@ -54,11 +55,21 @@ class StoreError(errors.StorageError):
     """The run store cannot do what was asked (see darwin.errors)."""
 
 
+class ImmutableConflict(StoreError):
+    """An immutable object exists with other bytes."""
+
+
 def open_fs(url: str | Path):
     """(file system, root path) for a store URL. S3 listings are never cached: other processes
     and machines write to the same bucket."""
     url = str(url)
-    options = {"use_listings_cache": False} if url.startswith(("s3://", "s3a://")) else {}
+    options: dict = {}
+    if url.startswith(("s3://", "s3a://")):
+        options["use_listings_cache"] = False
+        # Named explicitly (botocore would read it too) so that file systems cached per process
+        # are told apart by endpoint.
+        if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+            options["client_kwargs"] = {"endpoint_url": endpoint}
     return fsspec.core.url_to_fs(url, **options)
 
 
@@ -114,7 +125,7 @@ class RunStore:
                 if not _precondition_failed(e):
                     raise
         if self.fs.cat_file(path) != data:
-            raise StoreError(f"refusing to overwrite immutable record {path}")
+            raise ImmutableConflict(f"refusing to overwrite immutable record {path}")
         return False
 
     def update_pointer(self, name: str, change) -> bytes:
@@ -176,7 +187,7 @@ class RunStore:
         sha = code_hash(source)
         try:
             self.create_object(self._path("code", f"{sha}.py"), source.encode())
-        except StoreError:
+        except ImmutableConflict:
             pass  # same hash = same program up to whitespace: the first one stays
         return sha
 
@@ -247,7 +258,7 @@ class RunStore:
         try:
             self._write_once(self._path("generations", f"{record.generation:04d}.json"),
                              self._json(record))
-        except StoreError:
+        except ImmutableConflict:
             raise StoreError(f"generation {record.generation} of run {self.run_id} was already "
                              "committed by another orchestrator working on this run; this one "
                              "stops (its persisted children stay)") from None
@@ -278,6 +289,35 @@ class RunStore:
         return GenerationRecord.model_validate_json(data)
 
 
+def _storage_errors(fn):
+    """The store's public face: the remote service's failures (unreachable, access denied, no
+    such bucket) become one StorageError line; "absent" stays the methods' own business."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - filtered below
+            module = type(e).__module__.split(".")[0]
+            if module not in ("botocore", "aiobotocore", "s3fs") and not isinstance(
+                    e, (PermissionError, ConnectionError, TimeoutError)):
+                raise
+            where = args[0].root if args and isinstance(args[0], RunStore) else args[0]
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise StoreError(f"storage {where}: {reason} (check DARWIN_STORAGE_URL, "
+                             "AWS_ENDPOINT_URL and the credentials)") from None
+
+    return wrapper
+
+
+for _name, _fn in list(vars(RunStore).items()):
+    if callable(_fn) and not _name.startswith("_"):
+        setattr(RunStore, _name, _storage_errors(_fn))
+
+
+@_storage_errors
 def list_runs(url: str | Path) -> list[str]:
     fs, root = open_fs(url)
     try:

@@ -144,9 +144,9 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import fsspec
+    import s3fs
 
-    fsspec.AbstractFileSystem.clear_instance_cache()  # s3fs caches clients per settings
+    s3fs.S3FileSystem.clear_instance_cache()  # s3fs caches clients per settings
     return s3_server
 
 

@@ -122,3 +122,23 @@ def test_without_compare_and_swap_updates_are_lost(url):
     rounds = 5
     total = _hammer(url, blind, rounds)
     assert total <= rounds < WRITERS * rounds  # every round, all writers but one lost theirs
+
+
+def test_an_unreachable_store_is_one_line_naming_the_settings(monkeypatch, tmp_path):
+    import socket
+
+    import s3fs
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StoreError, match="AWS_ENDPOINT_URL") as e:
+        list_runs("s3://no-such-bucket/runs")
+    assert "\n" not in str(e.value) and "testing" not in str(e.value)
+    with pytest.raises(StoreError, match="DARWIN_STORAGE_URL"):
+        RunStore("s3://no-such-bucket/runs", "r").put_code("x = 1\n")
