@@ -13,7 +13,7 @@ from darwin.cli.app import JsonFlag, app, out
 
 @app.command
 def runs(*, json_: JsonFlag = False) -> None:
-    """List the runs in the store ($DARWIN_STORE, default $DARWIN_HOME/runs)."""
+    """List the runs in the store ($DARWIN_STORAGE_URL, default $DARWIN_HOME/runs)."""
     from darwin.reports.views import run_rows
     from darwin.settings import get_settings
 
