@@ -15,6 +15,9 @@ def quiet_prefect() -> None:
         ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
         ("DO_NOT_TRACK", "1"),  # the client's telemetry notice would break the progress display
         ("PREFECT_LOGGING_EXTRA_LOGGERS", "darwin"),
+        # The embedded server's start-up took over Prefect's default 20 s on a busy 2-core
+        # machine (two runs starting at once): the run then died with a traceback.
+        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"),
     ):
         os.environ.setdefault(key, value)
 
