@@ -87,7 +87,15 @@ def reap_stale_containers(client) -> int:
             client.api.remove_container(c["Id"], force=True)
             removed += 1
         except docker.errors.APIError:
-            pass
+            # Another reaper (a dead run's watchdog) may be removing it right now: wait until
+            # it is gone, so that "reaped" means gone when this returns.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    client.api.inspect_container(c["Id"])
+                except docker.errors.NotFound:
+                    break
+                time.sleep(0.1)
     if removed:
         log.warning("removed %d sandbox container(s) left by a crashed orchestrator", removed)
     return removed
