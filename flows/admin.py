@@ -20,6 +20,13 @@ def quiet_prefect() -> None:
         ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"),
     ):
         os.environ.setdefault(key, value)
+    if home := os.environ.get("PREFECT_HOME"):
+        # Prefect creates its home without parents: a new nested PREFECT_HOME left the embedded
+        # server unable to open its database, and the run timed out waiting for it.
+        try:
+            os.makedirs(os.path.expanduser(home), exist_ok=True)
+        except OSError:
+            pass  # Prefect's own message names it
 
 
 def mark_stale_runs_crashed(run_id: str) -> int:
@@ -49,3 +56,40 @@ def mark_stale_runs_crashed(run_id: str) -> int:
 def run_tag(run_id: str) -> str:
     """The tag every flow run of one DARWIN run carries (filter on it in the UI)."""
     return f"darwin-run:{run_id}"
+
+
+def result_storage_block(store_url: str) -> str | None:
+    """For a store on S3, save (server-side, as Prefect requires) a RemoteFileSystem block that
+    puts Prefect's task and flow results next to the run store, and return its slug. The block
+    holds only the bucket path and the endpoint: credentials come from the environment of
+    whoever reads it, so the UI never shows them. None for a local store (Prefect's default
+    local result folder is right there)."""
+    import hashlib
+
+    if not store_url.startswith(("s3://", "s3a://")):
+        return None
+    from prefect.filesystems import RemoteFileSystem
+
+    basepath = f"{store_url.rstrip('/')}/prefect-results"
+    settings: dict = {}
+    if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+        settings["client_kwargs"] = {"endpoint_url": endpoint}
+    name = "darwin-results-" + hashlib.sha256(f"{basepath} {settings}".encode()).hexdigest()[:10]
+    RemoteFileSystem(basepath=basepath, settings=settings).save(name, overwrite=True)
+    return f"remote-file-system/{name}"
+
+
+def results_settings(block: str | None) -> dict:
+    """Prefect settings that persist every result into ``block`` as JSON: a result read back
+    from a shared bucket is never unpickled. Caching stays off (NO_CACHE on every task): the
+    run store is the only cache."""
+    if block is None:
+        return {}
+    from prefect.settings import (
+        PREFECT_RESULTS_DEFAULT_SERIALIZER,
+        PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+    )
+
+    return {PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+            PREFECT_RESULTS_DEFAULT_SERIALIZER: "json"}

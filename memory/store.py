@@ -7,7 +7,13 @@ Layout of one run (every file but HEAD is written once and never changed):
     <root>/<run_id>/candidates/<id>.json            written BEFORE the child trains
     <root>/<run_id>/evaluations/<id>-s<seed>.json   one per trained seed
     <root>/<run_id>/generations/<n:04d>.json        a committed generation
+    <root>/<run_id>/logs/<id>-s<seed>.log           a child's training log (its end, capped)
+    <root>/<run_id>/outputs/<id>-s<seed>/<file>     a population member's trained model
     <root>/<run_id>/HEAD                            {"generation": n}, written last
+    <root>/<run_id>/LEASE                           which orchestrator works on the run, until when
+
+The scratch folder is only a cache: a run resumed on another machine (or with an emptied scratch
+folder) finds every program, log, evaluation and the models the final test needs here.
 
 Two primitives keep concurrent writers (two orchestrators, two machines) from losing anything:
 
@@ -22,7 +28,9 @@ Two primitives keep concurrent writers (two orchestrators, two machines) from lo
   intact and every persisted candidate reusable.
 
 ``DARWIN_STORAGE_URL=s3://bucket/prefix`` selects S3 (s3fs; endpoint from ``AWS_ENDPOINT_URL``,
-credentials from the usual AWS sources, never stored or logged).
+credentials from the usual AWS sources, never stored or logged). A store that cannot be reached
+(connection refused, timeouts, 5xx) is retried with backoff for ``DARWIN_STORAGE_RETRY_S`` seconds
+(default 120); every write is whole or absent, so giving up leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ import functools
 import json
 import os
 import random
+import threading
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import fsspec
@@ -57,6 +67,50 @@ class StoreError(errors.StorageError):
 
 class ImmutableConflict(StoreError):
     """An immutable object exists with other bytes."""
+
+
+class LeaseHeld(StoreError):
+    """Another live orchestrator holds the run."""
+
+
+class StorageDown(StoreError):
+    """The store stayed unreachable for the whole retry window."""
+
+
+@dataclass
+class IOStats:
+    """What this process asked of its stores: calls (on S3, one request each, plus s3fs's own
+    retries and list pages), bytes each way, and seconds spent waiting (summed over threads)."""
+
+    calls: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    def minus(self, earlier: IOStats) -> dict:
+        return {k: round(v - getattr(earlier, k), 4) for k, v in asdict(self).items()}
+
+
+_IO = IOStats()
+_IO_LOCK = threading.Lock()
+
+
+def io_stats() -> IOStats:
+    with _IO_LOCK:
+        return IOStats(**asdict(_IO))
+
+
+@contextlib.contextmanager
+def _counted(read: int = 0, written: int = 0):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        with _IO_LOCK:
+            _IO.calls += 1
+            _IO.bytes_read += read
+            _IO.bytes_written += written
+            _IO.seconds += time.perf_counter() - started
 
 
 def open_fs(url: str | Path):
@@ -100,7 +154,19 @@ class RunStore:
 
     def _s3(self, method: str, path: str, **kwargs):
         bucket, key, _ = self.fs.split_path(path)
-        return self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+        with _counted(written=len(kwargs.get("Body", b""))):
+            return self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+
+    def _cat(self, path: str) -> bytes:
+        with _counted():
+            data = self.fs.cat_file(path)
+        with _IO_LOCK:
+            _IO.bytes_read += len(data)
+        return data
+
+    def _ls(self, path: str) -> list[str]:
+        with _counted():
+            return self.fs.ls(path, detail=False)
 
     def create_object(self, path: str, data: bytes) -> bool:
         """Create the immutable object ``path`` (True), or find it there with the same bytes
@@ -109,7 +175,8 @@ class RunStore:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_bytes(data)
+            with _counted(written=len(data)):
+                tmp.write_bytes(data)
             try:
                 os.link(tmp, target)  # atomic, whole, and only if the name is free
                 return True
@@ -124,7 +191,7 @@ class RunStore:
             except Exception as e:  # noqa: BLE001 - anything but "it exists" is a real failure
                 if not _precondition_failed(e):
                     raise
-        if self.fs.cat_file(path) != data:
+        if self._cat(path) != data:
             raise ImmutableConflict(f"refusing to overwrite immutable record {path}")
         return False
 
@@ -136,13 +203,16 @@ class RunStore:
             with self._lock():
                 new = change(self._read(path))
                 tmp = Path(self._path(f".{name}.{uuid.uuid4().hex[:8]}.tmp"))
-                tmp.write_bytes(new)
+                with _counted(written=len(new)):
+                    tmp.write_bytes(new)
                 os.replace(tmp, path)
                 return new
         for attempt in range(self.CAS_TRIES):
             try:  # one GET: the bytes and the ETag of the same version
                 got = self._s3("get_object", path)
                 etag, old = got["ETag"], fsspec.asyn.sync(self.fs.loop, got["Body"].read)
+                with _IO_LOCK:
+                    _IO.bytes_read += len(old)
             except FileNotFoundError:
                 etag, old = None, None
             new = change(old)
@@ -161,7 +231,7 @@ class RunStore:
 
     def _read(self, path: str) -> bytes | None:
         try:
-            return self.fs.cat_file(path)
+            return self._cat(path)
         except FileNotFoundError:
             return None
 
@@ -170,7 +240,7 @@ class RunStore:
         return model.model_dump_json(indent=1).encode()
 
     def exists(self) -> bool:
-        return self.fs.exists(self._path("run.json"))
+        return self._read(self._path("run.json")) is not None
 
     # -- run ----------------------------------------------------------------------------------
     def create(self, meta: dict) -> None:
@@ -206,13 +276,13 @@ class RunStore:
 
     def candidates(self) -> list[CandidateRecord]:
         try:
-            names = self.fs.ls(self._path("candidates"), detail=False)
+            names = self._ls(self._path("candidates"))
         except FileNotFoundError:
             return []
         out = []
         for name in sorted(names):
             if name.endswith(".json"):
-                out.append(read_candidate(json.loads(self.fs.cat_file(name))))
+                out.append(read_candidate(json.loads(self._cat(name))))
         return out
 
     # -- evaluations --------------------------------------------------------------------------
@@ -228,10 +298,10 @@ class RunStore:
 
     def evaluations(self) -> list[EvaluationRecord]:
         try:
-            names = self.fs.ls(self._path("evaluations"), detail=False)
+            names = self._ls(self._path("evaluations"))
         except FileNotFoundError:
             return []
-        return [EvaluationRecord.model_validate_json(self.fs.cat_file(n))
+        return [EvaluationRecord.model_validate_json(self._cat(n))
                 for n in sorted(names) if n.endswith(".json")]
 
     # -- generations and HEAD -----------------------------------------------------------------
@@ -265,7 +335,11 @@ class RunStore:
 
         def forward(old: bytes | None) -> bytes:
             current = int(json.loads(old)["generation"]) if old is not None else None
-            if current is not None and current >= record.generation:
+            if current == record.generation:
+                # Only this writer got past the snapshot's conditional create: HEAD already
+                # points at it because an earlier try's reply was lost (storage retried).
+                return old
+            if current is not None and current > record.generation:
                 raise StoreError(
                     f"generation {record.generation} already committed (HEAD {current}): "
                     "another orchestrator works on this run")
@@ -288,26 +362,161 @@ class RunStore:
             raise StoreError(f"generation {n} of run {self.run_id} not found")
         return GenerationRecord.model_validate_json(data)
 
+    # -- artifacts: training logs and trained models ------------------------------------------
+    LOG_CAP = 2 << 20  # bytes of a log kept: its end (a child may print without limit)
+
+    def put_log(self, cid: str, seed: int, log: Path) -> None:
+        try:
+            size = log.stat().st_size
+        except FileNotFoundError:
+            return
+        with open(log, "rb") as f:
+            if size > self.LOG_CAP:
+                f.seek(size - self.LOG_CAP)
+                data = (f"[first {size - self.LOG_CAP} bytes of the log dropped]\n".encode()
+                        + f.read())
+            else:
+                data = f.read()
+        self._write_once(self._path("logs", f"{cid}-s{seed}.log"), data)
+
+    def log(self, cid: str, seed: int) -> str | None:
+        data = self._read(self._path("logs", f"{cid}-s{seed}.log"))
+        return data.decode(errors="replace") if data is not None else None
+
+    def put_outputs(self, cid: str, seed: int, folder: Path, names: tuple[str, ...]) -> int:
+        """Keep a trained model (the output files ``names`` of ``folder``) in the store; the
+        files stay untrusted: whoever reads them back checks them as if the child just wrote
+        them. Returns the bytes stored."""
+        stored = 0
+        for name in names:
+            path = folder / name
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                self._write_once(self._path("outputs", f"{cid}-s{seed}", name), data)
+                stored += len(data)
+        return stored
+
+    def fetch_outputs(self, cid: str, seed: int, dest: Path) -> bool:
+        """Copy a stored model into ``dest``; False when none was stored."""
+        try:
+            names = self._ls(self._path("outputs", f"{cid}-s{seed}"))
+        except FileNotFoundError:
+            return False
+        if not names:
+            return False
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (dest / name.rsplit("/", 1)[-1]).write_bytes(self._cat(name))
+        return True
+
+    def has_outputs(self, cid: str, seed: int) -> bool:
+        try:
+            return bool(self._ls(self._path("outputs", f"{cid}-s{seed}")))
+        except FileNotFoundError:
+            return False
+
+    # -- the lease: one orchestrator at a time --------------------------------------------
+    def take_lease(self, owner: str, ttl_s: float) -> None:
+        """Hold the run for ``ttl_s`` seconds (renewed by calling again). Refused, in one line,
+        while another owner's lease runs; an expired one (its holder died) is taken over."""
+
+        def take(old: bytes | None) -> bytes:
+            if old is not None:
+                held = json.loads(old)
+                left = held["until"] - time.time()
+                if held["owner"] != owner and left > 0:
+                    raise LeaseHeld(
+                        f"run {self.run_id} is already running ({held['owner']}, lease renewed "
+                        f"until {left:.0f} s from now): wait for it to end, or stop it; a "
+                        "stopped orchestrator's lease runs out by itself")
+            return json.dumps({"owner": owner, "until": time.time() + ttl_s}).encode()
+
+        self.update_pointer("LEASE", take)
+
+    def drop_lease(self, owner: str) -> None:
+        def drop(old: bytes | None) -> bytes:
+            if old is not None and json.loads(old)["owner"] != owner:
+                raise LeaseHeld("the lease was taken over")
+            return json.dumps({"owner": owner, "until": 0}).encode()
+
+        with contextlib.suppress(LeaseHeld):
+            self.update_pointer("LEASE", drop)
+
+
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "ProxyConnectionError", "ServerDisconnectedError",
+                    "ClientConnectorError", "ClientOSError", "ResponseStreamingError"}
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                    "503", "500", "502", "504"}
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether a failure says "the store is down or overloaded" (worth waiting for), as
+    opposed to "wrong bucket / no access / absent" (no wait fixes those)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in _TRANSIENT_NAMES or isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+        response = getattr(e, "response", None) or {}
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retry_window_s() -> float:
+    return float(os.environ.get("DARWIN_STORAGE_RETRY_S", "120"))
+
+
+_depth = threading.local()
+
 
 def _storage_errors(fn):
-    """The store's public face: the remote service's failures (unreachable, access denied, no
-    such bucket) become one StorageError line; "absent" stays the methods' own business."""
+    """The store's public face: an unreachable store is retried with backoff for the retry
+    window (each public operation is idempotent: conditional creates and compare-and-swap);
+    the remote service's failures (still unreachable, access denied, no such bucket) become
+    one StorageError line; "absent" stays the methods' own business. Only the outermost call
+    retries, so nested operations don't multiply the wait."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        where = args[0].root if args and isinstance(args[0], RunStore) else args[0]
+        outer = not getattr(_depth, "n", 0)
+        _depth.n = getattr(_depth, "n", 0) + 1
         try:
-            return fn(*args, **kwargs)
-        except StoreError:
-            raise
-        except Exception as e:  # noqa: BLE001 - filtered below
-            module = type(e).__module__.split(".")[0]
-            if module not in ("botocore", "aiobotocore", "s3fs") and not isinstance(
-                    e, (PermissionError, ConnectionError, TimeoutError)):
-                raise
-            where = args[0].root if args and isinstance(args[0], RunStore) else args[0]
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise StoreError(f"storage {where}: {reason} (check DARWIN_STORAGE_URL, "
-                             "AWS_ENDPOINT_URL and the credentials)") from None
+            deadline = time.monotonic() + retry_window_s()
+            pause = 0.5
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except StoreError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - filtered below
+                    if not outer:
+                        raise
+                    left = deadline - time.monotonic()
+                    if _transient(e) and left > 0:  # one last try at the deadline
+                        time.sleep(min(pause, left))
+                        pause = min(2 * pause, 10.0)
+                        continue
+                    module = type(e).__module__.split(".")[0]
+                    if module not in ("botocore", "aiobotocore", "s3fs", "aiohttp") and not (
+                            isinstance(e, (PermissionError, ConnectionError, TimeoutError))):
+                        raise
+                    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                    if _transient(e):
+                        raise StorageDown(
+                            f"storage {where} unreachable for {retry_window_s():.0f} s: {reason}"
+                            " (every write is whole or absent: nothing was half-written; check "
+                            "DARWIN_STORAGE_URL and AWS_ENDPOINT_URL, or wait longer with "
+                            "DARWIN_STORAGE_RETRY_S)"
+                        ) from None
+                    raise StoreError(f"storage {where}: {reason} (check DARWIN_STORAGE_URL, "
+                                     "AWS_ENDPOINT_URL and the credentials)") from None
+        finally:
+            _depth.n -= 1
 
     return wrapper
 

@@ -18,6 +18,7 @@ from darwin.engine.faults import checkpoint
 from darwin.engine.slots import shared_pool
 from darwin.engine.steps import Engine
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
+from darwin.memory.store import io_stats
 from darwin.sandbox.limits import pid_alive
 
 
@@ -82,6 +83,8 @@ def train_and_score(engine: Engine, cid: str, seed: int) -> EvaluationRecord:
 @task(name="commit", cache_policy=NO_CACHE)
 def commit(engine: Engine, record: GenerationRecord) -> None:
     checkpoint("commit")
+    engine.keep_models([m.candidate_id for m in record.population])
+    record.storage = io_stats().minus(engine.io_start)  # the generation's, up to this commit
     engine.store.commit(record)
 
 

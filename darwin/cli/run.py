@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from darwin.cli.app import JsonFlag, app, err, open_sandbox, out
+from darwin.errors import StorageError
 
 
 @app.command
@@ -89,8 +90,9 @@ def run(
         os.environ["DARWIN_SANDBOX"] = sandbox
     url = settings.store_url
     opened = open_for_resume(url, resume) if resume else None
+    claim = None
     if opened is not None:
-        claim_run(opened.store)  # a second --resume of a live run stops here, in one line
+        claim = claim_run(opened.store)  # a second --resume of a live run stops here, in one line
     experiment = opened.experiment if opened else make_experiment(
         budget=budget, generations=generations, population=population, keep=keep,
         children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
@@ -107,7 +109,7 @@ def run(
         from darwin.evaluation.training import seed_program as stock
 
         opened = create_run(url, experiment, Path(seed_program) if seed_program else stock())
-        claim_run(opened.store)
+        claim = claim_run(opened.store)
     run_id, store = opened.run_id, opened.store
     reaped = {what: n for what, n in reap_leftovers().items() if n}
     if reaped:
@@ -120,20 +122,31 @@ def run(
                  else f"resumed after generation {head}")
               + f"); resume with: darwin run --resume {run_id}")
     from prefect import tags
+    from prefect.settings import temporary_settings
 
     from darwin.engine.slots import slot_cpus
     from darwin.evaluation.budgets import get_budget
-    from darwin.flows.admin import mark_stale_runs_crashed, run_tag
+    from darwin.flows.admin import (
+        mark_stale_runs_crashed,
+        result_storage_block,
+        results_settings,
+        run_tag,
+    )
     from darwin.flows.evolve import evolve
     from darwin.reports.progress import LiveProgress
 
     if opened.resumed:
         mark_stale_runs_crashed(run_id)
     n_slots = len(slot_cpus(experiment.device, get_budget(experiment.budget).threads))
-    with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \
-            tags(run_tag(run_id), f"budget:{experiment.budget}"):
-        _stop_on_signals(store, run_id, live)
-        last = evolve(experiment, run_id, url)
+    prefect_results = results_settings(result_storage_block(url))
+    try:
+        with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \
+                tags(run_tag(run_id), f"budget:{experiment.budget}"), \
+                temporary_settings(updates=prefect_results):
+            _stop_on_signals(store, run_id, live, claim)
+            last = evolve(experiment, run_id, url)
+    except StorageError as e:  # the store stayed down: what was committed stays committed
+        raise StorageError(f"{e}; continue with: darwin run --resume {run_id}") from None
     summary = run_summary(store, last)
     if json_:
         print(json.dumps(summary, indent=2))
@@ -155,7 +168,7 @@ def run(
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
 
 
-def _stop_on_signals(store, run_id: str, live) -> None:
+def _stop_on_signals(store, run_id: str, live, claim) -> None:
     """SIGINT and SIGTERM stop a run the same way: what is persisted stays (every write is
     atomic), the line says how to resume, and the process ends at once (exit 130 / 143), as if
     killed: the watchdog then stops the children and the run resumes like after a crash.
@@ -166,21 +179,24 @@ def _stop_on_signals(store, run_id: str, live) -> None:
     def stop(signum, _frame) -> None:
         live.stop()
         word = "interrupted" if signum == signal.SIGINT else "terminated"
-        head = store.head()
-        kept = "nothing was committed yet" if head is None else f"generation {head} is committed"
-        err.print(f"{word}: {kept}; continue with: darwin run --resume {run_id}")
+        heads: list = []
 
-        def mark() -> None:  # best effort: the resumed run marks them anyway
-            from darwin.flows.admin import mark_stale_runs_crashed
+        def tidy() -> None:  # best effort, bounded: a store or server that is down must not
+            from darwin.flows.admin import mark_stale_runs_crashed  # hold the stop
 
             try:
-                mark_stale_runs_crashed(run_id)
+                heads.append(store.head())
+                claim.release()  # on S3, another machine may resume at once
+                mark_stale_runs_crashed(run_id)  # else the resumed run marks them
             except Exception:  # noqa: BLE001
                 pass
 
-        marker = threading.Thread(target=mark, daemon=True)
-        marker.start()
-        marker.join(timeout=5)
+        helper = threading.Thread(target=tidy, daemon=True)
+        helper.start()
+        helper.join(timeout=5)
+        kept = ("the store did not answer" if not heads else "nothing was committed yet"
+                if heads[0] is None else f"generation {heads[0]} is committed")
+        err.print(f"{word}: {kept}; continue with: darwin run --resume {run_id}")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(128 + signum)

@@ -15,6 +15,14 @@ _lock = threading.Lock()
 _seen: dict[str, int] = {}
 
 
+def note_training(*what: object) -> None:
+    """Append one line to $DARWIN_TRAINING_LOG for each training that ran to its end: the
+    crash and storage tests count them to prove nothing trains twice."""
+    if log_path := os.environ.get("DARWIN_TRAINING_LOG"):
+        with _lock, open(log_path, "a") as f:
+            f.write(" ".join(map(str, what)) + "\n")
+
+
 def checkpoint(point: str) -> None:
     spec = os.environ.get("DARWIN_FAULT")
     if not spec:

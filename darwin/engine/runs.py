@@ -90,11 +90,72 @@ class RunClaim:
         os.close(self.fd)
 
 
-def claim_run(store: RunStore) -> RunClaim | None:
+LEASE_S = 90.0  # a remote claim outlives its holder by at most this long (kill -9, power cut)
+
+
+class RemoteClaim:
+    """A claim on a run in a shared store (S3): a lease in the store, renewed by a thread
+    while this process lives. Machines cannot see each other's processes, so a holder that
+    died is known by its lease running out, or at once when it ran on this host."""
+
+    def __init__(self, store: RunStore, owner: str):
+        import threading
+
+        self.store, self.owner = store, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="darwin-lease")
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_S / 3):
+            try:
+                self.store.take_lease(self.owner, LEASE_S)
+            except Exception:  # noqa: BLE001 - a missed renewal is retried; commits stay safe
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        self.store.drop_lease(self.owner)
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a lease's owner ("pid N on HOST") was a process of this host that is gone."""
+    from darwin.sandbox.limits import pid_alive
+
+    parts = owner.split()
+    return (len(parts) == 4 and parts[0] == "pid" and parts[3] == socket.gethostname()
+            and parts[1].isdigit() and not pid_alive(int(parts[1])))
+
+
+def _claim_remote(store: RunStore) -> RemoteClaim:
+    import atexit
+    import json
+
+    from darwin.memory.store import LeaseHeld
+
+    owner = f"pid {os.getpid()} on {socket.gethostname()}"
+    try:
+        store.take_lease(owner, LEASE_S)
+    except LeaseHeld as e:
+        lease = store._read(store._path("LEASE"))
+        held = json.loads(lease)["owner"] if lease else ""
+        if not _dead_here(held):
+            raise RunBusy(str(e)) from None
+        store.drop_lease(held)  # its holder died on this host: no need to wait the lease out
+        try:
+            store.take_lease(owner, LEASE_S)
+        except LeaseHeld as again:  # another resume on this host was quicker
+            raise RunBusy(str(again)) from None
+    claim = RemoteClaim(store, owner)
+    atexit.register(claim.release)
+    return claim
+
+
+def claim_run(store: RunStore) -> RunClaim | RemoteClaim:
     """Refuse to work on a run another live process works on (a second ``--resume``)."""
     protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
     if "file" not in protocols:
-        return None  # a remote store: two machines are told apart by the store (S3 issue)
+        return _claim_remote(store)
     path = Path(store.root) / "run.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

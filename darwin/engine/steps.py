@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -25,16 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from darwin.engine.experiment import Experiment
-from darwin.engine.faults import checkpoint
+from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.ids import SEED_ID, candidate_id, parse
 from darwin.engine.selection import Scored
 from darwin.evaluation.budgets import Budget, get_budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
+from darwin.evaluation.outputs import OUTPUT_LIMITS
 from darwin.evaluation.training import TrainResult
 from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
-from darwin.memory.store import RunStore
+from darwin.memory.store import IOStats, RunStore, io_stats
 from darwin.mutation.answers import ChangeKind
 from darwin.mutation.base import FailureNote, MutationContext, MutationResult
 from darwin.mutation.lessons import Outcome, aggregate, lesson_lines
@@ -46,6 +47,7 @@ from darwin.settings import Settings
 log = logging.getLogger(__name__)
 
 DUPLICATE_REDRAWS = 4
+OUTPUT_FILES = tuple(OUTPUT_LIMITS)
 TRUSTED_FILES = ("scoring.py", "outputs.py", "heldout.py", "hardware.py", "token_server.py",
                  "evaluate.py", "training.py", "runtime/eval_server.py", "runtime/darwin_io.py")
 
@@ -56,6 +58,7 @@ class Engine:
     experiment: Experiment
     settings: Settings
     sandbox: Sandbox
+    io_start: IOStats = field(default_factory=io_stats)  # the store's use since this engine
 
     @cached_property
     def budget(self) -> Budget:
@@ -208,9 +211,7 @@ class Engine:
             tmp = marker.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
             tmp.write_text(result.to_json())
             tmp.replace(marker)
-            if log_path := os.environ.get("DARWIN_TRAINING_LOG"):  # counted by the crash tests
-                with open(log_path, "a") as f:
-                    f.write(f"{self.store.run_id} {cid} {seed}\n")
+            note_training(self.store.run_id, cid, seed)
             checkpoint("score")
 
         result = evaluate_program(program, self.budget, seed, self.sandbox, work / "run",
@@ -218,6 +219,7 @@ class Engine:
                                   on_trained=on_trained,
                                   on_progress=lambda done, total: checkpoint("train"))
         ev = self._evaluation_record(cid, record.code_sha, seed, result)
+        self.store.put_log(cid, seed, result.train.log_path)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # writers race
         tmp.write_text(ev.model_dump_json())
@@ -236,6 +238,18 @@ class Engine:
             log_tail=tail[-3000:], isolated=d["isolated"], checks=d["checks"],
             audit_seed=d["audit_seed"],
         )
+
+    def keep_models(self, cids: list[str]) -> int:
+        """Put the trained models (first seed) of ``cids`` into the store, so the final test
+        and later readers need no scratch folder. Only population members: children that did
+        not survive would fill the bucket with models nobody reads. Returns bytes stored."""
+        seed = self.seeds()[0]
+        stored = 0
+        for cid in cids:
+            out = _out_dir(self, cid, seed)
+            if (out / "model.safetensors").is_file() and not self.store.has_outputs(cid, seed):
+                stored += self.store.put_outputs(cid, seed, out, OUTPUT_FILES)
+        return stored
 
     # -- what we know -----------------------------------------------------------------------
     def scored(self, cid: str) -> Scored:
@@ -295,7 +309,7 @@ def _out_dir(engine: Engine, cid: str, seed: int) -> Path:
 
 def final_test(engine: Engine, cid: str) -> dict:
     """Score ``cid`` on the TEST split (reports only; never used by selection). Reuses the
-    weights of its first training run when they are still on disk, else trains it again."""
+    weights of its first training run (on disk, else from the store), else trains it again."""
     import shutil
 
     from darwin.evaluation.scoring import score
@@ -308,11 +322,16 @@ def final_test(engine: Engine, cid: str) -> dict:
     out = _out_dir(engine, cid, seed)
     work = engine.settings.scratch / engine.store.run_id / f"{cid}-test"
     if not (out / "model.safetensors").exists():
+        shutil.rmtree(work / "stored-out", ignore_errors=True)
+        if engine.store.fetch_outputs(cid, seed, work / "stored-out"):
+            out = work / "stored-out"  # checked by the scorer like any child's output
+    if not (out / "model.safetensors").exists():
         program = work / "train.py"
         work.mkdir(parents=True, exist_ok=True)
         program.write_text(engine.code(cid))
         trained = train(program, engine.budget, seed, work / "run", engine.sandbox,
                         device=engine.experiment.device)
+        note_training(engine.store.run_id, cid, seed, "again-for-the-test-split")
         out = trained.out_dir
     checkpoint("final_test")
     s = score(out, engine.budget, engine.sandbox, work, split="test",

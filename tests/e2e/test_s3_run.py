@@ -1,8 +1,13 @@
 """`darwin run` with its store on S3 (moto's server over HTTP), configured the way a user would:
-DARWIN_STORAGE_URL=s3://bucket/prefix and the standard AWS variables."""
+DARWIN_STORAGE_URL=s3://bucket/prefix and the standard AWS variables.
+
+One run, killed (-9) while committing generation 2, resumed by a new process with an empty
+DARWIN_HOME (no scratch folder, no training cache) and a fresh PREFECT_HOME: everything it needs
+is in the bucket, so nothing trains twice, and the final test scores the models kept there."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -14,27 +19,74 @@ import s3fs
 
 pytestmark = pytest.mark.sandbox
 
+DARWIN = [sys.executable, "-m", "darwin.cli"]
 
-def test_a_run_stores_everything_on_s3_and_reads_back(s3_env, sandbox, tmp_path):
+
+def _env(s3_env, tmp_path, url: str, name: str, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DARWIN_FAULT")}
+    env.update(DARWIN_HOME=str(tmp_path / name / "home"), PREFECT_HOME=str(tmp_path / name / "pf"),
+               DARWIN_STORAGE_URL=url, OPENAI_API_KEY="",
+               DARWIN_TRAINING_LOG=str(tmp_path / "trainings.log"), **extra)
+    return env
+
+
+def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, sandbox, tmp_path):
     url = f"s3://{s3_env['bucket']}/runs-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(DARWIN_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"),
-               DARWIN_STORAGE_URL=url, OPENAI_API_KEY="")
-    darwin = [sys.executable, "-m", "darwin.cli"]
-    r = subprocess.run([*darwin, "run", "--budget", "tiny", "--generations", "1", "--population",
-                        "2", "--keep", "1", "--children", "2", "--seeds", "2", "--reruns", "0",
-                        "--mutator", "offline", "--json"], env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    run_id = json.loads(r.stdout)["run_id"]
+    first = subprocess.run(
+        [*DARWIN, "run", "--budget", "tiny", "--generations", "2", "--population", "2", "--keep",
+         "1", "--children", "2", "--seeds", "2", "--reruns", "0", "--mutator", "offline"],
+        env=_env(s3_env, tmp_path, url, "first", DARWIN_FAULT="commit:3:KILL"),
+        capture_output=True, text=True, timeout=900)
+    assert first.returncode == -9, first.stderr[-3000:]  # died committing generation 2
     fs = s3fs.S3FileSystem(endpoint_url=s3_env["endpoint"], key="testing", secret="testing")
-    root = url.removeprefix("s3://") + "/" + run_id
+    base = url.removeprefix("s3://")
+    (run_id,) = [p.rsplit("/", 1)[-1] for p in fs.ls(base) if not p.endswith("prefect-results")]
+    root = f"{base}/{run_id}"
     assert json.loads(fs.cat_file(f"{root}/HEAD")) == {"generation": 1}
-    assert len(fs.ls(f"{root}/candidates")) == 3  # the seed and two children
-    assert not (tmp_path / "home" / "runs").exists()  # nothing of the run went to local disk
-    board = subprocess.run([*darwin, "leaderboard", run_id, "--json"], env=env,
+    trained_before = (tmp_path / "trainings.log").read_text().splitlines()
+
+    second_env = _env(s3_env, tmp_path, url, "second")  # nothing local survives
+    second = subprocess.run([*DARWIN, "run", "--resume", run_id, "--json"], env=second_env,
+                            capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads(second.stdout)
+    assert summary["generations"] == 2 and summary["test_loss_seed"] is not None
+    assert summary["test_loss_best"] is not None
+
+    trainings = (tmp_path / "trainings.log").read_text().splitlines()
+    twice = [line for line, n in collections.Counter(trainings).items() if n > 1]
+    assert not twice, f"trained twice: {twice}"
+    assert trainings == trained_before, "the resumed run trained something"
+    assert not any("again-for-the-test-split" in line for line in trainings)
+    assert not (tmp_path / "second" / "home" / "runs").exists()  # nothing of it on local disk
+
+    # Every trained child's log, the population's models, and the generations' storage figures.
+    assert len(fs.ls(f"{root}/logs")) == len(trainings)
+    gen2 = json.loads(fs.cat_file(f"{root}/generations/0002.json"))
+    for member in gen2["population"]:
+        assert fs.exists(f"{root}/outputs/{member['candidate_id']}-s0/model.safetensors")
+    gen1 = json.loads(fs.cat_file(f"{root}/generations/0001.json"))
+    assert gen1["storage"]["bytes_written"] > 0 and gen2["storage"]["calls"] > 0
+
+    # Prefect's flow results sit next to the run, as JSON (never a pickle read back).
+    results = fs.find(f"{base}/prefect-results")
+    assert results, "no Prefect results on S3"
+    for path in results:
+        json.loads(fs.cat_file(path))
+
+    # No credentials anywhere: not in the bucket, not in the result-storage block the UI shows.
+    for path in fs.find(base):
+        if not path.endswith(".safetensors"):
+            assert b"testing" not in fs.cat_file(path), path
+    blocks = subprocess.run(
+        [sys.executable, "-c", "from prefect.client.orchestration import get_client\n"
+         "with get_client(sync_client=True) as c:\n"
+         "    print([d.data for d in c.read_block_documents()])"],
+        env=second_env, capture_output=True, text=True, timeout=300)
+    assert s3_env["endpoint"] in blocks.stdout and "testing" not in blocks.stdout, blocks.stderr
+
+    board = subprocess.run([*DARWIN, "leaderboard", run_id, "--json"], env=second_env,
                            capture_output=True, text=True, timeout=120)
     assert board.returncode == 0, board.stderr
-    assert {c["candidate"] for c in json.loads(board.stdout)["candidates"]} == {
-        "seed", "g001-c00", "g001-c01"}
-    assert "testing" not in fs.cat_file(f"{root}/run.json").decode()  # no credentials stored
+    assert {"seed", "g001-c00", "g002-c00"} <= {
+        c["candidate"] for c in json.loads(board.stdout)["candidates"]}

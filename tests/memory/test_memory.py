@@ -38,8 +38,10 @@ def test_head_moves_forward_only_and_last(tmp_path):
     gen = GenerationRecord(run_id="r", generation=0, population=[Member(candidate_id="seed", losses=[2.0])])
     store.commit(gen)
     assert store.head() == 0 and store.generation(0).population[0].candidate_id == "seed"
+    store.commit(gen.model_copy())  # the same snapshot: a retry, nothing moves
+    assert store.head() == 0
     with pytest.raises(StoreError, match="already committed"):
-        store.commit(gen.model_copy(update={"generation": 0}))
+        store.commit(gen.model_copy(update={"wall_s": 3.0}))
 
 
 def test_concurrent_commits_lose_nothing(tmp_path):

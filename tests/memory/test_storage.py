@@ -64,8 +64,9 @@ def test_head_never_moves_backwards(url):
     store.commit(GenerationRecord(run_id="r3", generation=0, population=[]))
     one = GenerationRecord(run_id="r3", generation=1, population=[])
     store.commit(one)
-    with pytest.raises(StoreError, match="already committed"):  # the same snapshot again
-        store.commit(one)
+    store.commit(one)  # the same snapshot again: a retry after a lost reply, a no-op
+    with pytest.raises(StoreError, match="already committed"):  # an older generation
+        store.commit(GenerationRecord(run_id="r3", generation=0, population=[], wall_s=1.0))
     with pytest.raises(StoreError, match="another orchestrator"):  # its generation 1
         store.commit(GenerationRecord(run_id="r3", generation=1, population=[], wall_s=9.0))
     assert store.head() == 1
@@ -136,9 +137,69 @@ def test_an_unreachable_store_is_one_line_naming_the_settings(monkeypatch, tmp_p
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("DARWIN_STORAGE_RETRY_S", "0")
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(StoreError, match="AWS_ENDPOINT_URL") as e:
         list_runs("s3://no-such-bucket/runs")
     assert "\n" not in str(e.value) and "testing" not in str(e.value)
     with pytest.raises(StoreError, match="DARWIN_STORAGE_URL"):
         RunStore("s3://no-such-bucket/runs", "r").put_code("x = 1\n")
+
+
+@pytest.fixture()
+def proxied_s3(s3_env, monkeypatch):
+    """The S3 server behind a proxy the test switches off and on."""
+    from urllib.parse import urlparse
+
+    import s3fs
+
+    from tests.tcp_proxy import TcpProxy
+
+    target = urlparse(s3_env["endpoint"])
+    proxy = TcpProxy(target.hostname, target.port)
+    proxy.on()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # our retry window is the one being tested
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield proxy
+    proxy.off()
+
+
+def test_an_outage_shorter_than_the_retry_window_is_waited_out(proxied_s3, s3_env, monkeypatch):
+    monkeypatch.setenv("DARWIN_STORAGE_RETRY_S", "60")
+    url = f"s3://{s3_env['bucket']}/outage-{uuid.uuid4().hex[:8]}"
+    store = RunStore(url, "r")
+    store.commit(GenerationRecord(run_id="r", generation=0, population=[]))
+    proxied_s3.off()
+    done: list = []
+    writer = threading.Thread(target=lambda: done.append(store.commit(
+        GenerationRecord(run_id="r", generation=1, population=[]))))
+    started = time.monotonic()
+    writer.start()
+    time.sleep(3)
+    assert writer.is_alive() and not done  # waiting on the store, not failed
+    proxied_s3.on()
+    writer.join(timeout=60)
+    assert done == [None], "the commit should finish once the store is back"
+    assert 3 <= time.monotonic() - started < 60
+    assert RunStore(url, "r").head() == 1
+
+
+def test_an_outage_longer_than_the_window_stops_in_one_line_and_loses_nothing(
+        proxied_s3, s3_env, monkeypatch):
+    from darwin.memory.store import StorageDown
+
+    monkeypatch.setenv("DARWIN_STORAGE_RETRY_S", "3")
+    url = f"s3://{s3_env['bucket']}/outage-{uuid.uuid4().hex[:8]}"
+    store = RunStore(url, "r")
+    store.commit(GenerationRecord(run_id="r", generation=0, population=[]))
+    proxied_s3.off()
+    started = time.monotonic()
+    with pytest.raises(StorageDown, match="unreachable for 3 s") as e:
+        store.commit(GenerationRecord(run_id="r", generation=1, population=[]))
+    assert 2 <= time.monotonic() - started < 30
+    assert "\n" not in str(e.value) and "testing" not in str(e.value)
+    proxied_s3.on()
+    assert store.head() == 0  # the last committed state, whole
+    with pytest.raises(StoreError, match="not found"):  # nothing half-written
+        store.generation(1)
