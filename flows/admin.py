@@ -93,3 +93,27 @@ def results_settings(block: str | None) -> dict:
 
     return {PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
             PREFECT_RESULTS_DEFAULT_SERIALIZER: "json"}
+
+
+class _ReportedByTheCli:
+    """Drops Prefect's console copy of a DarwinError (a traceback the CLI replaces with its
+    one line); the run's log in the UI keeps the full record."""
+
+    def filter(self, record) -> bool:
+        from darwin.errors import DarwinError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DarwinError)
+
+
+def hide_reported_errors() -> None:
+    """Install that filter on Prefect's console handler (it sits on the root logger once
+    prefect is imported)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _ReportedByTheCli) for f in handler.filters):
+            handler.addFilter(_ReportedByTheCli())

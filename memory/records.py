@@ -43,6 +43,9 @@ class CandidateRecord(BaseModel):
     cost_usd: float = 0.0
     llm_failure: str | None = None
     llm_detail: str = ""
+    # What reading the answer assumed ("kind not stated"), or how it was made ("the LLM's
+    # spending cap was reached: offline mutator").
+    notes: list[str] = Field(default_factory=list)
     created_at: float = 0.0
 
 

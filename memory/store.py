@@ -95,6 +95,29 @@ _IO = IOStats()
 _IO_LOCK = threading.Lock()
 
 
+# Immutable objects never change once written, so a copy read (or written) once serves every
+# later read in this process: selection, lessons and reports re-read every record of the run
+# each time, which on S3 was one request per record per read (1.5x the run's wall time on
+# moto). Only reads that ask for it are cached (never a pointer), and no large object (models).
+_CACHE_MAX_OBJECT = 1 << 20
+_CACHE_MAX_TOTAL = 256 << 20
+_cache: dict[tuple[str, str], bytes] = {}
+_cache_bytes = 0
+
+
+def _cacheable(data: bytes) -> bool:
+    return len(data) <= _CACHE_MAX_OBJECT
+
+
+def _remember(key: tuple[str, str], data: bytes) -> None:
+    global _cache_bytes
+    with _IO_LOCK:
+        if key in _cache or _cache_bytes + len(data) > _CACHE_MAX_TOTAL:
+            return
+        _cache[key] = data
+        _cache_bytes += len(data)
+
+
 def io_stats() -> IOStats:
     with _IO_LOCK:
         return IOStats(**asdict(_IO))
@@ -147,6 +170,9 @@ class RunStore:
         self.run_id = run_id
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
                                 else (self.fs.protocol,))
+        # Which store this is, for the cache of immutable objects (same path, other endpoint).
+        self._fs_key = json.dumps([self.fs.protocol, self.fs.storage_options], sort_keys=True,
+                                  default=str)
 
     # -- low level ----------------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -157,12 +183,34 @@ class RunStore:
         with _counted(written=len(kwargs.get("Body", b""))):
             return self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
 
-    def _cat(self, path: str) -> bytes:
+    def _cat(self, path: str, immutable: bool = False) -> bytes:
+        key = (self._fs_key, path)
+        if immutable and (hit := _cache.get(key)) is not None:
+            return hit
         with _counted():
             data = self.fs.cat_file(path)
         with _IO_LOCK:
             _IO.bytes_read += len(data)
+        if immutable and _cacheable(data):
+            _remember(key, data)
         return data
+
+    def _cat_many(self, paths: list[str]) -> list[bytes]:
+        """Read many immutable objects: cached ones from memory, the rest in one concurrent
+        batch (s3fs sends the GETs at once)."""
+        missing = [p for p in paths if (self._fs_key, p) not in _cache]
+        if len(missing) > 1:
+            with _counted():
+                got = self.fs.cat(missing)
+            with _IO_LOCK:
+                _IO.calls += len(missing) - 1
+                _IO.bytes_read += sum(len(d) for d in got.values())
+            for p, data in got.items():
+                if _cacheable(data):
+                    _remember((self._fs_key, p), data)
+            return [_cache.get((self._fs_key, p)) or got.get(p) or self._cat(p, immutable=True)
+                    for p in paths]
+        return [self._cat(p, immutable=True) for p in paths]
 
     def _ls(self, path: str) -> list[str]:
         with _counted():
@@ -179,6 +227,8 @@ class RunStore:
                 tmp.write_bytes(data)
             try:
                 os.link(tmp, target)  # atomic, whole, and only if the name is free
+                if _cacheable(data):
+                    _remember((self._fs_key, path), data)
                 return True
             except FileExistsError:
                 pass
@@ -187,11 +237,13 @@ class RunStore:
         else:
             try:
                 self._s3("put_object", path, Body=data, IfNoneMatch="*")
+                if _cacheable(data):
+                    _remember((self._fs_key, path), data)
                 return True
             except Exception as e:  # noqa: BLE001 - anything but "it exists" is a real failure
                 if not _precondition_failed(e):
                     raise
-        if self._cat(path) != data:
+        if self._cat(path, immutable=True) != data:
             raise ImmutableConflict(f"refusing to overwrite immutable record {path}")
         return False
 
@@ -229,9 +281,9 @@ class RunStore:
     def _write_once(self, path: str, data: bytes) -> None:
         self.create_object(path, data)
 
-    def _read(self, path: str) -> bytes | None:
+    def _read(self, path: str, immutable: bool = False) -> bytes | None:
         try:
-            return self._cat(path)
+            return self._cat(path, immutable)
         except FileNotFoundError:
             return None
 
@@ -240,14 +292,14 @@ class RunStore:
         return model.model_dump_json(indent=1).encode()
 
     def exists(self) -> bool:
-        return self._read(self._path("run.json")) is not None
+        return self._read(self._path("run.json"), immutable=True) is not None
 
     # -- run ----------------------------------------------------------------------------------
     def create(self, meta: dict) -> None:
         self._write_once(self._path("run.json"), json.dumps(meta, indent=1, sort_keys=True).encode())
 
     def meta(self) -> dict:
-        data = self._read(self._path("run.json"))
+        data = self._read(self._path("run.json"), immutable=True)
         if data is None:
             raise StoreError(f"run {self.run_id} not found")
         return json.loads(data)
@@ -262,7 +314,7 @@ class RunStore:
         return sha
 
     def code(self, sha: str) -> str:
-        data = self._read(self._path("code", f"{sha}.py"))
+        data = self._read(self._path("code", f"{sha}.py"), immutable=True)
         if data is None:
             raise StoreError(f"code {sha[:12]} missing from run {self.run_id}")
         return data.decode()
@@ -271,7 +323,7 @@ class RunStore:
         self._write_once(self._path("candidates", f"{record.id}.json"), self._json(record))
 
     def candidate(self, cid: str) -> CandidateRecord | None:
-        data = self._read(self._path("candidates", f"{cid}.json"))
+        data = self._read(self._path("candidates", f"{cid}.json"), immutable=True)
         return read_candidate(json.loads(data)) if data is not None else None
 
     def candidates(self) -> list[CandidateRecord]:
@@ -279,11 +331,8 @@ class RunStore:
             names = self._ls(self._path("candidates"))
         except FileNotFoundError:
             return []
-        out = []
-        for name in sorted(names):
-            if name.endswith(".json"):
-                out.append(read_candidate(json.loads(self._cat(name))))
-        return out
+        names = sorted(n for n in names if n.endswith(".json"))
+        return [read_candidate(json.loads(d)) for d in self._cat_many(names)]
 
     # -- evaluations --------------------------------------------------------------------------
     def put_evaluation(self, record: EvaluationRecord) -> None:
@@ -293,7 +342,7 @@ class RunStore:
         )
 
     def evaluation(self, cid: str, seed: int) -> EvaluationRecord | None:
-        data = self._read(self._path("evaluations", f"{cid}-s{seed}.json"))
+        data = self._read(self._path("evaluations", f"{cid}-s{seed}.json"), immutable=True)
         return EvaluationRecord.model_validate_json(data) if data is not None else None
 
     def evaluations(self) -> list[EvaluationRecord]:
@@ -301,8 +350,8 @@ class RunStore:
             names = self._ls(self._path("evaluations"))
         except FileNotFoundError:
             return []
-        return [EvaluationRecord.model_validate_json(self._cat(n))
-                for n in sorted(names) if n.endswith(".json")]
+        names = sorted(n for n in names if n.endswith(".json"))
+        return [EvaluationRecord.model_validate_json(d) for d in self._cat_many(names)]
 
     # -- generations and HEAD -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -353,11 +402,11 @@ class RunStore:
                          json.dumps(data, indent=1, sort_keys=True).encode())
 
     def final(self, cid: str) -> dict | None:
-        data = self._read(self._path("finals", f"{cid}.json"))
+        data = self._read(self._path("finals", f"{cid}.json"), immutable=True)
         return json.loads(data) if data is not None else None
 
     def generation(self, n: int) -> GenerationRecord:
-        data = self._read(self._path("generations", f"{n:04d}.json"))
+        data = self._read(self._path("generations", f"{n:04d}.json"), immutable=True)
         if data is None:
             raise StoreError(f"generation {n} of run {self.run_id} not found")
         return GenerationRecord.model_validate_json(data)
@@ -380,7 +429,7 @@ class RunStore:
         self._write_once(self._path("logs", f"{cid}-s{seed}.log"), data)
 
     def log(self, cid: str, seed: int) -> str | None:
-        data = self._read(self._path("logs", f"{cid}-s{seed}.log"))
+        data = self._read(self._path("logs", f"{cid}-s{seed}.log"), immutable=True)
         return data.decode(errors="replace") if data is not None else None
 
     def put_outputs(self, cid: str, seed: int, folder: Path, names: tuple[str, ...]) -> int:

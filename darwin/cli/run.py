@@ -127,6 +127,7 @@ def run(
     from darwin.engine.slots import slot_cpus
     from darwin.evaluation.budgets import get_budget
     from darwin.flows.admin import (
+        hide_reported_errors,
         mark_stale_runs_crashed,
         result_storage_block,
         results_settings,
@@ -138,6 +139,7 @@ def run(
     if opened.resumed:
         mark_stale_runs_crashed(run_id)
     n_slots = len(slot_cpus(experiment.device, get_budget(experiment.budget).threads))
+    hide_reported_errors()
     prefect_results = results_settings(result_storage_block(url))
     try:
         with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \

@@ -114,8 +114,21 @@ class RemoteClaim:
                 pass
 
     def release(self) -> None:
+        """Best effort and bounded (at exit, the store may be the thing that is down): a lease
+        not dropped runs out by itself."""
+        import threading
+
         self._stop.set()
-        self.store.drop_lease(self.owner)
+
+        def drop() -> None:
+            try:
+                self.store.drop_lease(self.owner)
+            except Exception:  # noqa: BLE001
+                pass
+
+        dropper = threading.Thread(target=drop, daemon=True)
+        dropper.start()
+        dropper.join(timeout=5)
 
 
 def _dead_here(owner: str) -> bool:

@@ -108,7 +108,8 @@ class Engine:
             requests=[r.model_dump(mode="json") for r in answer.requests] if answer else [],
             input_tokens=result.input_tokens, output_tokens=result.output_tokens,
             cost_usd=result.cost_usd, llm_failure=result.failure if not result.ok else None,
-            llm_detail=result.detail if not result.ok else "", created_at=time.time(),
+            llm_detail=result.detail if not result.ok else "",
+            notes=[*(answer.notes if answer else []), *result.notes], created_at=time.time(),
         )
         self.store.put_candidate(record)  # persisted BEFORE it trains
         return record

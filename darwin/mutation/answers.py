@@ -24,6 +24,7 @@ import json
 import re
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 
 class ChangeKind(str, enum.Enum):
@@ -67,6 +68,9 @@ class MutationAnswer(BaseModel):
     edits: list[Edit] = Field(default_factory=list, description="search/replace edits")
     program: str | None = Field(default=None, description="the whole new program (rewrite mode)")
     requests: list[HumanRequest] = Field(default_factory=list)
+    # What reading the answer had to assume (a kind not stated, an unknown kind): recorded with
+    # the candidate, never sent as the model's own words.
+    notes: SkipJsonSchema[list[str]] = Field(default_factory=list, exclude=True)
 
 
 class AnswerError(ValueError):
@@ -77,7 +81,12 @@ def answer_schema() -> dict:
     return MutationAnswer.model_json_schema()
 
 
-def _kind(value: str) -> ChangeKind:
+KIND_NOT_STATED = "kind not stated"
+
+
+def _kind(value: str, notes: list[str]) -> ChangeKind:
+    """The kind a model named, leniently: aliases and spellings map to the taxonomy; an unknown
+    kind becomes ``other`` with a note (a usable program is never refused over its label)."""
     key = re.sub(r"[^a-z]+", "_", value.strip().lower()).strip("_")
     aliases = {"lr": "learning_rate", "regularization": "regularisation",
                "normalization": "normalisation", "initialization": "initialisation",
@@ -87,12 +96,12 @@ def _kind(value: str) -> ChangeKind:
     try:
         return ChangeKind(key)
     except ValueError:
-        raise AnswerError(
-            f"unknown KIND {value!r}; use one of: {', '.join(k.value for k in ChangeKind)}"
-        ) from None
+        notes.append(f"unknown kind {value.strip()[:60]!r} read as other")
+        return ChangeKind.other
 
 
 def _from_json(text: str) -> MutationAnswer | None:
+    notes: list[str] = []
     body = text.strip()
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, flags=re.S)
     if fenced:
@@ -103,13 +112,14 @@ def _from_json(text: str) -> MutationAnswer | None:
         data = json.loads(body)
     except ValueError:
         return None
-    if isinstance(data, dict) and isinstance(data.get("kind"), str):
-        try:
-            data["kind"] = _kind(data["kind"]).value
-        except AnswerError:
-            raise
+    if isinstance(data, dict):
+        if isinstance(data.get("kind"), str) and data["kind"].strip():
+            data["kind"] = _kind(data["kind"], notes).value
+        else:
+            data["kind"] = ChangeKind.other.value
+            notes.append(KIND_NOT_STATED)
     try:
-        return MutationAnswer.model_validate(data)
+        return MutationAnswer.model_validate(data).model_copy(update={"notes": notes})
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -123,10 +133,9 @@ BLOCK = re.compile(
 
 
 def _from_text(text: str) -> MutationAnswer:
+    notes: list[str] = []
     reasoning = re.search(r"^REASONING:\s*(.*?)(?=^KIND:|^<{5,9}|^```|\Z)", text, flags=re.S | re.M)
     kind = re.search(r"^KIND:\s*([A-Za-z _-]+)\s*$", text, flags=re.M)
-    if kind is None:
-        raise AnswerError("no 'KIND: <kind of change>' line found")
     edits = [Edit(search=m.group("search"), replace=m.group("replace")) for m in BLOCK.finditer(text)]
     program = None
     if not edits:
@@ -144,12 +153,21 @@ def _from_text(text: str) -> MutationAnswer:
             requests.append(HumanRequest(kind=RequestKind(m.group(1)), detail=m.group(2)[:2000]))
         except ValueError:
             requests.append(HumanRequest(kind=RequestKind.other, detail=m.group(0)[:2000]))
+    if reasoning:
+        said = reasoning.group(1).strip()
+    else:  # a server that just talks: its words before the first edit or fence
+        said = re.split(r"^<{5,9}|^```", text, maxsplit=1, flags=re.M)[0].strip()
+        said = "\n".join(line for line in said.splitlines()
+                         if not line.startswith(("KIND:", "REQUEST ")))[:4000]
+    if kind is None:
+        notes.append(KIND_NOT_STATED)
     return MutationAnswer(
-        reasoning=(reasoning.group(1).strip() if reasoning else "").strip(),
-        kind=_kind(kind.group(1)),
+        reasoning=said,
+        kind=_kind(kind.group(1), notes) if kind else ChangeKind.other,
         edits=edits,
         program=program,
         requests=requests,
+        notes=notes,
     )
 
 

@@ -66,6 +66,7 @@ class MutationResult:
     usage: list[Usage] = field(default_factory=list)
     prompt: str = ""  # the first user prompt, kept for the record
     operator: str | None = None  # the catalogue operator (offline mutators)
+    notes: list[str] = field(default_factory=list)  # how it was made, for the record
 
     @property
     def ok(self) -> bool:

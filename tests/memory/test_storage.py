@@ -203,3 +203,42 @@ def test_an_outage_longer_than_the_window_stops_in_one_line_and_loses_nothing(
     assert store.head() == 0  # the last committed state, whole
     with pytest.raises(StoreError, match="not found"):  # nothing half-written
         store.generation(1)
+
+
+def test_the_cli_on_a_store_that_is_down_says_so_in_one_line(proxied_s3, s3_env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    url = f"s3://{s3_env['bucket']}/cli-{uuid.uuid4().hex[:8]}"
+    RunStore(url, "r1").create({"run_id": "r1", "experiment": {"budget": "tiny"}})
+    env = {**os.environ, "DARWIN_HOME": str(tmp_path), "DARWIN_STORAGE_URL": url,
+           "DARWIN_STORAGE_RETRY_S": "2"}
+
+    def darwin(*args):
+        return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    proxied_s3.off()
+    for args in (["runs"], ["run", "--resume", "r1"]):
+        r = darwin(*args)
+        assert r.returncode == 3, (args, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "unreachable for 2 s" in lines[0], (args, r.stderr)
+    proxied_s3.on()
+    r = darwin("runs", "--json")
+    assert r.returncode == 0 and "r1" in r.stdout, r.stderr
+
+
+def test_records_read_once_are_not_fetched_again(url):
+    from darwin.memory.store import io_stats
+
+    writer = RunStore(url, "cached")
+    for i in range(20):
+        writer.put_candidate(CandidateRecord(id=f"g001-c{i:02d}", run_id="cached", generation=1,
+                                             code_sha="abc"))
+    reader = RunStore(url, "cached")  # another store object of this process
+    before = io_stats()
+    assert len(reader.candidates()) == 20
+    assert io_stats().calls - before.calls == 1  # the listing; the records came from memory
+    assert reader.head() is None and io_stats().calls - before.calls == 2  # pointers are read

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from darwin.mutation.answers import AnswerError, ChangeKind, Edit, RequestKind, parse_answer
@@ -47,12 +49,39 @@ def test_json_answer_and_whole_program():
 
 
 @pytest.mark.parametrize(
+    "text, kind, note",
+    [
+        # What a real server answered: a line of reasoning, then the program in a fence.
+        ("Lower the dropout; small models underfit.\n```python\nx = 1\n```\n", "other",
+         "kind not stated"),
+        ("REASONING: x\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE", "other",
+         "kind not stated"),
+        ("REASONING: x\nKIND: vibes\n```python\nx=1\n```", "other", "unknown kind 'vibes'"),
+        ('{"reasoning": "r", "program": "x = 1\\n"}', "other", "kind not stated"),
+        ('{"reasoning": "r", "kind": "moon", "program": "x = 1\\n"}', "other", "unknown kind"),
+        ("KIND: Regularization\n```python\nx=1\n```", "regularisation", None),
+    ],
+)
+def test_answers_without_a_usable_kind_are_kept_as_other_with_a_note(text, kind, note):
+    answer = parse_answer(text)
+    assert answer.kind.value == kind and (answer.edits or answer.program)
+    assert (note is None and not answer.notes) or any(note in n for n in answer.notes)
+    if text.startswith("Lower"):
+        assert answer.reasoning == "Lower the dropout; small models underfit."
+
+
+def test_the_schema_sent_to_the_model_does_not_ask_for_notes():
+    from darwin.mutation.answers import answer_schema
+
+    assert "notes" not in json.dumps(answer_schema())
+
+
+@pytest.mark.parametrize(
     "text, words",
     [
         ("", "empty"),
-        ("REASONING: x\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE", "KIND"),
         ("REASONING: x\nKIND: learning_rate\nno edits here", "no edits"),
-        ("REASONING: x\nKIND: vibes\n```python\nx=1\n```", "unknown KIND"),
+        ("I would raise the learning rate.", "no edits"),  # lenient on labels, not on edits
         ('{"reasoning": "r", "kind": "schedule", "edits": [{"search": 1}]}', "invalid"),
     ],
 )
