@@ -367,6 +367,11 @@ class RunStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def pointer(self, name: str) -> dict | None:
+        """A mutable pointer's current JSON (None when absent)."""
+        data = self._read(self._path(name))
+        return json.loads(data) if data is not None else None
+
     def head(self) -> int | None:
         data = self._read(self._path("HEAD"))
         return int(json.loads(data)["generation"]) if data is not None else None

@@ -167,6 +167,11 @@ def run(
         change = math.exp(summary["test_loss_best"] - summary["test_loss_seed"]) - 1
         out.print(f"test split (never used for selection): {summary['test_loss_best']:.4f} vs "
                   f"seed {summary['test_loss_seed']:.4f}, perplexity {100 * change:+.2f}%")
+    if llm := summary["llm"]:
+        cap = f" of a ${llm['max_cost_usd']:.2f} cap" if llm["max_cost_usd"] is not None else ""
+        out.print(f"LLM: {llm['calls']} calls, {llm['input_tokens']} + {llm['output_tokens']} "
+                  f"tokens, ${llm['cost_usd']:.4f}{cap}"
+                  + (f"; failures {llm['failures']}" if llm["failures"] else ""))
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
 
 

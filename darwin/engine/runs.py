@@ -203,4 +203,15 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
         "test_loss_best": finals[best.candidate_id].get("test_loss"),
         "test_loss_seed": finals[SEED_ID].get("test_loss"),
         "population": [m.model_dump() for m in last.population],
+        "llm": _llm_summary(store),
     }
+
+
+def _llm_summary(store: RunStore) -> dict | None:
+    """The run's LLM traffic (calls, tokens, cost, failures); None when it made no call."""
+    from darwin.llm.ledger import StoredLedger
+    from darwin.settings import get_settings
+
+    if store.pointer(StoredLedger.NAME) is None:
+        return None
+    return StoredLedger(store, get_settings().llm.max_cost_usd).summary()

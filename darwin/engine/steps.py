@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.outputs import OUTPUT_LIMITS
 from darwin.evaluation.training import TrainResult
+from darwin.llm.client import LLMFailure
+from darwin.llm.ledger import StoredLedger
 from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
 from darwin.memory.store import IOStats, RunStore, io_stats
 from darwin.mutation.answers import ChangeKind
@@ -47,6 +50,9 @@ from darwin.settings import Settings
 log = logging.getLogger(__name__)
 
 DUPLICATE_REDRAWS = 4
+CAP_NOTE = "the LLM's spending cap was reached: made by the offline mutator"
+_CAP_SAID: set[str] = set()  # runs whose cap this process has announced
+_CAP_SAID_LOCK = threading.Lock()
 OUTPUT_FILES = tuple(OUTPUT_LIMITS)
 TRUSTED_FILES = ("scoring.py", "outputs.py", "heldout.py", "hardware.py", "token_server.py",
                  "evaluate.py", "training.py", "runtime/eval_server.py", "runtime/darwin_io.py")
@@ -79,6 +85,29 @@ class Engine:
         """The seeds every program is measured on, first run first."""
         return [self.experiment.seed + k for k in range(max(self.experiment.seeds,
                                                              self.experiment.min_runs))]
+
+    # -- the LLM: one ledger for the run, the offline catalogue once its cap is reached ----
+    @cached_property
+    def ledger(self) -> StoredLedger:
+        return StoredLedger(self.store, self.settings.llm.max_cost_usd)
+
+    def _mutator(self, rng):
+        mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=rng,
+                               ledger=self.ledger)
+        if mutator.uses_llm and self.ledger.capped():
+            return self._offline(rng)
+        return mutator, []
+
+    def _offline(self, rng):
+        spent = self.ledger.summary()
+        with _CAP_SAID_LOCK:
+            if self.store.run_id not in _CAP_SAID:
+                _CAP_SAID.add(self.store.run_id)
+                log.warning("the LLM's spending cap is reached ($%.4f of $%.4f, %d calls): the "
+                            "rest of this run uses the offline mutator (raise "
+                            "DARWIN_LLM__MAX_COST_USD and --resume to go on with the LLM)",
+                            spent["cost_usd"], spent["max_cost_usd"], spent["calls"])
+        return make_mutator("offline", rng=rng), [CAP_NOTE]
 
     # -- candidates -------------------------------------------------------------------------
     def add_seed_program(self, source: str) -> CandidateRecord:
@@ -133,7 +162,7 @@ class Engine:
         if existing is not None:
             return existing
         rng = np.random.default_rng([self.experiment.seed, gen, index])
-        mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=rng)
+        mutator, notes = self._mutator(rng)
         ctx = self._mutation_context(target, proposer)
         if len(mutator.modes) > 1:
             modes = [m for m in self.experiment.mode_mix if m in mutator.modes]
@@ -143,6 +172,10 @@ class Engine:
         if not self.experiment.memory:
             ctx.lessons, ctx.kind_stats = [], {}
         result = mutator.mutate(ctx)
+        if result.failure == LLMFailure.cost_cap.value:  # the cap was reached meanwhile
+            mutator, notes = self._offline(rng)
+            result = mutator.mutate(ctx)
+        result.notes += notes
         checkpoint("mutate")
         if mutator.redraws_duplicates:
             # The catalogue can draw an edit an earlier generation already tried (its score is
@@ -168,8 +201,12 @@ class Engine:
         failure = Failure(evaluation.status)
         case = repair_case(failure, evaluation.detail, evaluation.log_tail)
         parent_src = self.code(broken.parents[0]) if broken.parents else None
-        mutator = make_mutator(self.experiment.mutator, self.settings.llm, rng=attempt)
+        mutator, notes = self._mutator(attempt)
         result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
+        if result.failure == LLMFailure.cost_cap.value:
+            mutator, notes = self._offline(attempt)
+            result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
+        result.notes += notes
         checkpoint("repair")
         if result.answer is not None and broken.kind:
             # A repair keeps the broken child's intent; its lesson counts for that kind.

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import openai
 
 from darwin import errors
 from darwin.errors import UserError
+from darwin.llm.ledger import CostCapReached, Ledger
 from darwin.settings import LLMSettings
 
 log = logging.getLogger(__name__)
@@ -61,54 +61,6 @@ class Completion:
     structured: bool  # answered under a JSON schema
 
 
-@dataclass
-class Ledger:
-    """Running totals of one run's LLM traffic; thread-safe; enforces the spending cap."""
-
-    max_cost_usd: float | None = None
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    failures: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def check(self) -> None:
-        with self._lock:
-            if self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd:
-                self.failures[LLMFailure.cost_cap.value] = (
-                    self.failures.get(LLMFailure.cost_cap.value, 0) + 1
-                )
-                raise LLMError(
-                    LLMFailure.cost_cap,
-                    f"spending cap reached: ${self.cost_usd:.4f} of ${self.max_cost_usd:.4f} "
-                    "(raise DARWIN_LLM__MAX_COST_USD to allow more)",
-                )
-
-    def add(self, usage: Usage) -> None:
-        with self._lock:
-            self.calls += 1
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
-            self.cost_usd += usage.cost_usd
-
-    def fail(self, kind: LLMFailure) -> None:
-        with self._lock:
-            self.failures[kind.value] = self.failures.get(kind.value, 0) + 1
-        log.warning("LLM call failed (%s); %d %s failure(s) so far", kind.value,
-                    self.failures[kind.value], kind.value)
-
-    def summary(self) -> dict:
-        with self._lock:
-            return {
-                "calls": self.calls,
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "cost_usd": round(self.cost_usd, 6),
-                "failures": dict(self.failures),
-            }
-
-
 def _classify(exc: Exception) -> LLMError:
     if isinstance(exc, openai.APITimeoutError):
         return LLMError(LLMFailure.timeout, "the server did not answer in time")
@@ -136,6 +88,8 @@ class LLMClient:
                 "for a local OpenAI-compatible server also set OPENAI_BASE_URL"
             )
         self.settings = settings
+        # The run's ledger (in its store) when there is a run: the cap holds across children,
+        # processes and resumes; else one of this client's own.
         self.ledger = ledger or Ledger(max_cost_usd=settings.max_cost_usd)
         self._client = openai.OpenAI(
             api_key=key,
@@ -143,8 +97,10 @@ class LLMClient:
             timeout=settings.timeout_s,
             max_retries=settings.max_retries,
         )
-        # Learned per client: a server that refused a JSON schema once gets the text protocol.
-        self._json_ok = settings.structured != "text"
+        # Learned once per run (kept in the ledger): a server that refused a JSON schema gets
+        # the text protocol from then on.
+        learned = self.ledger.structured() if settings.structured == "auto" else None
+        self._json_ok = settings.structured != "text" and learned is not False
 
     @property
     def model(self) -> str:
@@ -157,10 +113,36 @@ class LLMClient:
             return
         usage.cost_usd = (usage.input_tokens * price[0] + usage.output_tokens * price[1]) / 1e6
 
+    def _reservation(self, messages: list[dict]) -> float:
+        """The most this call can cost: its prompt (about 3 characters a token, on the high
+        side) and all of max_tokens, at the model's price (0 when it has none)."""
+        price = self.settings.price()
+        if price is None:
+            return 0.0
+        prompt = sum(len(str(m.get("content", ""))) for m in messages) / 3
+        return (prompt * price[0] + self.settings.max_tokens * price[1]) / 1e6
+
     def complete(self, messages: list[dict], schema: dict | None = None) -> Completion:
         """One chat completion. With a schema, asks for JSON-schema output where the server
         supports it (falling back to plain text, once and for good, where it does not)."""
-        self.ledger.check()
+        try:
+            token = self.ledger.reserve(self._reservation(messages))
+        except CostCapReached as e:
+            raise LLMError(LLMFailure.cost_cap, str(e)) from None
+        try:
+            completion = self._complete(messages, schema)
+        except LLMError as e:
+            self.ledger.release(token, e.kind.value)
+            log.warning("LLM call failed (%s): %s", e.kind.value, e.detail[:200])
+            raise
+        except BaseException:
+            self.ledger.release(token)
+            raise
+        u = completion.usage
+        self.ledger.settle(token, u.input_tokens, u.output_tokens, u.cost_usd)
+        return completion
+
+    def _complete(self, messages: list[dict], schema: dict | None) -> Completion:
         structured = schema is not None and self._json_ok
         kwargs: dict = {
             "model": self.settings.model,
@@ -180,14 +162,11 @@ class LLMClient:
             if structured and self.settings.structured == "auto":
                 log.info("server refused a JSON schema (HTTP 400): using the text protocol")
                 self._json_ok = False
-                return self.complete(messages, schema)
-            err = _classify(exc)
-            self.ledger.fail(err.kind)
-            raise err from None
+                self.ledger.learn_structured(False)
+                return self._complete(messages, schema)
+            raise _classify(exc) from None
         except Exception as exc:  # noqa: BLE001 - every transport problem becomes a typed error
-            err = _classify(exc)
-            self.ledger.fail(err.kind)
-            raise err from None
+            raise _classify(exc) from None
         latency = time.monotonic() - started
         try:
             text = response.choices[0].message.content or ""
@@ -199,8 +178,6 @@ class LLMClient:
                 latency_s=latency,
             )
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            self.ledger.fail(LLMFailure.malformed)
             raise LLMError(LLMFailure.malformed, f"unusable completion: {exc}") from None
         self._cost(usage)
-        self.ledger.add(usage)
         return Completion(text=text, usage=usage, structured=structured)

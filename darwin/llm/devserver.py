@@ -70,6 +70,7 @@ class ScriptedLLMServer:
         self.script: list[dict] = list(script or [])
         self.api_key = api_key
         self.requests: list[dict] = []  # request bodies (never headers: they carry the key)
+        self.usage: list[dict] = []  # the usage each answered completion reported
         self.auth_failures = 0
         self._lock = threading.Lock()
         server = self
@@ -169,6 +170,8 @@ class ScriptedLLMServer:
         content = json.dumps(item["json"]) if "json" in item else str(item.get("content", ""))
         usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(content)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        with self._lock:
+            self.usage.append(dict(usage))
         payload = {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",

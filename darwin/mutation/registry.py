@@ -9,7 +9,7 @@ from darwin.mutation.base import Mutator
 MUTATORS = ("auto", "openai", "offline", "random")
 
 
-def make_mutator(name: str, settings=None, rng=0) -> Mutator:
+def make_mutator(name: str, settings=None, rng=0, ledger=None) -> Mutator:
     """``auto``: the LLM when a key is configured, else the offline catalogue (said plainly)."""
     from darwin.llm.client import LLMClient
     from darwin.mutation.llm_mutator import LLMMutator
@@ -22,7 +22,7 @@ def make_mutator(name: str, settings=None, rng=0) -> Mutator:
     if name == "auto":
         name = "openai" if llm_settings.key() else "offline"
     if name == "openai":
-        return LLMMutator(LLMClient(llm_settings))
+        return LLMMutator(LLMClient(llm_settings, ledger))
     if name == "offline":
         return OfflineMutator(rng)
     return RandomMutator(rng)
