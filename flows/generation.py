@@ -1,99 +1,98 @@
-"""One generation as a Prefect flow: select parents -> mutate (mapped) -> train and score
+"""One generation as a Prefect flow: parents -> prompt and mutate (mapped) -> train and score
 (mapped) -> repair the failures (bounded) -> re-run the best children -> select -> commit.
 
-The flow holds control flow only; every decision lives in the core package (darwin.engine.steps,
-darwin.engine.selection). A crashed child never fails the generation; an infrastructure failure raises
-before anything is committed, so the run resumes from the last committed generation.
+The flow holds control flow only; every decision lives in the core (darwin.engine.policy,
+darwin.engine.selection) and every step in a task that takes ids. A crashed child never fails
+the generation; an infrastructure failure raises before anything is committed, so the run
+resumes from the last committed generation.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
 from darwin.engine.experiment import Experiment
-from darwin.engine.selection import choose_parents, pareto, select
-from darwin.engine.steps import build_engine
-from darwin.memory.records import GenerationRecord, Member
+from darwin.engine.ids import candidate_id
+from darwin.engine.policy import apply_repairs, to_repair, to_rerun
+from darwin.engine.selection import choose_parents
+from darwin.engine.steps import RunRef, engine_for
+from darwin.memory.records import EvaluationRecord, GenerationRecord
+from darwin.memory.store import io_stats
 from darwin.tasks import engine as steps
 from darwin.tasks import publish as ui
 
 
-def _train_all(engine, ids, seed, progress, done_before, total):
-    """Train (mapped), moving the generation's progress artifact as each child finishes."""
-    futures = steps.train_and_score.map(unmapped(engine), ids, seed)
-    done = done_before
-    for _ in as_completed(list(futures)):
-        done += 1
-        ui.set_progress(progress, 100.0 * done / total)
-    return futures.result(), done
+class Progress:
+    """The generation's progress artifact, moved as each child is scored."""
+
+    def __init__(self, run_id: str, gen: int, planned: int):
+        self.artifact, self.done, self.planned = ui.start_progress(run_id, gen), 0, planned
+
+    def one_done(self) -> None:
+        self.done += 1
+        ui.set_progress(self.artifact, 100.0 * self.done / max(self.planned, 1))
+
+
+def train_and_score(ref: RunRef, ids: list[str], seeds: list[int],
+                    progress: Progress | None = None) -> list[EvaluationRecord]:
+    """Train each (id, seed) in the sandbox, then score it, each score waiting only for its
+    own training."""
+    trained = steps.train.map(unmapped(ref), ids, seeds)
+    scored = steps.score.map(unmapped(ref), ids, seeds, trained)
+    for _ in as_completed(list(scored)):
+        if progress is not None:
+            progress.one_done()
+    return scored.result()
 
 
 @flow(name="generation", flow_run_name="gen-{gen:03d}", log_prints=True)
 def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) -> GenerationRecord:
-    started = time.monotonic()
-    engine = build_engine(run_id, store_url, experiment)
-    exp = experiment
+    started_at, io_start = time.time(), asdict(io_stats())
+    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment)
+    engine, exp = engine_for(ref), experiment
     first_seed, *more_seeds = engine.seeds()
-    previous = engine.store.generation(gen - 1)
-    population = [engine.scored(m.candidate_id) for m in previous.population]
+    population = [engine.scored(m.candidate_id)
+                  for m in engine.store.generation(gen - 1).population]
 
-    # 1. parents: agent `proposer` rewrites agent `target`'s program.
+    # 1. parents (agent `proposer` rewrites agent `target`'s program), prompts, mutations.
     pairs = choose_parents(population, exp.children, np.random.default_rng([exp.seed, gen, 7]))
-    children = steps.propose.map(
-        unmapped(engine), gen, list(range(exp.children)),
-        [t for t, _ in pairs], [p for _, p in pairs],
-    ).result()
+    ids = [candidate_id(gen, i) for i in range(exp.children)]
+    targets, proposers = [t for t, _ in pairs], [p for _, p in pairs]
+    prompts = steps.prompt.map(unmapped(ref), ids, targets, proposers)
+    children = steps.mutate.map(unmapped(ref), ids, targets, proposers, prompts).result()
 
     # 2. train and score every child once, in parallel slots.
-    progress = ui.start_progress(run_id, gen)
-    planned = exp.children + exp.reruns * (exp.min_runs - 1)
-    evals, done = _train_all(engine, [c.id for c in children], first_seed, progress, 0, planned)
+    progress = Progress(run_id, gen, exp.children + exp.reruns * (exp.min_runs - 1))
+    ids = [c.id for c in children]
+    final = list(zip(children, train_and_score(ref, ids, [first_seed] * len(ids), progress)))
 
     # 3. repair what failed, each try a new candidate whose parent is the broken one.
-    final = list(zip(children, evals))
     for attempt in range(1, exp.repair_tries + 1):
-        broken = [(i, c, e) for i, (c, e) in enumerate(final) if e.status != "ok" and c.code_sha]
+        broken = to_repair(final)
         if not broken:
             break
-        fixes = steps.repair.map(unmapped(engine), [c for _, c, _ in broken],
-                                 [e for _, _, e in broken], attempt).result()
-        planned += len(fixes)
-        fixed, done = _train_all(engine, [f.id for f in fixes], first_seed, progress, done,
-                                 planned)
-        for (i, _, _), f, e in zip(broken, fixes, fixed):
-            if f.code_sha:
-                final[i] = (f, e)
+        fixes = steps.repair.map(unmapped(ref), [final[i][0].id for i in broken],
+                                 attempt).result()
+        progress.planned += len(fixes)
+        fixed = train_and_score(ref, [f.id for f in fixes], [first_seed] * len(fixes), progress)
+        final = apply_repairs(final, broken, fixes, fixed)
 
     # 4. re-run the most promising children on more seeds, so promotion is beyond noise.
-    worst = max(p.fitness for p in population)
-    ok = sorted((e.val_loss, c.id) for c, e in final if e.val_loss is not None)
-    promising = [cid for loss, cid in ok if loss < worst][: exp.reruns]
-    if promising and more_seeds:
-        reruns = [(cid, s) for cid in promising for s in more_seeds[: exp.min_runs - 1]]
-        futures = steps.train_and_score.map(unmapped(engine), [c for c, _ in reruns],
-                                            [s for _, s in reruns])
-        for _ in as_completed(list(futures)):
-            done += 1
-            ui.set_progress(progress, 100.0 * done / planned)
+    reruns = to_rerun(population, final, exp.reruns, more_seeds, exp.min_runs)
+    if reruns:
+        train_and_score(ref, [c for c, _ in reruns], [s for _, s in reruns], progress)
 
     # 5. survivors, then commit atomically.
-    scored = [engine.scored(c.id) for c, e in final if e.val_loss is not None]
-    new_pop, promoted = select(population, scored, exp.population, exp.keep, previous.noise,
-                               exp.min_runs)
-    record = GenerationRecord(
-        run_id=run_id, generation=gen,
-        population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
-        children=[c.id for c, _ in final], promoted=promoted, noise=previous.noise,
-        pareto=pareto(new_pop + scored, engine.seed_fitness(), previous.noise),
-        wall_s=time.monotonic() - started,
-    )
-    steps.commit(engine, record)
-    ui.set_progress(progress, 100.0)
-    ui.publish(engine.store, gen)
-    best = new_pop[0]
-    print(f"gen {gen}: best {best.id} val loss {best.fitness:.4f}; promoted {promoted or 'none'}")
+    record = steps.select(ref, gen, [c.id for c, _ in final], started_at)
+    steps.commit(ref, gen, record, io_start)
+    ui.set_progress(progress.artifact, 100.0)
+    ui.publish(run_id, store_url, gen)
+    best = record.population[0]
+    print(f"gen {gen}: best {best.candidate_id} val loss {best.fitness:.4f}; "
+          f"promoted {record.promoted or 'none'}")
     return record

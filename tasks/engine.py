@@ -1,12 +1,18 @@
-"""Thin Prefect tasks around the engine's steps: one side effect each, no logic of their own.
+"""The design card's steps as Prefect tasks, one side effect each and no logic of their own:
+prompt construction, LLM mutation, sandboxed training, benchmarking (trusted scoring), repair,
+selection and commit, mapped per child where per child.
 
-Prefect's result caching is off (NO_CACHE): the engine's own store and training cache decide
-what is reused, keyed on what actually matters (code hash, budget, seed, scorer version).
-Candidate failures are returned as data; only infrastructure problems raise.
+Tasks take ids and settings (``RunRef``: the run's id, its store URL and the experiment), never
+live objects: each process rebuilds its engine from them (once per process), so a task could
+run anywhere and the UI shows readable parameters. Prefect's result caching is off (NO_CACHE):
+the run store and the training cache decide what is reused, keyed on what matters (code hash,
+budget, seed, scorer version). Candidate failures are returned as data; only infrastructure
+problems raise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -15,23 +21,31 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from darwin.engine.faults import checkpoint
+from darwin.engine.ids import parse
 from darwin.engine.slots import shared_pool
-from darwin.engine.steps import Engine
+from darwin.engine.steps import RunRef, engine_for
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
-from darwin.memory.store import io_stats
+from darwin.memory.store import IOStats, io_stats
+from darwin.mutation.base import MutationContext
 from darwin.sandbox.limits import pid_alive
 
 
-@task(name="mutate", task_run_name="mutate-{gen:03d}-{index:02d}", cache_policy=NO_CACHE)
-def propose(engine: Engine, gen: int, index: int, target: str, proposer: str | None
-            ) -> CandidateRecord:
-    return engine.propose(gen, index, target, proposer)
+@task(name="prompt", task_run_name="prompt-{cid}", cache_policy=NO_CACHE)
+def prompt(ref: RunRef, cid: str, target: str, proposer: str | None) -> MutationContext | None:
+    at = parse(cid)
+    return engine_for(ref).prompt(at.generation, at.index, target, proposer)
 
 
-@task(name="repair", task_run_name="repair-{broken.id}", cache_policy=NO_CACHE)
-def repair(engine: Engine, broken: CandidateRecord, evaluation: EvaluationRecord, attempt: int
-           ) -> CandidateRecord:
-    return engine.repair(broken, evaluation, attempt)
+@task(name="mutate", task_run_name="mutate-{cid}", cache_policy=NO_CACHE)
+def mutate(ref: RunRef, cid: str, target: str, proposer: str | None,
+           ctx: MutationContext | None) -> CandidateRecord:
+    at = parse(cid)
+    return engine_for(ref).mutate(at.generation, at.index, target, proposer, ctx)
+
+
+@task(name="repair", task_run_name="repair-{cid}-r{attempt}", cache_policy=NO_CACHE)
+def repair(ref: RunRef, cid: str, attempt: int) -> CandidateRecord:
+    return engine_for(ref).repair_by_id(cid, attempt)
 
 
 SLOT_LIMIT_PREFIX = "darwin-train-"
@@ -63,33 +77,58 @@ def ensure_slot_limit(device: str, slots: int) -> int:
     return removed
 
 
-@task(name="train", task_run_name="train-{cid}-s{seed}", cache_policy=NO_CACHE)
-def train_and_score(engine: Engine, cid: str, seed: int) -> EvaluationRecord:
-    # How many train at once: the Prefect concurrency limit. Which cores: the slot pool.
-    # The sandbox's deadline is the real time limit: a Prefect timeout cannot interrupt it.
-    if engine.store.evaluation(cid, seed) is not None:
-        return engine.store.evaluation(cid, seed)  # nothing to train: no slot needed
-    # The lease is renewed while held; a short one lets the slot of an orchestrator killed with -9
-    # come back within about a minute (an hour-long lease blocked `--resume` for that hour).
+@contextlib.contextmanager
+def _slot(engine):
+    """How many run at once: the Prefect concurrency limit. Which cores: the slot pool. The
+    lease is renewed while held; a short one lets the slot of an orchestrator killed with -9
+    come back within about a minute (an hour-long lease blocked `--resume` for that hour)."""
     with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=60):
         slots = shared_pool(engine.experiment.device, engine.budget.threads)
         cpus = slots.acquire()
         try:
-            return engine.evaluate(cid, seed, cpus=cpus)
+            yield cpus
         finally:
             slots.release(cpus)
 
 
-@task(name="commit", cache_policy=NO_CACHE)
-def commit(engine: Engine, record: GenerationRecord) -> None:
+@task(name="train", task_run_name="train-{cid}-s{seed}", cache_policy=NO_CACHE)
+def train(ref: RunRef, cid: str, seed: int) -> str:
+    """Train in the sandbox (the sandbox's deadline is the real time limit: a Prefect timeout
+    cannot interrupt it). Returns what happened: trained, or why nothing had to."""
+    engine = engine_for(ref)
+    if (known := engine.needs_training(cid, seed)) is not None:
+        return known  # nothing to train: no slot needed
+    with _slot(engine) as cpus:
+        return engine.train(cid, seed, cpus=cpus)
+
+
+@task(name="score", task_run_name="score-{cid}-s{seed}", cache_policy=NO_CACHE)
+def score(ref: RunRef, cid: str, seed: int, trained: str) -> EvaluationRecord:
+    """The trusted benchmark of what the training left (``trained``: the train task's outcome,
+    which also makes this task wait for it)."""
+    engine = engine_for(ref)
+    if (known := engine.store.evaluation(cid, seed)) is not None:
+        return known
+    with _slot(engine) as cpus:
+        return engine.score(cid, seed, cpus=cpus)
+
+
+@task(name="select", task_run_name="select-g{gen:03d}", cache_policy=NO_CACHE)
+def select(ref: RunRef, gen: int, children: list[str], started_at: float) -> GenerationRecord:
+    return engine_for(ref).select(gen, children, started_at)
+
+
+@task(name="commit", task_run_name="commit-g{gen:03d}", cache_policy=NO_CACHE)
+def commit(ref: RunRef, gen: int, record: GenerationRecord, io_start: dict) -> None:
     checkpoint("commit")
+    engine = engine_for(ref)
     engine.keep_models([m.candidate_id for m in record.population])
-    record.storage = io_stats().minus(engine.io_start)  # the generation's, up to this commit
+    record.storage = io_stats().minus(IOStats(**io_start))  # the generation's, to this commit
     engine.store.commit(record)
 
 
 @task(name="final-test", task_run_name="test-split-{cid}", cache_policy=NO_CACHE)
-def final_test(engine: Engine, cid: str) -> dict:
+def final_test(ref: RunRef, cid: str) -> dict:
     from darwin.engine.steps import final_test as run_final_test
 
-    return run_final_test(engine, cid)
+    return run_final_test(engine_for(ref), cid)

@@ -31,8 +31,9 @@ def set_progress(artifact_id, percent: float) -> None:
         update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, percent))
 
 
-@task(name="publish", cache_policy=NO_CACHE)
-def publish(store: RunStore, gen: int) -> None:
+@task(name="publish", task_run_name="publish-g{gen:03d}", cache_policy=NO_CACHE)
+def publish(run_id: str, store_url: str, gen: int) -> None:
+    store = RunStore(store_url, run_id)
     rows = [{k: r[k] for k in TABLE_COLUMNS} for r in leaderboard_rows(store)[:50]]
     create_table_artifact(key=artifact_key(store.run_id, "leaderboard"), table=rows,
                           description=f"{store.run_id} after generation {gen}, best first")

@@ -82,6 +82,7 @@ def mutate(
         "operator": result.operator,
         "kind": result.answer.kind.value if result.answer else None,
         "reasoning": result.answer.reasoning if result.answer else None,
+        "notes": [*(result.answer.notes if result.answer else []), *result.notes],
         "requests": [r.model_dump(mode="json") for r in result.answer.requests] if result.answer else [],
         "failure": result.failure,
         "detail": result.detail,

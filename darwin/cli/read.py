@@ -101,6 +101,8 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
               + f"; kind of change: [bold]{c['kind'] or '-'}[/]")
     if c["reasoning"]:
         out.print(f"reasoning: {c['reasoning']}", markup=False)
+    for note in c.get("notes") or []:
+        out.print(f"note: {note}", markup=False)
     for r in c["requests"]:
         out.print(f"[yellow]request to humans ({r['kind']}):[/] {r['detail']}")
     if c["input_tokens"] or c["cost_usd"]:

@@ -4,19 +4,32 @@ they come from DARWIN_* variables, and secrets are never flow parameters."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from darwin.errors import UserError
-from darwin.evaluation.budgets import BUDGETS
+
+Budget = Literal["tiny", "cpu", "paper"]  # the keys of evaluation.budgets.BUDGETS
+MutatorName = Literal["auto", "openai", "offline", "random"]
+Device = Literal["cpu", "cuda"]
+
+
+def _one_of(kind: Any, value: object) -> object:
+    """The choice, or the error naming the known ones (before pydantic's own)."""
+    if value not in get_args(kind):
+        raise ValueError(f"unknown {value!r}; use one of {'|'.join(get_args(kind))}")
+    return value
 
 
 class Experiment(BaseModel):
-    budget: str = Field(default="cpu", description="tiny | cpu | paper")
+    # Choices are Literal types, so the Prefect UI's run form offers them as a list.
+    budget: Budget = Field(default="cpu", description="tiny | cpu | paper")
     generations: int = Field(default=3, ge=1, description="generations after the seed's")
     population: int = Field(default=4, ge=1, description="members kept after each generation")
     keep: int = Field(default=2, ge=1, description="elites that only a clearly better child displaces")
     children: int = Field(default=4, ge=1, description="children per generation")
-    mutator: str = Field(default="auto", description="auto | openai | offline | random")
+    mutator: MutatorName = Field(default="auto", description="auto | openai | offline | random")
     mode_mix: dict[str, float] = Field(
         default_factory=lambda: {"search_replace": 0.6, "chunk": 0.3, "whole": 0.1},
         description="how often the LLM mutator uses each mode",
@@ -28,24 +41,33 @@ class Experiment(BaseModel):
     min_runs: int = Field(default=3, ge=1, description="runs a child needs before it may displace")
     memory: bool = Field(default=True, description="feed lessons back (off = the paper's ablation)")
     seed: int = Field(default=0, ge=0, description="the run's seed: same seed, same run")
-    device: str = Field(default="cpu", description="cpu | cuda")
+    device: Device = Field(default="cpu", description="cpu | cuda")
     seed_program: str | None = Field(default=None, description="path of a program to evolve")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> object:
+        return _one_of(Budget, value)
+
+    @field_validator("mutator", mode="before")
+    @classmethod
+    def _mutator(cls, value: object) -> object:
+        return _one_of(MutatorName, value)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: object) -> object:
+        return _one_of(Device, value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
-        if self.budget not in BUDGETS:
-            raise ValueError(f"budget: unknown {self.budget!r}; use one of {'|'.join(BUDGETS)}")
         if self.keep >= self.population and self.population > 1:
             raise ValueError(
                 f"keep: {self.keep} must be smaller than population ({self.population}), "
                 "or nothing could ever be replaced")
-        if self.mutator not in ("auto", "openai", "offline", "random"):
-            raise ValueError(f"mutator: unknown {self.mutator!r}; use auto|openai|offline|random")
         bad = set(self.mode_mix) - {"search_replace", "chunk", "whole"}
         if bad or not self.mode_mix or any(v < 0 for v in self.mode_mix.values()):
             raise ValueError("mode_mix: weights for search_replace|chunk|whole, not negative")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device: unknown {self.device!r}; use cpu|cuda")
         return self
 
 

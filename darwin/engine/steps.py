@@ -18,31 +18,39 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel
 
 from darwin.engine.experiment import Experiment
 from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.ids import SEED_ID, candidate_id, parse
-from darwin.engine.selection import Scored
+from darwin.engine.selection import Scored, pareto, select
 from darwin.evaluation.budgets import Budget, get_budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.outputs import OUTPUT_LIMITS
 from darwin.evaluation.training import TrainResult
+from darwin.evaluation.training import train as train_program
 from darwin.llm.client import LLMFailure
 from darwin.llm.ledger import StoredLedger
-from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
-from darwin.memory.store import IOStats, RunStore, io_stats
+from darwin.memory.records import (
+    CandidateRecord,
+    EvaluationRecord,
+    GenerationRecord,
+    Member,
+    code_hash,
+)
+from darwin.memory.store import RunStore
 from darwin.mutation.answers import ChangeKind
 from darwin.mutation.base import FailureNote, MutationContext, MutationResult
 from darwin.mutation.lessons import Outcome, aggregate, lesson_lines
-from darwin.mutation.registry import make_mutator
+from darwin.mutation.registry import make_mutator, mutator_modes
 from darwin.mutation.repair import repair_case
 from darwin.sandbox import Sandbox
 from darwin.settings import Settings
@@ -64,7 +72,6 @@ class Engine:
     experiment: Experiment
     settings: Settings
     sandbox: Sandbox
-    io_start: IOStats = field(default_factory=io_stats)  # the store's use since this engine
 
     @cached_property
     def budget(self) -> Budget:
@@ -156,21 +163,39 @@ class Engine:
         )  # the LLM's mode is a seeded draw from the mode mix, made in propose()
 
     def propose(self, gen: int, index: int, target: str, proposer: str | None) -> CandidateRecord:
-        """Make (or reuse) child ``index`` of generation ``gen``."""
-        cid = candidate_id(gen, index)
-        existing = self.store.candidate(cid)
-        if existing is not None:
-            return existing
-        rng = np.random.default_rng([self.experiment.seed, gen, index])
-        mutator, notes = self._mutator(rng)
+        """Make (or reuse) child ``index`` of generation ``gen``: its prompt, then its mutation."""
+        return self.mutate(gen, index, target, proposer, self.prompt(gen, index, target, proposer))
+
+    def prompt(self, gen: int, index: int, target: str, proposer: str | None
+               ) -> MutationContext | None:
+        """What the mutator of child ``index`` is told (None when the child exists already):
+        the programs, the lessons of the run so far, and for the LLM a seeded draw of its mode."""
+        if self.store.candidate(candidate_id(gen, index)) is not None:
+            return None
         ctx = self._mutation_context(target, proposer)
-        if len(mutator.modes) > 1:
-            modes = [m for m in self.experiment.mode_mix if m in mutator.modes]
+        modes = [m for m in self.experiment.mode_mix if m in mutator_modes(
+            self.experiment.mutator, self.settings.llm)]
+        if len(modes) > 1:
+            rng = np.random.default_rng([self.experiment.seed, gen, index])
             weights = np.array([self.experiment.mode_mix[m] for m in modes], dtype=float)
             ctx.mode = modes[int(rng.choice(len(modes), p=weights / weights.sum()))]  # type: ignore[assignment]
             ctx.seed = int(rng.integers(1 << 31))
         if not self.experiment.memory:
             ctx.lessons, ctx.kind_stats = [], {}
+        return ctx
+
+    def mutate(self, gen: int, index: int, target: str, proposer: str | None,
+               ctx: MutationContext | None) -> CandidateRecord:
+        """Child ``index`` of generation ``gen``, made by the mutator from ``ctx`` (or reused)."""
+        cid = candidate_id(gen, index)
+        existing = self.store.candidate(cid)
+        if existing is not None:
+            return existing
+        if ctx is None:  # it was there when the prompt was built, and is gone: build it again
+            ctx = self.prompt(gen, index, target, proposer)
+            assert ctx is not None
+        rng = np.random.default_rng([self.experiment.seed, gen, index])
+        mutator, notes = self._mutator(rng)
         result = mutator.mutate(ctx)
         if result.failure == LLMFailure.cost_cap.value:  # the cap was reached meanwhile
             mutator, notes = self._offline(rng)
@@ -190,6 +215,13 @@ class Engine:
                                                                 redraw]))
                 result = again.mutate(ctx)
         return self._record(cid, gen, [target] + ([proposer] if proposer else []), result)
+
+    def repair_by_id(self, cid: str, attempt: int) -> CandidateRecord:
+        """Repair try ``attempt`` of candidate ``cid``, from its failed first run."""
+        broken = self.store.candidate(cid)
+        evaluation = self.store.evaluation(cid, self.seeds()[0])
+        assert broken is not None and evaluation is not None, cid
+        return self.repair(broken, evaluation, attempt)
 
     def repair(self, broken: CandidateRecord, evaluation: EvaluationRecord, attempt: int
                ) -> CandidateRecord:
@@ -219,7 +251,65 @@ class Engine:
                                          self.experiment.device, self.scorer_version]).encode())
         return self.settings.home / "cache" / "train" / f"{key.hexdigest()[:32]}.json"
 
+    def _work(self, cid: str, seed: int) -> Path:
+        return self.settings.scratch / self.store.run_id / f"{cid}-s{seed}"
+
+    def needs_training(self, cid: str, seed: int) -> str | None:
+        """None when (cid, seed) must be trained; else why not: its evaluation is in the
+        store, the mutation made no program, the training cache knows it, or a training that
+        finished before the orchestrator died waits to be scored."""
+        if self.store.evaluation(cid, seed) is not None:
+            return "evaluated"
+        record = self.store.candidate(cid)
+        assert record is not None, cid
+        if not record.code_sha:
+            return "no program"
+        if self._cache_path(record.code_sha, seed).exists():
+            return "cached"
+        if (self._work(cid, seed) / "trained.json").exists():
+            return "trained"
+        return None
+
+    def _prepare(self, cid: str, seed: int) -> tuple[Path, Path]:
+        record = self.store.candidate(cid)
+        assert record is not None, cid
+        work = self._work(cid, seed)
+        work.mkdir(parents=True, exist_ok=True)
+        program = work / "train.py"
+        program.write_text(self.store.code(record.code_sha))
+        return program, work / "trained.json"
+
+    def _on_trained(self, marker: Path, cid: str, seed: int):
+        def on_trained(result: TrainResult) -> None:
+            tmp = marker.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_text(result.to_json())
+            tmp.replace(marker)
+            note_training(self.store.run_id, cid, seed)
+            checkpoint("score")
+
+        return on_trained
+
+    def train(self, cid: str, seed: int, cpus: list[int] | None = None) -> str:
+        """Train (cid, seed) in the sandbox; its result waits in the scratch folder for the
+        scorer (a marker: a training that finished before the orchestrator died is scored,
+        not run again)."""
+        if (known := self.needs_training(cid, seed)) is not None:
+            return known
+        program, marker = self._prepare(cid, seed)
+        result = train_program(program, self.budget, seed, marker.parent / "run", self.sandbox,
+                               device=self.experiment.device, cpus=cpus,
+                               on_progress=lambda done, total: checkpoint("train"))
+        self._on_trained(marker, cid, seed)(result)
+        return "trained"
+
     def evaluate(self, cid: str, seed: int, cpus: list[int] | None = None) -> EvaluationRecord:
+        """Train and score (cid, seed): the two steps in one call."""
+        self.train(cid, seed, cpus)
+        return self.score(cid, seed, cpus)
+
+    def score(self, cid: str, seed: int, cpus: list[int] | None = None) -> EvaluationRecord:
+        """The trusted evaluation of (cid, seed), from the store, the training cache, or the
+        training waiting in the scratch folder (trained again if that folder was emptied)."""
         existing = self.store.evaluation(cid, seed)
         if existing is not None:
             return existing
@@ -236,25 +326,11 @@ class Engine:
             ev = EvaluationRecord(**{**data, "candidate_id": cid, "cached": True})
             self.store.put_evaluation(ev)
             return ev
-        source = self.store.code(record.code_sha)
-        work = self.settings.scratch / self.store.run_id / f"{cid}-s{seed}"
-        work.mkdir(parents=True, exist_ok=True)
-        program = work / "train.py"
-        program.write_text(source)
-        # A training that finished before the orchestrator died is scored, not run again.
-        marker = work / "trained.json"
+        program, marker = self._prepare(cid, seed)
         trained = TrainResult.from_json(marker.read_text()) if marker.exists() else None
-
-        def on_trained(result: TrainResult) -> None:
-            tmp = marker.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_text(result.to_json())
-            tmp.replace(marker)
-            note_training(self.store.run_id, cid, seed)
-            checkpoint("score")
-
-        result = evaluate_program(program, self.budget, seed, self.sandbox, work / "run",
+        result = evaluate_program(program, self.budget, seed, self.sandbox, marker.parent / "run",
                                   device=self.experiment.device, cpus=cpus, trained=trained,
-                                  on_trained=on_trained,
+                                  on_trained=self._on_trained(marker, cid, seed),
                                   on_progress=lambda done, total: checkpoint("train"))
         ev = self._evaluation_record(cid, record.code_sha, seed, result)
         self.store.put_log(cid, seed, result.train.log_path)
@@ -288,6 +364,22 @@ class Engine:
             if (out / "model.safetensors").is_file() and not self.store.has_outputs(cid, seed):
                 stored += self.store.put_outputs(cid, seed, out, OUTPUT_FILES)
         return stored
+
+    def select(self, gen: int, children: list[str], started_at: float) -> GenerationRecord:
+        """Generation ``gen``'s survivors among the previous population and ``children`` (the
+        final version of each child, after repairs): the record to commit."""
+        previous = self.store.generation(gen - 1)
+        population = [self.scored(m.candidate_id) for m in previous.population]
+        scored = [s for s in (self.scored(c) for c in children) if s.losses]
+        new_pop, promoted = select(population, scored, self.experiment.population,
+                                   self.experiment.keep, previous.noise, self.experiment.min_runs)
+        return GenerationRecord(
+            run_id=self.store.run_id, generation=gen,
+            population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
+            children=children, promoted=promoted, noise=previous.noise,
+            pareto=pareto(new_pop + scored, self.seed_fitness(), previous.noise),
+            wall_s=time.time() - started_at,
+        )
 
     # -- what we know -----------------------------------------------------------------------
     def scored(self, cid: str) -> Scored:
@@ -380,6 +472,29 @@ def final_test(engine: Engine, cid: str) -> dict:
     engine.store.put_final(cid, result)
     shutil.rmtree(work / "model-test", ignore_errors=True)
     return result
+
+
+class RunRef(BaseModel):
+    """What a task needs to find its run: ids and settings, never live objects (a task may run
+    in another process; the Prefect UI shows these as its parameters)."""
+
+    run_id: str
+    store_url: str
+    experiment: Experiment
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(ref: RunRef) -> Engine:
+    """The engine of a run in this process, built once from the run's ids and the DARWIN_*
+    settings (the store's caches and the ledger are then shared by the process's tasks)."""
+    key = ref.model_dump_json()
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = build_engine(ref.run_id, ref.store_url, ref.experiment)
+        return _ENGINES[key]
 
 
 def build_engine(run_id: str, store_url: str, experiment: Experiment) -> Engine:

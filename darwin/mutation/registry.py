@@ -9,6 +9,24 @@ from darwin.mutation.base import Mutator
 MUTATORS = ("auto", "openai", "offline", "random")
 
 
+def resolve(name: str, llm_settings) -> str:
+    """The mutator ``name`` stands for: ``auto`` is the LLM when a key is configured."""
+    if name not in MUTATORS:
+        raise UserError(f"unknown mutator {name!r}: use --mutator " + "|".join(MUTATORS))
+    if name == "auto":
+        return "openai" if llm_settings.key() else "offline"
+    return name
+
+
+def mutator_modes(name: str, settings=None) -> tuple[str, ...]:
+    """The modes the mutator ``name`` works in, without building it (no client, no call)."""
+    from darwin.mutation.base import MODES
+    from darwin.settings import get_settings
+
+    return MODES if resolve(name, settings or get_settings().llm) == "openai" else (
+        "search_replace",)
+
+
 def make_mutator(name: str, settings=None, rng=0, ledger=None) -> Mutator:
     """``auto``: the LLM when a key is configured, else the offline catalogue (said plainly)."""
     from darwin.llm.client import LLMClient
@@ -16,11 +34,8 @@ def make_mutator(name: str, settings=None, rng=0, ledger=None) -> Mutator:
     from darwin.mutation.offline import OfflineMutator, RandomMutator
     from darwin.settings import get_settings
 
-    if name not in MUTATORS:
-        raise UserError(f"unknown mutator {name!r}: use --mutator " + "|".join(MUTATORS))
     llm_settings = settings or get_settings().llm
-    if name == "auto":
-        name = "openai" if llm_settings.key() else "offline"
+    name = resolve(name, llm_settings)
     if name == "openai":
         return LLMMutator(LLMClient(llm_settings, ledger))
     if name == "offline":

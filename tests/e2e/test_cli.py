@@ -97,3 +97,26 @@ def test_mutate_through_the_test_server_then_score_the_child(sandbox, llm_server
     s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
     assert s.returncode == 0, s.stderr
     assert json.loads(s.stdout)["status"] == "ok"
+
+
+def test_an_answer_with_only_a_fenced_program_becomes_a_child_of_kind_other(
+        sandbox, llm_server, tmp_path):
+    """What a real server answered: a line of reasoning and the whole program in a python fence,
+    no KIND line. It is kept (kind other, noted), and the child trains and scores."""
+    from darwin.evaluation.training import seed_program
+
+    seed = seed_program().read_text()
+    assert "dropout = 0.0" not in seed
+    changed = seed.replace("dropout = ", "dropout = 0.0  # was ", 1)
+    llm_server.enqueue({"content": f"Drop dropout: the model is small.\n```python\n{changed}```\n"})
+    env = {"OPENAI_BASE_URL": llm_server.url, "OPENAI_API_KEY": llm_server.key}
+    child = tmp_path / "child.py"
+    m = darwin("mutate", str(seed_program()), "--budget", "tiny", "--out", str(child), "--json",
+               home=tmp_path, env=env)
+    assert m.returncode == 0, m.stderr
+    report = json.loads(m.stdout)
+    assert report["ok"] and report["kind"] == "other" and "kind not stated" in report["notes"]
+    assert report["reasoning"] == "Drop dropout: the model is small."
+    s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
+    assert s.returncode == 0, s.stderr
+    assert json.loads(s.stdout)["status"] == "ok"

@@ -216,3 +216,23 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(prefect_server, sandbox, tm
     assert f"darwin run --resume {store.run_id}" in err
     assert "Traceback" not in err
     assert store.head() is not None  # the committed generation is intact and resumable
+
+
+def test_a_generation_shows_the_cards_steps_as_tasks(reference_run, prefect_server):
+    """Each step of the design card is a task of its own in the Prefect UI, named by child."""
+    import urllib.request
+
+    home, _ = reference_run
+    store = _store(home)
+    (gen2,) = [fr for fr in _flow_runs(prefect_server, store.run_id) if fr["name"] == "gen-002"]
+    body = json.dumps({"flow_runs": {"id": {"any_": [gen2["id"]]}}, "limit": 200}).encode()
+    req = urllib.request.Request(f"{prefect_server['url']}/task_runs/filter", data=body,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        names = {t["name"] for t in json.loads(r.read())}
+    children = store.generation(2).children
+    assert {"select-g002", "commit-g002", "publish-g002"} <= names, sorted(names)
+    for i in range(2):
+        assert {f"prompt-g002-c{i:02d}", f"mutate-g002-c{i:02d}"} <= names, sorted(names)
+    for cid in children:
+        assert {f"train-{cid}-s0", f"score-{cid}-s0"} <= names, sorted(names)

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.sandbox
 
 # Prices of 1 USD per million tokens both ways make the sums easy to check by hand.
 PRICES = json.dumps({"gpt-4o-mini": [1.0, 1.0]})
-CAP = 0.012  # generation 1 (process one) spends about 0.009: the cap binds in generation 2
+# Generation 1 (process one) spends $0.0089 (its prompts and answers are the same every time).
+# Generation 2: the first call starts (0.0089 < CAP); the second cannot, whichever way the two
+# children race (the first's reservation, or its cost once settled, takes the sum over CAP).
+CAP = 0.010
 
 
 def _darwin(args, env):
