@@ -198,8 +198,10 @@ class Engine:
         mutator, notes = self._mutator(rng)
         result = mutator.mutate(ctx)
         if result.failure == LLMFailure.cost_cap.value:  # the cap was reached meanwhile
+            spent = result.usage  # calls it made before the refusal stay on its record
             mutator, notes = self._offline(rng)
             result = mutator.mutate(ctx)
+            result.usage = spent + result.usage
         result.notes += notes
         checkpoint("mutate")
         if mutator.redraws_duplicates:
@@ -236,8 +238,10 @@ class Engine:
         mutator, notes = self._mutator(attempt)
         result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
         if result.failure == LLMFailure.cost_cap.value:
+            spent = result.usage
             mutator, notes = self._offline(attempt)
             result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
+            result.usage = spent + result.usage
         result.notes += notes
         checkpoint("repair")
         if result.answer is not None and broken.kind:

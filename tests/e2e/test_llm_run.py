@@ -19,10 +19,11 @@ pytestmark = pytest.mark.sandbox
 
 # Prices of 1 USD per million tokens both ways make the sums easy to check by hand.
 PRICES = json.dumps({"gpt-4o-mini": [1.0, 1.0]})
-# Generation 1 (process one) spends $0.0089 (its prompts and answers are the same every time).
-# Generation 2: the first call starts (0.0089 < CAP); the second cannot, whichever way the two
-# children race (the first's reservation, or its cost once settled, takes the sum over CAP).
-CAP = 0.010
+# Below what any one call costs (its prompt alone is ~800 tokens, $0.0008) and below one
+# reservation (max_tokens alone is $0.0041): the first call starts (nothing is spent or held),
+# every later one, in either child, whichever way they race, and in the resumed process, finds
+# the cap reached.
+CAP = 0.0005
 
 
 def _darwin(args, env):
@@ -46,26 +47,24 @@ def test_the_spending_cap_holds_across_children_a_kill_and_the_resume(
     (run_id,) = list_runs(home / "runs")
     store = RunStore(home / "runs", run_id)
     after_first = StoredLedger(store, CAP).summary()
-    assert after_first["calls"] == len(llm_server.requests) >= 2, after_first
-    assert after_first["cost_usd"] < CAP, "the cap should bind only after the resume"
+    assert after_first["calls"] == len(llm_server.requests) >= 1, after_first
+    assert after_first["cost_usd"] >= CAP  # reached in the first process...
+    gen1 = [c for c in store.candidates() if c.generation == 1]
+    assert any(CAP_NOTE in c.notes and c.mutator == "offline" for c in gen1)  # ...by a child
 
     second = _darwin(["run", "--resume", run_id, "--json"], env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "spending cap is reached" in second.stderr
     ledger = json.loads(second.stdout)["llm"]
-    # Every call of both processes is in the one ledger, and nothing was counted twice.
-    assert ledger["calls"] == len(llm_server.requests) > after_first["calls"], ledger
+    # The resumed process read the run's ledger: it made no call at all.
+    assert len(llm_server.requests) == after_first["calls"] == ledger["calls"], ledger
+    gen2 = [c for c in store.candidates() if c.generation == 2]
+    assert gen2 and all(c.mutator == "offline" and CAP_NOTE in c.notes for c in gen2)
     # Over the cap by at most one call: a call starts only while spent + reserved < cap, and
     # each reservation covers its call (its prompt and max_tokens).
-    one_call = max(r["usage_cost"] for r in _costs(llm_server))
-    assert ledger["cost_usd"] <= CAP + one_call, (ledger, one_call)
-    assert ledger["cost_usd"] == pytest.approx(sum(r["usage_cost"] for r in _costs(llm_server)))
-    capped = [c for c in store.candidates() if CAP_NOTE in c.notes]
-    assert capped and all(c.mutator == "offline" and c.generation == 2 for c in capped)
-    assert {c.mutator for c in store.candidates() if c.generation == 1} == {"openai"}
-
-
-def _costs(server) -> list[dict]:
-    """What each request cost at 1 USD per million tokens, as the test server counted it."""
-    return [{"usage_cost": (r["prompt_tokens"] + r["completion_tokens"]) / 1e6}
-            for r in server.usage]
+    costs = [(u["prompt_tokens"] + u["completion_tokens"]) / 1e6 for u in llm_server.usage]
+    assert ledger["cost_usd"] == pytest.approx(sum(costs))
+    assert ledger["cost_usd"] <= CAP + max(costs), (ledger, costs)
+    assert ledger["failures"].get("cost_cap", 0) >= 1
+    # What was spent on a child before the cap stopped it stays on its record.
+    assert sum(c.cost_usd for c in store.candidates()) == pytest.approx(ledger["cost_usd"])
