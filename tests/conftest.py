@@ -137,6 +137,17 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(params=["local", "s3"])
+def store_url(request, tmp_path):
+    """A run store on each backend: a local folder, and a fresh prefix on moto's S3."""
+    import uuid
+
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    env = request.getfixturevalue("s3_env")
+    return f"s3://{env['bucket']}/runs-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture()
 def s3_env(s3_server, monkeypatch):
     """The standard AWS variables pointing at the moto server (what a user would export)."""

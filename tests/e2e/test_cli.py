@@ -82,8 +82,9 @@ def test_mutate_without_a_key_names_the_variable(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.sandbox
-def test_mutate_through_the_test_server_then_score_the_child(sandbox, llm_server, tmp_path):
+def _mutate_then_score(llm_server, tmp_path: Path) -> dict:
+    """`darwin mutate` the stock seed through the test server, `darwin score` the child (it
+    must train and score); the mutation's report."""
     from darwin.evaluation.training import seed_program
 
     env = {"OPENAI_BASE_URL": llm_server.url, "OPENAI_API_KEY": llm_server.key}
@@ -91,14 +92,20 @@ def test_mutate_through_the_test_server_then_score_the_child(sandbox, llm_server
     m = darwin("mutate", str(seed_program()), "--budget", "tiny", "--out", str(child), "--json",
                home=tmp_path, env=env)
     assert m.returncode == 0, m.stderr
-    report = json.loads(m.stdout)
-    assert report["ok"] and report["input_tokens"] > 0 and report["cost_usd"] > 0
     assert child.read_text() != seed_program().read_text()
     s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
     assert s.returncode == 0, s.stderr
     assert json.loads(s.stdout)["status"] == "ok"
+    return json.loads(m.stdout)
 
 
+@pytest.mark.sandbox
+def test_mutate_through_the_test_server_then_score_the_child(sandbox, llm_server, tmp_path):
+    report = _mutate_then_score(llm_server, tmp_path)
+    assert report["ok"] and report["input_tokens"] > 0 and report["cost_usd"] > 0
+
+
+@pytest.mark.sandbox
 def test_an_answer_with_only_a_fenced_program_becomes_a_child_of_kind_other(
         sandbox, llm_server, tmp_path):
     """What a real server answered: a line of reasoning and the whole program in a python fence,
@@ -109,14 +116,6 @@ def test_an_answer_with_only_a_fenced_program_becomes_a_child_of_kind_other(
     assert "dropout = 0.0" not in seed
     changed = seed.replace("dropout = ", "dropout = 0.0  # was ", 1)
     llm_server.enqueue({"content": f"Drop dropout: the model is small.\n```python\n{changed}```\n"})
-    env = {"OPENAI_BASE_URL": llm_server.url, "OPENAI_API_KEY": llm_server.key}
-    child = tmp_path / "child.py"
-    m = darwin("mutate", str(seed_program()), "--budget", "tiny", "--out", str(child), "--json",
-               home=tmp_path, env=env)
-    assert m.returncode == 0, m.stderr
-    report = json.loads(m.stdout)
+    report = _mutate_then_score(llm_server, tmp_path)
     assert report["ok"] and report["kind"] == "other" and "kind not stated" in report["notes"]
     assert report["reasoning"] == "Drop dropout: the model is small."
-    s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
-    assert s.returncode == 0, s.stderr
-    assert json.loads(s.stdout)["status"] == "ok"

@@ -5,7 +5,6 @@ is lost (pure store logic, no LLM)."""
 from __future__ import annotations
 
 import threading
-import uuid
 
 import pytest
 
@@ -15,24 +14,16 @@ from darwin.memory.store import RunStore
 RESERVE, SPEND, CAP = 0.010, 0.004, 0.1
 
 
-@pytest.fixture(params=["local", "s3"])
-def url(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "runs")
-    env = request.getfixturevalue("s3_env")
-    return f"s3://{env['bucket']}/ledger-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture()
-def store(url):
-    return RunStore(url, "r")
+def store(store_url):
+    return RunStore(store_url, "r")
 
 
-def test_parallel_callers_stop_at_the_cap(url, store):
+def test_parallel_callers_stop_at_the_cap(store_url, store):
     made, refused = [], []
 
     def caller() -> None:
-        ledger = StoredLedger(RunStore(url, "r"), CAP)  # each its own objects, like processes
+        ledger = StoredLedger(RunStore(store_url, "r"), CAP)  # each its own objects, like processes
         while True:
             try:
                 token = ledger.reserve(RESERVE)

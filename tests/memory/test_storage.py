@@ -17,12 +17,9 @@ from darwin.memory.store import RunStore, StoreError, list_runs
 WRITERS, UPDATES = 8, 50
 
 
-@pytest.fixture(params=["local", "s3"])
-def url(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "runs")
-    env = request.getfixturevalue("s3_env")
-    return f"s3://{env['bucket']}/runs-{uuid.uuid4().hex[:8]}"
+@pytest.fixture()
+def url(store_url):
+    return store_url
 
 
 def test_every_record_type_round_trips(url):
