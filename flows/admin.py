@@ -96,14 +96,33 @@ def results_settings(block: str | None) -> dict:
 
 
 class _ReportedByTheCli:
-    """Drops Prefect's console copy of a DarwinError (a traceback the CLI replaces with its
-    one line); the run's log in the UI keeps the full record."""
+    """Drops Prefect's console copies of a DarwinError (its traceback, and the "Finished in
+    state Failed(... StorageDown: ...)" lines of each task and flow it passed through): the CLI
+    says it once, in one line. The run's log in the UI keeps every record."""
 
     def filter(self, record) -> bool:
         from darwin.errors import DarwinError
 
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, DarwinError)
+        if isinstance(exc, DarwinError):
+            return False
+        if record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
+            message = record.getMessage()
+            if message.startswith("Finished in state Failed") and any(
+                    f"{name}:" in message for name in _darwin_error_names()):
+                return False
+        return True
+
+
+def _darwin_error_names() -> set[str]:
+    from darwin.errors import DarwinError
+
+    names, todo = set(), [DarwinError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
 
 
 def hide_reported_errors() -> None:

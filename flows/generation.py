@@ -47,6 +47,9 @@ def train_and_score(ref: RunRef, ids: list[str], seeds: list[int],
     for _ in as_completed(list(scored)):
         if progress is not None:
             progress.one_done()
+    # A training that raised (an infrastructure failure: the store down) leaves its score
+    # unrun, whose result would only say "not finished": raise the training's own error.
+    trained.result()
     return scored.result()
 
 

@@ -21,6 +21,12 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; DARWIN's errors become one line on stderr and the error's exit code."""
+    import logging
+
+    # A store that drops connections leaves s3fs's event loop with aiohttp writes nobody
+    # awaits; asyncio prints each as "Task exception was never retrieved" with a traceback.
+    # The store's own retries and its one-line error are what a user needs.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         app(argv if argv is not None else sys.argv[1:])
     except DarwinError as e:

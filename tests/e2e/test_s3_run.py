@@ -90,3 +90,43 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
     assert board.returncode == 0, board.stderr
     assert {"seed", "g001-c00", "g002-c00"} <= {
         c["candidate"] for c in json.loads(board.stdout)["candidates"]}
+
+
+def test_a_store_that_goes_down_mid_run_stops_it_in_one_line(s3_env, sandbox, tmp_path):
+    """The store goes away (a TCP proxy in front of moto switched off) once a child of
+    generation 1 has trained: the run stops with one line and the resume command, exit 3, and
+    what was committed stays readable."""
+    import time
+    from urllib.parse import urlparse
+
+    from tests.tcp_proxy import TcpProxy
+
+    target = urlparse(s3_env["endpoint"])
+    proxy = TcpProxy(target.hostname, target.port)
+    proxy.on()
+    url = f"s3://{s3_env['bucket']}/down-{uuid.uuid4().hex[:8]}"
+    env = _env(s3_env, tmp_path, url, "down", AWS_ENDPOINT_URL=proxy.url,
+               DARWIN_STORAGE_RETRY_S="3", AWS_MAX_ATTEMPTS="1")
+    run = subprocess.Popen(
+        [*DARWIN, "run", "--budget", "tiny", "--generations", "1", "--population", "2", "--keep",
+         "1", "--children", "2", "--seeds", "2", "--reruns", "0", "--repair-tries", "0",
+         "--mutator", "offline"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    trainings = tmp_path / "trainings.log"
+    deadline = time.monotonic() + 600
+    while " g001-" not in (trainings.read_text() if trainings.exists() else ""):
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:]
+        time.sleep(0.2)
+    proxy.off()
+    try:
+        _, stderr = run.communicate(timeout=600)
+    finally:
+        proxy.on()
+    assert run.returncode == 3, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "unreachable for 3 s" in last and "continue with: darwin run --resume" in last, last
+    fs = s3fs.S3FileSystem(endpoint_url=s3_env["endpoint"], key="testing", secret="testing")
+    (root,) = [p for p in fs.ls(url.removeprefix("s3://")) if not p.endswith("prefect-results")]
+    assert json.loads(fs.cat_file(f"{root}/HEAD")) == {"generation": 0}  # whole, readable
+    proxy.off()
