@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # USD per million tokens (input, output). Override or extend with DARWIN_LLM__PRICES='{"m": [a, b]}'.
@@ -91,4 +91,12 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    return Settings()
+    """The DARWIN_* settings, or one line naming the variable that is wrong."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        from darwin.errors import UserError
+
+        first = e.errors()[0]
+        var = "DARWIN_" + "__".join(str(p).upper() for p in first["loc"])
+        raise UserError(f"invalid {var}: {first['msg']}") from None

@@ -450,12 +450,15 @@ class RunStore:
                 stored += len(data)
         return stored
 
+    def _stored_outputs(self, cid: str, seed: int) -> list[str]:
+        try:
+            return self._ls(self._path("outputs", f"{cid}-s{seed}"))
+        except FileNotFoundError:
+            return []
+
     def fetch_outputs(self, cid: str, seed: int, dest: Path) -> bool:
         """Copy a stored model into ``dest``; False when none was stored."""
-        try:
-            names = self._ls(self._path("outputs", f"{cid}-s{seed}"))
-        except FileNotFoundError:
-            return False
+        names = self._stored_outputs(cid, seed)
         if not names:
             return False
         dest.mkdir(parents=True, exist_ok=True)
@@ -464,10 +467,7 @@ class RunStore:
         return True
 
     def has_outputs(self, cid: str, seed: int) -> bool:
-        try:
-            return bool(self._ls(self._path("outputs", f"{cid}-s{seed}")))
-        except FileNotFoundError:
-            return False
+        return bool(self._stored_outputs(cid, seed))
 
     # -- the lease: one orchestrator at a time --------------------------------------------
     def take_lease(self, owner: str, ttl_s: float) -> None:
@@ -521,7 +521,15 @@ def _transient(e: BaseException) -> bool:
 
 
 def retry_window_s() -> float:
-    return float(os.environ.get("DARWIN_STORAGE_RETRY_S", "120"))
+    raw = os.environ.get("DARWIN_STORAGE_RETRY_S", "120")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise errors.UserError(f"invalid DARWIN_STORAGE_RETRY_S={raw!r}: give the seconds to "
+                               "wait for an unreachable store, for example 120")
+    return seconds
 
 
 _depth = threading.local()

@@ -142,7 +142,6 @@ def _dead_here(owner: str) -> bool:
 
 def _claim_remote(store: RunStore) -> RemoteClaim:
     import atexit
-    import json
 
     from darwin.memory.store import LeaseHeld
 
@@ -150,8 +149,7 @@ def _claim_remote(store: RunStore) -> RemoteClaim:
     try:
         store.take_lease(owner, LEASE_S)
     except LeaseHeld as e:
-        lease = store._read(store._path("LEASE"))
-        held = json.loads(lease)["owner"] if lease else ""
+        held = (store.pointer("LEASE") or {}).get("owner", "")
         if not _dead_here(held):
             raise RunBusy(str(e)) from None
         store.drop_lease(held)  # its holder died on this host: no need to wait the lease out

@@ -105,6 +105,20 @@ class Engine:
             return self._offline(rng)
         return mutator, []
 
+    def _run_mutator(self, rng, use):
+        """(mutator, use(mutator)) with the run's mutator, or the offline one once the cap is
+        reached, also when another child reached it during this call (the calls made before
+        the refusal stay on the result, so on the candidate's record)."""
+        mutator, notes = self._mutator(rng)
+        result = use(mutator)
+        if result.failure == LLMFailure.cost_cap.value:
+            spent = result.usage
+            mutator, notes = self._offline(rng)
+            result = use(mutator)
+            result.usage = spent + result.usage
+        result.notes += notes
+        return mutator, result
+
     def _offline(self, rng):
         spent = self.ledger.summary()
         with _CAP_SAID_LOCK:
@@ -195,14 +209,7 @@ class Engine:
             ctx = self.prompt(gen, index, target, proposer)
             assert ctx is not None
         rng = np.random.default_rng([self.experiment.seed, gen, index])
-        mutator, notes = self._mutator(rng)
-        result = mutator.mutate(ctx)
-        if result.failure == LLMFailure.cost_cap.value:  # the cap was reached meanwhile
-            spent = result.usage  # calls it made before the refusal stay on its record
-            mutator, notes = self._offline(rng)
-            result = mutator.mutate(ctx)
-            result.usage = spent + result.usage
-        result.notes += notes
+        mutator, result = self._run_mutator(rng, lambda m: m.mutate(ctx))
         checkpoint("mutate")
         if mutator.redraws_duplicates:
             # The catalogue can draw an edit an earlier generation already tried (its score is
@@ -235,14 +242,8 @@ class Engine:
         failure = Failure(evaluation.status)
         case = repair_case(failure, evaluation.detail, evaluation.log_tail)
         parent_src = self.code(broken.parents[0]) if broken.parents else None
-        mutator, notes = self._mutator(attempt)
-        result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
-        if result.failure == LLMFailure.cost_cap.value:
-            spent = result.usage
-            mutator, notes = self._offline(attempt)
-            result = mutator.repair(self.code(broken.id), parent_src, case, self.budget)
-            result.usage = spent + result.usage
-        result.notes += notes
+        _, result = self._run_mutator(attempt, lambda m: m.repair(
+            self.code(broken.id), parent_src, case, self.budget))
         checkpoint("repair")
         if result.answer is not None and broken.kind:
             # A repair keeps the broken child's intent; its lesson counts for that kind.
@@ -364,9 +365,11 @@ class Engine:
         seed = self.seeds()[0]
         stored = 0
         for cid in cids:
-            out = _out_dir(self, cid, seed)
-            if (out / "model.safetensors").is_file() and not self.store.has_outputs(cid, seed):
-                stored += self.store.put_outputs(cid, seed, out, OUTPUT_FILES)
+            # The scorer's checked copy (regular files, allowed names, sane sizes), not the
+            # folder the child wrote.
+            checked = self._work(cid, seed) / "run" / "model-val"
+            if (checked / "model.safetensors").is_file() and not self.store.has_outputs(cid, seed):
+                stored += self.store.put_outputs(cid, seed, checked, OUTPUT_FILES)
         return stored
 
     def select(self, gen: int, children: list[str], started_at: float) -> GenerationRecord:
@@ -438,7 +441,7 @@ class Engine:
 
 
 def _out_dir(engine: Engine, cid: str, seed: int) -> Path:
-    return engine.settings.scratch / engine.store.run_id / f"{cid}-s{seed}" / "run" / "out"
+    return engine._work(cid, seed) / "run" / "out"
 
 
 def final_test(engine: Engine, cid: str) -> dict:

@@ -119,3 +119,15 @@ def test_an_answer_with_only_a_fenced_program_becomes_a_child_of_kind_other(
     report = _mutate_then_score(llm_server, tmp_path)
     assert report["ok"] and report["kind"] == "other" and "kind not stated" in report["notes"]
     assert report["reasoning"] == "Drop dropout: the model is small."
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"DARWIN_LLM__MAX_COST_USD": "ten dollars"}, "invalid DARWIN_LLM__MAX_COST_USD: "),
+    ({"DARWIN_STORAGE_RETRY_S": "soon", "DARWIN_STORAGE_URL": "s3://darwin/x",
+      "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "invalid DARWIN_STORAGE_RETRY_S='soon': give"),
+])
+def test_a_bad_setting_is_one_line_naming_the_variable(env, words, tmp_path):
+    r = darwin("runs", home=tmp_path, env=env)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], r.stderr
