@@ -30,7 +30,8 @@ def quiet_prefect() -> None:
 
 
 def mark_stale_runs_crashed(run_id: str) -> int:
-    """Flow runs of a process that died (kill -9) stay Running forever: mark them Crashed."""
+    """Flow runs of a process that died (kill -9) stay Running (or Paused, until the pause
+    expires to Failed) forever: mark them Crashed."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -45,7 +46,7 @@ def mark_stale_runs_crashed(run_id: str) -> int:
         stale = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             tags=FlowRunFilterTags(all_=[run_tag(run_id)]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.RUNNING, StateType.PENDING])),
+                any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])),
         ))
         for fr in stale:
             client.set_flow_run_state(fr.id, Crashed(message="its process died; resumed"),

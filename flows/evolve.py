@@ -1,5 +1,6 @@
 """The run as a Prefect flow: generation 0 (the seed program over S seeds: the noise band),
-then generation after generation, resuming after the last committed one, then the test split.
+then generation after generation, resuming after the last committed one, with a review between
+generations when one is due (the model's requests, a review gate), then the test split.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from darwin.engine.experiment import Experiment
 from darwin.engine.ids import SEED_ID
 from darwin.engine.policy import final_candidates, generation_zero
+from darwin.engine.reviews import ReviewPolicy
 from darwin.engine.slots import shared_pool
 from darwin.engine.steps import RunRef, engine_for
 from darwin.flows.generation import generation, train_and_score
+from darwin.flows.review import hold_review
 from darwin.memory.records import GenerationRecord
 from darwin.memory.store import io_stats
 from darwin.tasks import engine as steps
@@ -35,7 +38,8 @@ def _generation_zero(ref: RunRef) -> GenerationRecord:
 
 
 @flow(name="evolve", flow_run_name="{run_id}", log_prints=True)
-def evolve(experiment: Experiment, run_id: str, store_url: str) -> GenerationRecord:
+def evolve(experiment: Experiment, run_id: str, store_url: str,
+           review: ReviewPolicy | None = None) -> GenerationRecord:
     ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment)
     engine = engine_for(ref)
     slots = shared_pool(experiment.device, engine.budget.threads)
@@ -43,8 +47,15 @@ def evolve(experiment: Experiment, run_id: str, store_url: str) -> GenerationRec
     runner = ThreadPoolTaskRunner(max_workers=2 * slots.size)
     head = engine.store.head()
     last = _generation_zero(ref) if head is None else engine.store.generation(head)
-    for gen in range((head or 0) + 1, experiment.generations + 1):
-        last = generation.with_options(task_runner=runner)(experiment, run_id, store_url, gen)
+    while True:
+        # Between generations (never holding a training slot): a review answered before a
+        # crash is not asked again; one the crash cut short is.
+        hold_review(ref, last.generation, review or ReviewPolicy())
+        if last.generation >= engine.planned_generations():  # a gate may stop or extend
+            break
+        last = generation.with_options(task_runner=runner)(experiment, run_id, store_url,
+                                                           last.generation + 1)
+    last = engine.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
     steps.final_test.map(unmapped(ref), final_candidates(last)).result()
     return last

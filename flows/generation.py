@@ -59,8 +59,8 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) ->
     ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment)
     engine, exp = engine_for(ref), experiment
     first_seed, *more_seeds = engine.seeds()
-    population = [engine.scored(m.candidate_id)
-                  for m in engine.store.generation(gen - 1).population]
+    # The previous population as the humans left it (vetoes, pins), if they reviewed it.
+    population = [engine.scored(c) for c in engine.population_ids(gen - 1)]
 
     # 1. parents (agent `proposer` rewrites agent `target`'s program), prompts, mutations.
     pairs = choose_parents(population, exp.children, np.random.default_rng([exp.seed, gen, 7]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -111,3 +111,56 @@ def read_candidate(data: dict) -> CandidateRecord:
     if version > SCHEMA_VERSION:
         raise ValueError(f"candidate record schema {version} is newer than this DARWIN ({SCHEMA_VERSION})")
     return CandidateRecord.model_validate(data)
+
+
+# -- humans in the loop ----------------------------------------------------------------------
+# A review is one pause between generations: the model's open requests (merged), a review gate
+# (every N generations), or both. It is stored once answered, with who answered, when and what.
+
+Via = Literal["ui", "cli", "api", "terminal", "timeout", "no-review"]
+
+
+class AskedRequest(BaseModel):
+    """One request put to the humans: the same request from several children is asked once."""
+
+    id: str  # r1, r2, ... within its review
+    key: str  # kind + normalised detail: the same request asked again is not asked twice
+    kind: str
+    detail: str  # the model's words (untrusted)
+    asked_by: list[str]  # candidate ids
+    results: list[str] = Field(default_factory=list)  # "g001-c00: val loss 2.4131", per asker
+
+
+class RequestDecision(BaseModel):
+    request: str
+    verdict: Literal["approve", "refuse"] = "refuse"
+    comment: str = ""
+    value: str = ""  # what was granted: a dataset file, a package requirement, file names
+
+
+class ReviewAnswer(BaseModel):
+    decisions: list[RequestDecision] = Field(default_factory=list)
+    veto: list[str] = Field(default_factory=list)
+    pin: list[str] = Field(default_factory=list)
+    stop: bool = False
+    remaining: int | None = None  # generations still to run after this one
+    note: str = ""
+    via: Via = "api"
+    reviewer: str = ""
+
+
+class ReviewRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    generation: int  # the review comes after this generation committed
+    requests: list[AskedRequest] = Field(default_factory=list)
+    gate: bool = False
+    population: list[str] = Field(default_factory=list)  # who may be vetoed
+    pinnable: list[str] = Field(default_factory=list)  # who may be pinned
+    asked_at: float = 0.0
+    deadline: float = 0.0
+    answered_at: float = 0.0
+    answer: ReviewAnswer | None = None
+    defaults_applied: bool = False  # nobody answered (timeout, --no-review)
+    rejected: list[str] = Field(default_factory=list)  # answers refused, and why
+    flow_run_id: str | None = None

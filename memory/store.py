@@ -9,7 +9,9 @@ Layout of one run (every file but HEAD is written once and never changed):
     <root>/<run_id>/generations/<n:04d>.json        a committed generation
     <root>/<run_id>/logs/<id>-s<seed>.log           a child's training log (its end, capped)
     <root>/<run_id>/outputs/<id>-s<seed>/<file>     a population member's trained model
+    <root>/<run_id>/reviews/g<n:04d>.json           the humans' answer after generation n
     <root>/<run_id>/HEAD                            {"generation": n}, written last
+    <root>/<run_id>/REVIEW                          the review waiting for an answer, if any
     <root>/<run_id>/LEASE                           which orchestrator works on the run, until when
 
 The scratch folder is only a cache: a run resumed on another machine (or with an emptied scratch
@@ -56,6 +58,7 @@ from darwin.memory.records import (
     CandidateRecord,
     EvaluationRecord,
     GenerationRecord,
+    ReviewRecord,
     code_hash,
     read_candidate,
 )
@@ -400,6 +403,31 @@ class RunStore:
             return json.dumps({"generation": record.generation}).encode()
 
         self.update_pointer("HEAD", forward)
+
+    # -- reviews (humans in the loop) -------------------------------------------------------
+    def put_review(self, record: ReviewRecord) -> None:
+        self._write_once(self._path("reviews", f"g{record.generation:04d}.json"),
+                         self._json(record))
+
+    def review(self, generation: int) -> ReviewRecord | None:
+        data = self._read(self._path("reviews", f"g{generation:04d}.json"), immutable=True)
+        return ReviewRecord.model_validate_json(data) if data is not None else None
+
+    def reviews(self) -> list[ReviewRecord]:
+        """The answered reviews, oldest first."""
+        try:
+            names = self._ls(self._path("reviews"))
+        except FileNotFoundError:
+            return []
+        names = sorted(n for n in names if n.endswith(".json"))
+        return [ReviewRecord.model_validate_json(d) for d in self._cat_many(names)]
+
+    def set_waiting(self, waiting: dict | None) -> None:
+        """The REVIEW pointer: what waits for an answer and where to send it (None: nothing)."""
+        self.update_pointer("REVIEW", lambda old: json.dumps(waiting or {}).encode())
+
+    def waiting(self) -> dict | None:
+        return self.pointer("REVIEW") or None
 
     # -- final reports (test split) ----------------------------------------------------------
     def put_final(self, cid: str, data: dict) -> None:

@@ -1,6 +1,7 @@
 """The `darwin` command line: the app and its consoles in app.py, one module per command group.
 
     run.py        darwin run                       evolve a program (the main job)
+    review.py     darwin review                    answer the review a paused run waits for
     read.py       darwin runs | leaderboard | show read runs back
     evaluate.py   darwin baseline | score          train and score one program on N seeds
     mutate.py     darwin mutate                    one mutation, written as a child
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from darwin.cli import dev, evaluate, mutate, read, run, sandbox  # noqa: F401 - registration
+from darwin.cli import dev, evaluate, mutate, read, review, run, sandbox  # noqa: F401 - registration
 from darwin.cli.app import app, err
 from darwin.errors import DarwinError
 

@@ -15,6 +15,7 @@ def llm_server(
     port: int = 8001,
     script: Path | None = None,
     api_key: str | None = None,
+    ask: list[str] | None = None,
 ) -> None:
     """Serve an OpenAI-compatible chat API on 127.0.0.1 with scripted (or demo) answers.
 
@@ -26,6 +27,10 @@ def llm_server(
         A JSON file with a list of answers (see darwin/llm/devserver.py); demo answers otherwise.
     api_key
         Accept only this key (default: any).
+    ask
+        KIND: TEXT, a request to humans every demo answer makes (repeatable), e.g.
+        "package: einops would shorten the attention code"; kinds: dataset, package,
+        file_layout, budget, other.
     """
     from darwin.llm.devserver import ScriptedLLMServer
 
@@ -38,7 +43,7 @@ def llm_server(
         if not isinstance(items, list):
             raise UserError(f"--script {script} must hold a JSON list of answers")
     try:
-        server = ScriptedLLMServer(items, api_key=api_key, port=port)
+        server = ScriptedLLMServer(items, api_key=api_key, port=port, asks=ask)
     except OSError as e:
         raise UserError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}; try --port") from None
     err.print(f"scripted OpenAI-compatible server on {server.url} "

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 from cyclopts import Parameter
+from rich.markup import escape
 from rich.table import Table
 
 from darwin.cli.app import JsonFlag, app, out
@@ -103,8 +104,13 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
         out.print(f"reasoning: {c['reasoning']}", markup=False)
     for note in c.get("notes") or []:
         out.print(f"note: {note}", markup=False)
-    for r in c["requests"]:
-        out.print(f"[yellow]request to humans ({r['kind']}):[/] {r['detail']}")
+    for r, a in zip(c["requests"], d["request_answers"]):
+        fate = "not asked yet" if a is None else (
+            f"{a['verdict']}d after generation {a['after_generation']}"
+            + (" (nobody answered: defaults)" if a["defaults_applied"] else f" (via {a['via']})")
+            + (f": {a['comment']}" if a["comment"] else ""))
+        out.print(f"[yellow]request to humans ({r['kind']}):[/] {escape(r['detail'])} "
+                  f"[dim]- {escape(fate)}[/]")
     if c["input_tokens"] or c["cost_usd"]:
         out.print(f"LLM: {c['input_tokens']}+{c['output_tokens']} tokens, ${c['cost_usd']:.4f}")
     if c["llm_failure"]:

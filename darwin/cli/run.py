@@ -30,6 +30,9 @@ def run(
     memory: bool = True,
     device: str = "cpu",
     sandbox: str | None = None,
+    review: bool = True,
+    review_every: int = 0,
+    review_timeout: float = 900.0,
     json_: JsonFlag = False,
 ) -> None:
     """Evolve a training program: generation 0 is the seed measured over --seeds seeds, then
@@ -68,6 +71,15 @@ def run(
     sandbox
         auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
         answers, else local).
+    review
+        Pause between generations for the model's requests and the review gates (answer in the
+        terminal, the Prefect UI, or with `darwin review`). --no-review applies the defaults at
+        once (requests refused, the run continues); so does a run on the embedded Prefect
+        whose stdin is not a terminal (nobody could answer).
+    review_every
+        A review gate every N generations (veto, pin, stop, more generations, a note); 0: none.
+    review_timeout
+        Seconds a review waits before its defaults apply.
     """
     from darwin.engine import watchdog
     from darwin.engine.experiment import make_experiment
@@ -86,6 +98,7 @@ def run(
 
     quiet_prefect()
     settings = get_settings()
+    policy = _review_policy(review, review_every, review_timeout)
     if sandbox:
         os.environ["DARWIN_SANDBOX"] = sandbox
     url = settings.store_url
@@ -124,6 +137,7 @@ def run(
     from prefect import tags
     from prefect.settings import temporary_settings
 
+    from darwin.cli.review import TerminalReviewer
     from darwin.engine.slots import slot_cpus
     from darwin.evaluation.budgets import get_budget
     from darwin.flows.admin import (
@@ -134,6 +148,7 @@ def run(
         run_tag,
     )
     from darwin.flows.evolve import evolve
+    from darwin.flows.review import set_local_reviewer
     from darwin.reports.progress import LiveProgress
 
     if opened.resumed:
@@ -146,7 +161,9 @@ def run(
                 tags(run_tag(run_id), f"budget:{experiment.budget}"), \
                 temporary_settings(updates=prefect_results):
             _stop_on_signals(store, run_id, live, claim)
-            last = evolve(experiment, run_id, url)
+            if policy.mode == "ask":
+                set_local_reviewer(TerminalReviewer(run_id, live, sys.stdin.isatty()))
+            last = evolve(experiment, run_id, url, review=policy)
     except StorageError as e:  # the store stayed down: what was committed stays committed
         raise StorageError(f"{e}; continue with: darwin run --resume {run_id}") from None
     summary = run_summary(store, last)
@@ -173,6 +190,21 @@ def run(
                   f"tokens, ${llm['cost_usd']:.4f}{cap}"
                   + (f"; failures {llm['failures']}" if llm["failures"] else ""))
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
+
+
+def _review_policy(review: bool, every: int, timeout_s: float):
+    """How this invocation asks people: nobody can answer a run on the embedded Prefect whose
+    stdin is not a terminal, so it applies the defaults at once, as --no-review does."""
+    from darwin.engine.reviews import ReviewPolicy
+    from darwin.errors import UserError
+
+    if every < 0:
+        raise UserError(f"invalid --review-every: {every}; give N >= 1, or 0 for no gates")
+    if not timeout_s > 0:
+        raise UserError(f"invalid --review-timeout: {timeout_s}; give the seconds a review "
+                        "waits, for example 900")
+    asks = review and (bool(os.environ.get("PREFECT_API_URL")) or sys.stdin.isatty())
+    return ReviewPolicy(mode="ask" if asks else "defaults", every=every, timeout_s=timeout_s)
 
 
 def _stop_on_signals(store, run_id: str, live, claim) -> None:

@@ -202,6 +202,9 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
         "test_loss_seed": finals[SEED_ID].get("test_loss"),
         "population": [m.model_dump() for m in last.population],
         "llm": _llm_summary(store),
+        "reviews": [{"generation": r.generation, "requests": len(r.requests), "gate": r.gate,
+                     "via": r.answer.via if r.answer else None,
+                     "defaults_applied": r.defaults_applied} for r in store.reviews()],
     }
 
 
@@ -213,3 +216,23 @@ def _llm_summary(store: RunStore) -> dict | None:
     if store.pointer(StoredLedger.NAME) is None:
         return None
     return StoredLedger(store, get_settings().llm.max_cost_usd).summary()
+
+
+def run_alive(store: RunStore) -> bool:
+    """Whether a live process works on the run: its lock is held (local store), or its lease
+    runs and its holder is not a dead process of this host (shared store)."""
+    protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
+    if "file" in protocols:
+        path = Path(store.root) / "run.lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's own lock
+        return False
+    lease = store.pointer("LEASE") or {}
+    return lease.get("until", 0) > time.time() and not _dead_here(lease.get("owner", ""))

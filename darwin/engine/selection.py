@@ -57,8 +57,10 @@ def choose_parents(population: list[Scored], n: int, rng: np.random.Generator
 
 
 def select(population: list[Scored], children: list[Scored], size: int, keep: int,
-           margin: float, min_runs: int = 3) -> tuple[list[Scored], list[str]]:
-    """The next population and the ids of the children promoted into it."""
+           margin: float, min_runs: int = 3, pinned: frozenset[str] = frozenset()
+           ) -> tuple[list[Scored], list[str]]:
+    """The next population and the ids of the children promoted into it. Members a human
+    pinned are never displaced (they may hold the population above ``size``)."""
     current = sorted(population, key=lambda m: m.fitness)
     promoted: list[str] = []
     for child in sorted((c for c in children if c.losses and c.verified),
@@ -67,9 +69,9 @@ def select(population: list[Scored], children: list[Scored], size: int, keep: in
             current.append(child)
             promoted.append(child.id)
         elif len(child.losses) >= min_runs and len(current) > keep:
-            worst = current[-1]
-            if child.fitness < worst.fitness - margin:
-                current[-1] = child
+            replaceable = [i for i in range(keep, len(current)) if current[i].id not in pinned]
+            if replaceable and child.fitness < current[replaceable[-1]].fitness - margin:
+                current[replaceable[-1]] = child
                 promoted.append(child.id)
         current.sort(key=lambda m: m.fitness)
     return current, promoted

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from darwin.engine import reviews as hitl
 from darwin.engine.experiment import Experiment
 from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.ids import SEED_ID, candidate_id, parse
@@ -44,6 +45,7 @@ from darwin.memory.records import (
     EvaluationRecord,
     GenerationRecord,
     Member,
+    ReviewRecord,
     code_hash,
 )
 from darwin.memory.store import RunStore
@@ -173,6 +175,7 @@ class Engine:
             proposer_program=self.code(proposer) if proposer else None,
             target_score=self._score_line(target) if target_rec else None,
             lessons=lines, failures=failures, kind_stats=kind_stats,
+            human_notes=hitl.human_notes(self.store.reviews()),
             chunk_probability=self.experiment.chunk_probability,
         )  # the LLM's mode is a seeded draw from the mode mix, made in propose()
 
@@ -376,10 +379,12 @@ class Engine:
         """Generation ``gen``'s survivors among the previous population and ``children`` (the
         final version of each child, after repairs): the record to commit."""
         previous = self.store.generation(gen - 1)
-        population = [self.scored(m.candidate_id) for m in previous.population]
+        population = [self.scored(c) for c in self.population_ids(gen - 1)]
         scored = [s for s in (self.scored(c) for c in children) if s.losses]
+        pinned, _ = hitl.pins_and_vetoes(self.store.reviews(), gen - 1)
         new_pop, promoted = select(population, scored, self.experiment.population,
-                                   self.experiment.keep, previous.noise, self.experiment.min_runs)
+                                   self.experiment.keep, previous.noise, self.experiment.min_runs,
+                                   pinned=frozenset(pinned))
         return GenerationRecord(
             run_id=self.store.run_id, generation=gen,
             population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
@@ -387,6 +392,41 @@ class Engine:
             pareto=pareto(new_pop + scored, self.seed_fitness(), previous.noise),
             wall_s=time.time() - started_at,
         )
+
+    # -- humans in the loop: what a review asks, what its answer changes ---------------------
+    def population_ids(self, gen: int) -> list[str]:
+        """Generation ``gen``'s population as the next generation starts from it: the
+        committed members, less the vetoed, plus the pinned."""
+        members = [m.candidate_id for m in self.store.generation(gen).population]
+        return hitl.amended_population(members, self.store.reviews(), gen)
+
+    def amended(self, record: GenerationRecord) -> GenerationRecord:
+        """``record`` with the reviews' vetoes and pins applied (best first)."""
+        ids = self.population_ids(record.generation)
+        if ids == [m.candidate_id for m in record.population]:
+            return record
+        known = {m.candidate_id: m for m in record.population}
+        members = [known.get(c) or Member(candidate_id=c, losses=(s := self.scored(c)).losses,
+                                          mfu=s.mfu) for c in ids]
+        return record.model_copy(update={"population": sorted(members, key=lambda m: m.fitness)})
+
+    def planned_generations(self) -> int:
+        return hitl.planned_generations(self.experiment.generations, self.store.reviews())
+
+    def review_due(self, gen: int, policy: hitl.ReviewPolicy) -> ReviewRecord | None:
+        """The review to hold after generation ``gen`` (None: none, or already answered)."""
+        if self.store.review(gen) is not None:
+            return None
+        reviews = self.store.reviews()
+        first = self.seeds()[0]
+        first_runs = {e.candidate_id: e for e in self.store.evaluations() if e.seed == first}
+        requests = hitl.open_requests(self.store.candidates(), first_runs, reviews, gen)
+        population = self.population_ids(gen)
+        record = self.store.generation(gen)
+        scored_children = [c for c in record.children if self.scored(c).losses]
+        pinnable = population + [c for c in scored_children if c not in population]
+        return hitl.due(self.store.run_id, gen, self.planned_generations(), policy, requests,
+                        population, pinnable)
 
     # -- what we know -----------------------------------------------------------------------
     def scored(self, cid: str) -> Scored:

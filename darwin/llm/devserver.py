@@ -11,6 +11,9 @@ answer that tunes a hyper-parameter of whatever program the prompt carries). An 
     {"malformed": true}                 a 200 whose body is not JSON
     {"no_json_schema": true, ...}       refuse requests that ask for a JSON schema (HTTP 400)
 
+``asks`` adds requests to humans ("package: einops would help") to every demo answer, to try the
+review pauses by hand.
+
 Usage is counted as 1 token per 4 characters, so tests can predict token and cost sums.
 """
 
@@ -66,8 +69,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 class ScriptedLLMServer:
     def __init__(self, script: list[dict] | None = None, api_key: str | None = None,
-                 port: int = 0, host: str = "127.0.0.1"):
+                 port: int = 0, host: str = "127.0.0.1", asks: list[str] | None = None):
         self.script: list[dict] = list(script or [])
+        self.asks = list(asks or [])
         self.api_key = api_key
         self.requests: list[dict] = []  # request bodies (never headers: they carry the key)
         self.usage: list[dict] = []  # the usage each answered completion reported
@@ -155,7 +159,8 @@ class ScriptedLLMServer:
     def _answer(self, handler: Any, body: dict, item: dict | None) -> None:
         prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
         if item is None:
-            item = {"content": demo_answer(prompt)}
+            asked = "".join(f"REQUEST {a}\n" for a in self.asks)
+            item = {"content": demo_answer(prompt) + asked}
         if item.get("delay_s"):
             time.sleep(float(item["delay_s"]))
         if item.get("no_json_schema") and body.get("response_format"):

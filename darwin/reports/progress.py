@@ -86,6 +86,7 @@ class LiveProgress:
         self.store, self.exp, self.slots, self.console = store, exp, slots, console
         self.enabled = enabled
         self._stop = threading.Event()
+        self._held = threading.Event()
         self._started = time.monotonic()
 
     def __enter__(self) -> LiveProgress:
@@ -98,6 +99,8 @@ class LiveProgress:
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):
+            if self._held.is_set():
+                continue
             try:
                 s = snapshot(self.store, self.exp, self.slots)
                 self._live.update(render(s, self.exp, self._started))
@@ -107,9 +110,21 @@ class LiveProgress:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def hold(self) -> None:
+        """Take the display off the terminal while a person answers a review."""
+        if self.enabled and not self._stop.is_set() and not self._held.is_set():
+            self._held.set()
+            self._live.stop()
+
+    def release(self) -> None:
+        if self.enabled and not self._stop.is_set() and self._held.is_set():
+            self._live.start()
+            self._held.clear()
+
     def stop(self) -> None:
         """End the display (the terminal gets its cursor back); safe to call twice."""
         if self.enabled and not self._stop.is_set():
             self._stop.set()
             self._thread.join(timeout=3)
-            self._live.__exit__(None, None, None)
+            if not self._held.is_set():
+                self._live.__exit__(None, None, None)

@@ -87,7 +87,26 @@ def candidate_detail(store: RunStore, cid: str) -> dict:
     return {
         "run_id": store.run_id, "candidate": rec.model_dump(mode="json"), "code": code,
         "evaluations": [e.model_dump(mode="json") for e in sorted(evals, key=lambda e: e.seed)],
+        "request_answers": request_answers(store, rec.requests),
     }
+
+
+def request_answers(store: RunStore, requests: list[dict]) -> list[dict | None]:
+    """What the humans answered to each of these requests (None: not asked yet)."""
+    from darwin.engine.reviews import request_key
+
+    answers: dict[str, dict] = {}
+    for review in store.reviews():
+        verdicts = {d.request: d for d in (review.answer.decisions if review.answer else [])}
+        for asked in review.requests:
+            d = verdicts.get(asked.id)
+            if d is not None and review.answer is not None:
+                answers[asked.key] = {"after_generation": review.generation, "id": asked.id,
+                                      "verdict": d.verdict, "comment": d.comment,
+                                      "via": review.answer.via,
+                                      "defaults_applied": review.defaults_applied}
+    return [answers.get(request_key(str(r.get("kind")), str(r.get("detail", ""))))
+            for r in requests]
 
 
 def artifact_key(run_id: str, what: str) -> str:

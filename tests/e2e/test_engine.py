@@ -49,9 +49,11 @@ def _flow_runs(prefect_server, run_id: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference_run(prefect_server, sandbox, tmp_path_factory):
-    """An uninterrupted 2-generation tiny run with the offline mutator."""
+    """An uninterrupted 2-generation tiny run with the offline mutator (review gates after each
+    generation, answered by their defaults at once: --no-review)."""
     home = tmp_path_factory.mktemp("reference")
-    r = _darwin([*SMALL, "--mutator", "offline", "--json"], _env(prefect_server, home))
+    r = _darwin([*SMALL, "--mutator", "offline", "--review-every", "1", "--no-review", "--json"],
+                _env(prefect_server, home))
     assert r.returncode == 0, r.stderr[-3000:]
     return home, json.loads(r.stdout)
 
@@ -73,6 +75,28 @@ def test_two_generations_commit_and_show_in_prefect(reference_run, prefect_serve
     runs = _flow_runs(prefect_server, store.run_id)
     names = {fr["name"]: fr["state_type"] for fr in runs}
     assert names.get("gen-001") == "COMPLETED" and names.get("gen-002") == "COMPLETED"
+
+
+def test_no_review_applies_the_defaults_without_pausing(reference_run, prefect_server):
+    home, summary = reference_run
+    store = _store(home)
+    reviews = [store.review(g) for g in (1, 2)]
+    assert all(r.gate and r.defaults_applied and r.answer.via == "no-review" for r in reviews)
+    assert [r["via"] for r in summary["reviews"]] == ["no-review", "no-review"]
+    assert store.waiting() is None
+    assert all(fr["state_type"] == "COMPLETED" for fr in _flow_runs(prefect_server, store.run_id))
+    evolve = next(fr for fr in _flow_runs(prefect_server, store.run_id)
+                  if fr["name"] == store.run_id)
+    states = _flow_run_states(prefect_server, evolve["id"])
+    assert "PAUSED" not in states and states[-1] == "COMPLETED"
+
+
+def _flow_run_states(prefect_server, flow_run_id: str) -> list[str]:
+    import urllib.request
+
+    url = f"{prefect_server['url']}/flow_run_states/?flow_run_id={flow_run_id}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return [s["type"] for s in sorted(json.loads(r.read()), key=lambda s: s["timestamp"])]
 
 
 def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_server, tmp_path):

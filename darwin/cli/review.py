@@ -1,0 +1,350 @@
+"""`darwin review`: answer the review a paused run waits for, from any shell; and the terminal
+reviewer `darwin run` registers, so a person at the run's terminal can answer there.
+
+A paused run records in its store (the REVIEW pointer) what it asks, the Prefect API it runs on
+and the flow run to resume; `darwin review` reads that, checks the answer as the run will, and
+resumes the flow run through the API. The run applies the first answer the server accepts.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from rich.markdown import Markdown
+
+from darwin.cli.app import JsonFlag, app, err, out
+from darwin.errors import UserError
+from darwin.memory.records import RequestDecision, ReviewAnswer, ReviewRecord
+
+ReadLine = Callable[[str], "str | None"]  # a prompt -> the line typed (None: abandoned)
+
+
+def who() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # noqa: BLE001 - a name is a courtesy, not a requirement
+        return ""
+
+
+# -- asking a person, one question at a time --------------------------------------------------
+def ask(review: ReviewRecord, read: ReadLine, say: Callable[[str], None], via: str
+        ) -> ReviewAnswer | None:
+    """Walk a person through ``review``; None when they stop answering (end of input, or an
+    answer came from elsewhere). Enter keeps each default (refuse, keep, as planned)."""
+    decisions = []
+    for r in review.requests:
+        detail = " ".join(r.detail.split())[:160]
+        said = read(f"{r.id} {r.kind}: {detail}\n  approve or refuse? [a/R] ")
+        if said is None:
+            return None
+        verdict = "approve" if said.strip().lower() in ("a", "approve", "y", "yes") else "refuse"
+        value = ""
+        if verdict == "approve" and r.kind == "dataset":
+            value = read("  the local text file to use: ")
+            if value is None:
+                return None
+        comment = read("  a comment for the model (enter: none): ")
+        if comment is None:
+            return None
+        decisions.append(RequestDecision(request=r.id, verdict=verdict, comment=comment.strip(),
+                                         value=value.strip()))
+    veto: list[str] = []
+    pin: list[str] = []
+    remaining = None
+    stop = False
+    if review.gate:
+        said = read(f"veto members (space-separated; enter: none) [{' '.join(review.population)}]: ")
+        if said is None:
+            return None
+        veto = said.split()
+        said = read(f"pin candidates (enter: none) [{' '.join(review.pinnable)}]: ")
+        if said is None:
+            return None
+        pin = said.split()
+        said = read("generations still to run (enter: as planned; 0: stop after this one): ")
+        if said is None:
+            return None
+        if said.strip():
+            try:
+                remaining = int(said)
+            except ValueError:
+                say(f"'{said.strip()}' is not a number: keeping the plan")
+            else:
+                stop = remaining == 0
+                remaining = None if stop else remaining
+    note = read("a note for the model's next prompts (enter: none): ")
+    if note is None:
+        return None
+    return ReviewAnswer(decisions=decisions, veto=veto, pin=pin, stop=stop, remaining=remaining,
+                        note=note.strip(), via=via, reviewer=who())  # type: ignore[arg-type]
+
+
+class LineReader:
+    """Lines from a file descriptor, given up when ``stop`` is set (another answer came first):
+    a blocking input() could not be abandoned."""
+
+    def __init__(self, fd: int, stop: threading.Event, prompt: Callable[[str], None]):
+        self.fd, self.stop, self.prompt, self.buffer = fd, stop, prompt, b""
+
+    def __call__(self, question: str) -> str | None:
+        self.prompt(question)
+        while b"\n" not in self.buffer:
+            if self.stop.is_set():
+                return None
+            ready, _, _ = select.select([self.fd], [], [], 0.25)
+            if ready:
+                chunk = os.read(self.fd, 4096)
+                if not chunk:
+                    return None  # end of input
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode(errors="replace").rstrip("\r")
+
+
+class TerminalReviewer:
+    """The review in the terminal running `darwin run`: the page, then the questions (when
+    stdin is a terminal); an answer from the UI or another shell ends the questions."""
+
+    def __init__(self, run_id: str, live, interactive: bool, fd: int | None = None):
+        self.run_id, self.live, self.interactive = run_id, live, interactive
+        self.fd = sys.stdin.fileno() if fd is None else fd
+
+    def paused(self, review: ReviewRecord, markdown: str, answered: threading.Event):
+        self.live.hold()
+        err.print(Markdown(markdown))
+        err.print(f"[bold]The run is paused.[/] Answer here, in the Prefect UI, or from another "
+                  f"shell with [bold]darwin review {self.run_id}[/]; the defaults apply at "
+                  f"{time.strftime('%H:%M:%S', time.localtime(review.deadline))}.")
+        if not self.interactive:
+            return None
+        read = LineReader(self.fd, answered, lambda q: err.print(q, end=""))
+        answer = ask(review, read, err.print, via="terminal")
+        if answer is None:
+            return None
+        from darwin.engine.reviews import check_answer, complete
+
+        while problems := check_answer(review, complete(review, answer)):
+            err.print(f"[red]not applied:[/] {'; '.join(problems)}")
+            answer = ask(review, read, err.print, via="terminal")
+            if answer is None:
+                return None
+        return _run_input(review, complete(review, answer))
+
+    def rejected(self, reason: str) -> None:
+        err.print(f"[red]answer not applied:[/] {reason}")
+
+    def done(self, line: str) -> None:
+        err.print(f"[bold]{line}[/]")
+        self.live.release()
+
+
+def _run_input(review: ReviewRecord, answer: ReviewAnswer) -> dict:
+    """The answer as the pause's form takes it (only the fields this review's form has)."""
+    data = answer.model_dump(mode="json")
+    keep = {"note", "via", "reviewer"} | ({"decisions"} if review.requests else set()) | (
+        {"veto", "pin", "stop", "remaining"} if review.gate else set())
+    return {k: v for k, v in data.items() if k in keep}
+
+
+# -- darwin review ----------------------------------------------------------------------------
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"invalid {flag} {item!r}: write ID=TEXT, for example r1='too big'")
+        key, text = item.split("=", 1)
+        pairs[key.strip()] = text
+    return pairs
+
+
+def _waiting_run(url: str, run_id: str | None):
+    from darwin.memory.store import RunStore, list_runs
+    from darwin.reports.views import open_run
+
+    if run_id is not None:
+        store = open_run(url, run_id)
+        waiting = store.waiting()
+        if not waiting:
+            raise UserError(f"run {store.run_id} is not waiting for a review")
+        return store, waiting
+    for rid in reversed(list_runs(url)):
+        store = RunStore(url, rid)
+        if waiting := store.waiting():
+            return store, waiting
+    raise UserError(f"no run in {url} is waiting for a review")
+
+
+def _flow_state(api_url: str, flow_run_id: str, run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), \
+                get_client(sync_client=True) as client:
+            return client.read_flow_run(flow_run_id).state
+    except Exception as e:  # noqa: BLE001 - said in one line below
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"run {run_id} waits for a review on the Prefect API at {api_url}, "
+                        f"which does not answer ({reason}): is the process running it alive? "
+                        f"(if not: darwin run --resume {run_id} asks again)") from None
+
+
+def _send(api_url: str, flow_run_id: str, run_input: dict) -> tuple[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
+            get_client(sync_client=True) as client:
+        result = client.resume_flow_run(flow_run_id, run_input=run_input)
+    return result.status.value, getattr(result.details, "reason", "") or ""
+
+
+@app.command
+def review(
+    run_id: str | None = None,
+    *,
+    approve: list[str] | None = None,
+    refuse: list[str] | None = None,
+    comment: list[str] | None = None,
+    value: list[str] | None = None,
+    veto: list[str] | None = None,
+    pin: list[str] | None = None,
+    stop: bool = False,
+    remaining: int | None = None,
+    note: str = "",
+    defaults: bool = False,
+    reviewer: str | None = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Show the review RUN waits for (default: the latest run waiting), and answer it.
+
+    With no answer flags, asks in the terminal (or prints the review and how to answer).
+
+    Parameters
+    ----------
+    run_id
+        The paused run (see `darwin runs`).
+    approve
+        Approve request ID (repeatable).
+    refuse
+        Refuse request ID (repeatable; a request not approved is refused).
+    comment
+        ID=TEXT: a comment on a request, read by the model in the next prompts (repeatable).
+    value
+        ID=VALUE: what an approval grants, e.g. r2=~/data/poems.txt for a dataset (repeatable).
+    veto
+        Remove a member from the population (review gates; repeatable).
+    pin
+        Keep a candidate in the population whatever its score (review gates; repeatable).
+    stop
+        End the run after this generation (review gates).
+    remaining
+        Generations still to run after this one (review gates).
+    note
+        A note for the model's next prompts.
+    defaults
+        Answer with the defaults (every request refused, the run continues unchanged).
+    reviewer
+        Your name in the record (default: user@host).
+    """
+    from prefect.client.schemas.objects import StateType
+
+    from darwin.engine.reviews import check_answer, complete, default_answer
+    from darwin.engine.runs import run_alive
+    from darwin.flows.admin import quiet_prefect
+    from darwin.reports.review import answer_line
+    from darwin.settings import get_settings
+
+    quiet_prefect()
+    store, waiting = _waiting_run(get_settings().store_url, run_id)
+    rec = ReviewRecord.model_validate(waiting["review"])
+    if not run_alive(store):  # its pause would take an answer nobody reads
+        raise UserError(f"run {store.run_id} was paused for a review, but the process running "
+                        f"it is gone: continue it with darwin run --resume {store.run_id} (the "
+                        "review is asked again)")
+    state = _flow_state(waiting["api_url"], waiting["flow_run_id"], store.run_id)
+    if state is None or state.type != StateType.PAUSED:
+        name = state.name if state is not None else "unknown"
+        hint = (f": continue it with darwin run --resume {store.run_id} (the review is asked "
+                "again)" if state is not None and state.is_final() else "")
+        raise UserError(f"run {store.run_id} is not paused (its flow run is {name}){hint}")
+    flags = any([approve, refuse, comment, value, veto, pin, stop, remaining is not None, note,
+                 defaults])
+    if not flags:
+        if json_:
+            print(json.dumps({"run_id": store.run_id, "waiting": waiting}, indent=2))
+            return
+        from darwin.reports.review import review_markdown
+
+        out.print(Markdown(review_markdown(store, rec, waiting.get("message", ""))))
+        if not sys.stdin.isatty():
+            ids = " ".join(f"--approve {r.id}" for r in rec.requests[:1])
+            out.print(f"answer with: darwin review {store.run_id} {ids} --note TEXT "
+                      "(or --defaults)".replace("  ", " "))
+            return
+        answer = ask(rec, lambda q: _input(q), err.print, via="cli")
+        if answer is None:
+            raise UserError("no answer given: the run stays paused")
+    else:
+        answer = default_answer(rec, via="cli")
+        comments, values = _pairs(comment, "--comment"), _pairs(value, "--value")
+        verdicts = {d.request: d for d in answer.decisions}
+        for rid, verdict in [(r, "approve") for r in approve or []] + [
+                (r, "refuse") for r in refuse or []]:
+            verdicts[rid] = RequestDecision(request=rid, verdict=verdict)  # type: ignore[arg-type]
+        for rid in set(comments) | set(values):
+            d = verdicts.setdefault(rid, RequestDecision(request=rid))
+            d.comment, d.value = comments.get(rid, d.comment), values.get(rid, d.value)
+        answer = answer.model_copy(update={
+            "decisions": list(verdicts.values()), "veto": list(veto or []),
+            "pin": list(pin or []), "stop": stop, "remaining": remaining, "note": note})
+    answer.reviewer = reviewer if reviewer is not None else who()
+    answer = complete(rec, answer) if not _unknown(rec, answer) else answer
+    problems = check_answer(rec, answer)
+    if problems:
+        raise UserError("; ".join(problems) + " (the run stays paused)")
+    status, reason = _send(waiting["api_url"], waiting["flow_run_id"], _run_input(rec, answer))
+    if status == "REJECT":
+        raise UserError(f"the Prefect server refused the answer: {reason} (the run stays paused)")
+    if status != "ACCEPT":
+        raise UserError("someone answered first: the run goes on with their answer "
+                        f"(see: darwin leaderboard {store.run_id})")
+    stored = _wait_for_record(store, rec.generation)
+    if json_:
+        print(json.dumps(stored.model_dump(mode="json") if stored else {
+            "run_id": store.run_id, "answer": answer.model_dump(mode="json")}, indent=2))
+        return
+    shown = stored.answer if stored is not None and stored.answer is not None else answer
+    out.print(answer_line(rec, shown, defaults=False) + "; the run goes on")
+
+
+def _unknown(rec: ReviewRecord, answer: ReviewAnswer) -> bool:
+    ids = {r.id for r in rec.requests}
+    return any(d.request not in ids for d in answer.decisions)
+
+
+def _input(question: str) -> str | None:
+    try:
+        return input(question)
+    except EOFError:
+        return None
+
+
+def _wait_for_record(store, generation: int, timeout_s: float = 15.0):
+    """The review as the run stored it (it looks for answers every few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stored = store.review(generation)
+        if stored is not None:
+            return stored
+        time.sleep(0.2)
+    return None
+

@@ -1,0 +1,235 @@
+"""Humans in the loop, as plain functions of records (no Prefect, no I/O): what a review between
+generations asks (the model's open requests, merged; a review gate every N generations), its
+stated defaults, which answers make sense, and what an answer changes: the population the next
+generation starts from (vetoes, pins), how many generations the run still has, and the notes
+the next prompts quote.
+
+The flow pauses with what ``due`` returns and stores the answer; everything here reads the
+stored reviews, so a resumed run (even one that crashed while paused) sees the same state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from darwin.memory.records import (
+    AskedRequest,
+    CandidateRecord,
+    EvaluationRecord,
+    RequestDecision,
+    ReviewAnswer,
+    ReviewRecord,
+)
+
+MAX_REMAINING = 1000  # generations a gate may add (a typo's ceiling, not a policy)
+NOTES_IN_PROMPT = 8  # the most recent human notes the next prompts quote
+NOTE_CHARS = 600
+
+
+class ReviewPolicy(BaseModel):
+    """How this invocation of the run asks people (a flow parameter, not part of the experiment:
+    a resumed run may be reviewed differently)."""
+
+    mode: Literal["ask", "defaults"] = Field(
+        default="ask", description="ask: pause for an answer; defaults: apply the defaults at once")
+    every: int = Field(default=0, ge=0, description="a review gate every N generations; 0: none")
+    timeout_s: float = Field(default=900.0, gt=0,
+                             description="seconds a pause waits before its defaults apply")
+    poll_s: float = Field(default=2.0, gt=0, description="how often a paused run looks for an answer")
+
+
+# -- what to ask --------------------------------------------------------------------------------
+def request_key(kind: str, detail: str) -> str:
+    """The same request in other words of case, spacing or final punctuation is one request."""
+    words = re.sub(r"\s+", " ", detail.lower()).strip().rstrip(".!;:, ")
+    return f"{kind}: {words}"
+
+
+def _result(cid: str, evaluation: EvaluationRecord | None) -> str:
+    if evaluation is None:
+        return f"{cid}: not evaluated"
+    if evaluation.val_loss is not None:
+        return f"{cid}: val loss {evaluation.val_loss:.4f}"
+    return f"{cid}: failed ({evaluation.status})"
+
+
+def open_requests(candidates: Iterable[CandidateRecord], first_runs: dict[str, EvaluationRecord],
+                  reviews: Sequence[ReviewRecord], upto: int) -> list[AskedRequest]:
+    """The requests of generations <= ``upto`` that no earlier review asked, merged by key, in
+    the order they were first made; ``first_runs`` maps a candidate to its first evaluation."""
+    asked = {r.key for review in reviews for r in review.requests}
+    merged: dict[str, AskedRequest] = {}
+    for cand in sorted(candidates, key=lambda c: (c.generation, c.id)):
+        if cand.generation > upto:
+            continue
+        for req in cand.requests:
+            kind, detail = str(req.get("kind", "other")), str(req.get("detail", ""))
+            key = request_key(kind, detail)
+            if key in asked or not detail.strip():
+                continue
+            item = merged.setdefault(key, AskedRequest(id=f"r{len(merged) + 1}", key=key,
+                                                       kind=kind, detail=detail, asked_by=[]))
+            if cand.id not in item.asked_by:
+                item.asked_by.append(cand.id)
+                item.results.append(_result(cand.id, first_runs.get(cand.id)))
+    return list(merged.values())
+
+
+def gate_due(generation: int, policy: ReviewPolicy) -> bool:
+    return policy.every > 0 and generation >= 1 and generation % policy.every == 0
+
+
+def due(run_id: str, generation: int, planned: int, policy: ReviewPolicy,
+        requests: list[AskedRequest], population: list[str], pinnable: list[str]
+        ) -> ReviewRecord | None:
+    """The review to hold after ``generation`` committed, or None. Requests are asked when a
+    next generation could act on them, or when a gate pauses anyway."""
+    gate = gate_due(generation, policy)
+    asking = bool(requests) and (generation < planned or gate)
+    if not gate and not asking:
+        return None
+    return ReviewRecord(run_id=run_id, generation=generation, gate=gate,
+                        requests=requests if asking else [], population=population,
+                        pinnable=pinnable)
+
+
+def default_answer(review: ReviewRecord, via: str = "timeout") -> ReviewAnswer:
+    """The stated defaults: every request refused, the run continues unchanged."""
+    return ReviewAnswer(decisions=[RequestDecision(request=r.id) for r in review.requests],
+                        via=via)  # type: ignore[arg-type]
+
+
+def complete(review: ReviewRecord, answer: ReviewAnswer) -> ReviewAnswer:
+    """The answer with a decision for every request (the default, refuse, where none was
+    given), in the requests' order."""
+    given = {d.request: d for d in answer.decisions}
+    decisions = [given.get(r.id, RequestDecision(request=r.id)) for r in review.requests]
+    return answer.model_copy(update={"decisions": decisions})
+
+
+def check_answer(review: ReviewRecord, answer: ReviewAnswer) -> list[str]:
+    """What is wrong with an answer the form's schema let through, each said with the fix
+    (empty: the answer stands)."""
+    problems: list[str] = []
+    ids = {r.id: r for r in review.requests}
+    seen: set[str] = set()
+    for d in answer.decisions:
+        if d.request not in ids:
+            problems.append(f"request {d.request!r} is not asked here: answer {', '.join(ids)}")
+        elif d.request in seen:
+            problems.append(f"request {d.request} is answered twice: keep one decision")
+        seen.add(d.request)
+        req = ids.get(d.request)
+        if req is not None and d.verdict == "approve" and req.kind == "dataset":
+            problems += _dataset_problems(d)
+    if (answer.veto or answer.pin or answer.stop or answer.remaining is not None) and not review.gate:
+        problems.append("veto, pin, stop and remaining belong to a review gate; this review only "
+                        "asks about requests")
+    for cid in answer.veto:
+        if cid not in review.population:
+            problems.append(f"veto {cid}: not in the population ({', '.join(review.population)})")
+    for cid in answer.pin:
+        if cid not in review.pinnable:
+            problems.append(f"pin {cid}: not a scored candidate of this run's latest generations")
+    both = sorted(set(answer.veto) & set(answer.pin))
+    if both:
+        problems.append(f"{', '.join(both)}: both vetoed and pinned; choose one")
+    survivors = (set(review.population) - set(answer.veto)) | set(answer.pin)
+    if review.population and not survivors:
+        problems.append("the veto removes every member: keep at least one, or stop the run")
+    if answer.remaining is not None and not 0 <= answer.remaining <= MAX_REMAINING:
+        problems.append(f"remaining: {answer.remaining} is not between 0 and {MAX_REMAINING}")
+    return problems
+
+
+def _dataset_problems(decision: RequestDecision) -> list[str]:
+    from pathlib import Path
+
+    value = decision.value.strip()
+    if not value:
+        return [f"approving {decision.request} (a dataset): name the local text file in its value"]
+    if re.match(r"^[a-z][a-z0-9+.-]*://", value, re.I):
+        return [f"{decision.request}: {value} is a URL; these machines fetch nothing: name a "
+                "local file"]
+    if not Path(value).expanduser().is_file():
+        return [f"{decision.request}: no file {value}: name an existing local text file"]
+    return []
+
+
+# -- what the answers change ---------------------------------------------------------------------
+def planned_generations(generations: int, reviews: Sequence[ReviewRecord]) -> int:
+    """The run's last generation: the experiment's, unless a gate stopped the run or changed
+    how many generations remain (the latest gate that said so wins)."""
+    planned = generations
+    for review in sorted(reviews, key=lambda r: r.generation):
+        answer = review.answer
+        if answer is None:
+            continue
+        if answer.stop:
+            planned = review.generation
+        elif answer.remaining is not None:
+            planned = review.generation + answer.remaining
+    return planned
+
+
+def pins_and_vetoes(reviews: Sequence[ReviewRecord], upto: int) -> tuple[list[str], set[str]]:
+    """(pinned, vetoed) by the reviews held after generations <= ``upto``; a later veto unpins."""
+    pinned: list[str] = []
+    vetoed: set[str] = set()
+    for review in sorted(reviews, key=lambda r: r.generation):
+        if review.generation > upto or review.answer is None:
+            continue
+        for cid in review.answer.veto:
+            vetoed.add(cid)
+            if cid in pinned:
+                pinned.remove(cid)
+        for cid in review.answer.pin:
+            if cid not in pinned:
+                pinned.append(cid)
+            vetoed.discard(cid)
+    return pinned, vetoed
+
+
+def amended_population(members: Sequence[str], reviews: Sequence[ReviewRecord], upto: int
+                       ) -> list[str]:
+    """The population the generation after ``upto`` starts from: the committed members less the
+    vetoed ones, plus pinned candidates selection had dropped."""
+    pinned, vetoed = pins_and_vetoes(reviews, upto)
+    kept = [m for m in members if m not in vetoed]
+    return kept + [p for p in pinned if p not in kept]
+
+
+def human_notes(reviews: Sequence[ReviewRecord], limit: int = NOTES_IN_PROMPT) -> list[str]:
+    """What the humans said, for the next prompts: refusals and comments on the model's requests
+    and the gates' notes, most recent last."""
+    notes: list[str] = []
+    for review in sorted(reviews, key=lambda r: r.generation):
+        answer = review.answer
+        if answer is None:
+            continue
+        asked = {r.id: r for r in review.requests}
+        when = f"after generation {review.generation}"
+        for d in answer.decisions:
+            req = asked.get(d.request)
+            if req is None:
+                continue
+            said = f'; they said: "{_clip(d.comment)}"' if d.comment.strip() else ""
+            if d.verdict == "refuse":
+                why = " (nobody answered in time)" if review.defaults_applied else ""
+                notes.append(f"{when}: your request ({req.kind}: {_clip(req.detail, 200)}) was "
+                             f"refused{why}{said}")
+            elif said:
+                notes.append(f"{when}: your request ({req.kind}: {_clip(req.detail, 200)}) was "
+                             f"approved{said}")
+        if answer.note.strip():
+            notes.append(f'{when}: "{_clip(answer.note)}"')
+    return notes[-limit:]
+
+
+def _clip(text: str, limit: int = NOTE_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
