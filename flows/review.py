@@ -35,6 +35,7 @@ from darwin.reports.review import answer_line, review_markdown
 log = logging.getLogger(__name__)
 
 MARGIN_S = 60  # Prefect's pause timeout is the review window plus this: a backstop only
+TEXT_MAX = 2000  # characters of a comment, a value or a note (the server checks it)
 
 
 class LocalReviewer(Protocol):
@@ -70,8 +71,10 @@ def answer_form(review: ReviewRecord, description: str):
             "Decision", __config__=forbid,
             request=(Literal[ids], Field(description="the request's id (see the table above)")),
             verdict=(Literal["approve", "refuse"], "refuse"),
-            comment=(str, Field("", description="read by the model in the next prompts")),
-            value=(str, Field("", description="what is granted: for a dataset, the local file")),
+            comment=(str, Field("", max_length=TEXT_MAX,
+                                description="read by the model in the next prompts")),
+            value=(str, Field("", max_length=TEXT_MAX,
+                              description="what is granted: for a dataset, the local file")),
         )
         fields["decisions"] = (list[decision], Field(  # type: ignore[valid-type]
             default=[{"request": i, "verdict": "refuse", "comment": "", "value": ""}
@@ -85,10 +88,12 @@ def answer_form(review: ReviewRecord, description: str):
         fields["stop"] = (bool, Field(False, description="end the run after this generation"))
         fields["remaining"] = (int | None, Field(
             None, ge=0, le=1000, description="generations still to run (empty: as planned)"))
-    fields["note"] = (str, Field("", description="a note for the model's next prompts"))
+    fields["note"] = (str, Field("", max_length=TEXT_MAX,
+                                 description="a note for the model's next prompts"))
     fields["via"] = (Literal["ui", "cli", "api", "terminal", "timeout"], Field(
         "ui", description="how this answer was given (filled in for you)"))
-    fields["reviewer"] = (str, Field("", description="your name (optional, recorded)"))
+    fields["reviewer"] = (str, Field("", max_length=200,
+                                     description="your name (optional, recorded)"))
     form = create_model(f"ReviewAfterGeneration{review.generation}", __base__=RunInput,
                         **fields)
     form._description = description
@@ -238,8 +243,12 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
                 form, sent, timeout=left, poll_s=policy.poll_s, key=key, local=local,
                 review=review, markdown=markdown,
                 on_paused=lambda w=waiting: store.set_waiting(w))
+            review.answered_at = time.time()  # the run goes on: what follows is its own work
             answer = complete(review, _as_answer(given))
             problems = [] if defaults_applied else check_answer(review, answer)
+            if not problems and not defaults_applied:
+                review.answer = answer
+                problems = engine.apply_approvals(review)  # a dataset stored, a package built
             if not problems:
                 break
             message = "; ".join(problems)
@@ -247,7 +256,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             if local is not None:
                 local.rejected(message)
     review.answer = complete(review, answer)
-    review.answered_at = time.time()
+    review.answered_at = review.answered_at or time.time()
     review.defaults_applied = defaults_applied
     store.put_review(review)
     store.set_waiting(None)

@@ -31,6 +31,8 @@ class CandidateRecord(BaseModel):
     parents: list[str] = Field(default_factory=list)  # [target] or [target, proposer]
     repair_of: str | None = None  # the broken candidate this one repairs
     code_sha: str
+    # Extra program files next to train.py (an approved file layout): name -> code sha.
+    files: dict[str, str] = Field(default_factory=dict)
     diff: str = ""
     mutator: str = ""
     mode: str = ""
@@ -164,3 +166,8 @@ class ReviewRecord(BaseModel):
     defaults_applied: bool = False  # nobody answered (timeout, --no-review)
     rejected: list[str] = Field(default_factory=list)  # answers refused, and why
     flow_run_id: str | None = None
+    # What each approval granted, by request id: {"kind": "dataset", "name", "sha256", ...},
+    # {"kind": "package", "requirement"}, {"kind": "file_layout", "files"}, {"kind": "budget",
+    # "command"}; each with the "note" the next prompts read. It takes effect from the next
+    # generation on, never retroactively.
+    granted: dict[str, dict] = Field(default_factory=dict)

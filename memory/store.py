@@ -10,6 +10,7 @@ Layout of one run (every file but HEAD is written once and never changed):
     <root>/<run_id>/logs/<id>-s<seed>.log           a child's training log (its end, capped)
     <root>/<run_id>/outputs/<id>-s<seed>/<file>     a population member's trained model
     <root>/<run_id>/reviews/g<n:04d>.json           the humans' answer after generation n
+    <root>/<run_id>/datasets/<sha256>.txt           an approved extra dataset, cleaned
     <root>/<run_id>/HEAD                            {"generation": n}, written last
     <root>/<run_id>/REVIEW                          the review waiting for an answer, if any
     <root>/<run_id>/LEASE                           which orchestrator works on the run, until when
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import random
@@ -403,6 +405,18 @@ class RunStore:
             return json.dumps({"generation": record.generation}).encode()
 
         self.update_pointer("HEAD", forward)
+
+    # -- approved extra datasets (content-addressed, like code) ------------------------------
+    def put_dataset(self, text: str) -> str:
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        self._write_once(self._path("datasets", f"{sha}.txt"), text.encode())
+        return sha
+
+    def dataset(self, sha: str) -> str:
+        data = self._read(self._path("datasets", f"{sha}.txt"), immutable=True)
+        if data is None:
+            raise StoreError(f"dataset {sha[:12]} missing from run {self.run_id}")
+        return data.decode()
 
     # -- reviews (humans in the loop) -------------------------------------------------------
     def put_review(self, record: ReviewRecord) -> None:

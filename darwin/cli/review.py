@@ -19,12 +19,19 @@ import time
 from collections.abc import Callable
 
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from darwin.cli.app import JsonFlag, app, err, out
 from darwin.errors import UserError
 from darwin.memory.records import RequestDecision, ReviewAnswer, ReviewRecord
 
 ReadLine = Callable[[str], "str | None"]  # a prompt -> the line typed (None: abandoned)
+VALUE_QUESTIONS = {  # what an approval of each kind grants (its value)
+    "dataset": "the local text file to use",
+    "package": "the requirement to install (e.g. einops==0.8.1)",
+    "file_layout": "the file names allowed next to train.py (e.g. model.py)",
+    "budget": "the budget of the new run (tiny|cpu|paper)",
+}
 
 
 def who() -> str:
@@ -47,8 +54,8 @@ def ask(review: ReviewRecord, read: ReadLine, say: Callable[[str], None], via: s
             return None
         verdict = "approve" if said.strip().lower() in ("a", "approve", "y", "yes") else "refuse"
         value = ""
-        if verdict == "approve" and r.kind == "dataset":
-            value = read("  the local text file to use: ")
+        if verdict == "approve" and r.kind in VALUE_QUESTIONS:
+            value = read(f"  {VALUE_QUESTIONS[r.kind]}: ")
             if value is None:
                 return None
         comment = read("  a comment for the model (enter: none): ")
@@ -125,24 +132,29 @@ class TerminalReviewer:
                   f"{time.strftime('%H:%M:%S', time.localtime(review.deadline))}.")
         if not self.interactive:
             return None
-        read = LineReader(self.fd, answered, lambda q: err.print(q, end=""))
-        answer = ask(review, read, err.print, via="terminal")
+        read = LineReader(self.fd, answered,
+                          lambda q: err.print(q, end="", markup=False, highlight=False))
+        answer = ask(review, read, self.say, via="terminal")
         if answer is None:
             return None
         from darwin.engine.reviews import check_answer, complete
 
         while problems := check_answer(review, complete(review, answer)):
-            err.print(f"[red]not applied:[/] {'; '.join(problems)}")
-            answer = ask(review, read, err.print, via="terminal")
+            err.print(f"[red]not applied:[/] {escape('; '.join(problems))}")
+            answer = ask(review, read, self.say, via="terminal")
             if answer is None:
                 return None
         return _run_input(review, complete(review, answer))
 
+    @staticmethod
+    def say(text: str) -> None:
+        err.print(text, markup=False, highlight=False)
+
     def rejected(self, reason: str) -> None:
-        err.print(f"[red]answer not applied:[/] {reason}")
+        err.print(f"[red]answer not applied:[/] {escape(reason)}")
 
     def done(self, line: str) -> None:
-        err.print(f"[bold]{line}[/]")
+        err.print(f"[bold]{escape(line)}[/]")
         self.live.release()
 
 
@@ -239,7 +251,9 @@ def review(
     comment
         ID=TEXT: a comment on a request, read by the model in the next prompts (repeatable).
     value
-        ID=VALUE: what an approval grants, e.g. r2=~/data/poems.txt for a dataset (repeatable).
+        ID=VALUE: what an approval grants (repeatable): a local text file for a dataset, a
+        requirement for a package (einops==0.8.1), file names for a file layout (model.py), a
+        budget (paper) for a budget request.
     veto
         Remove a member from the population (review gates; repeatable).
     pin
@@ -290,7 +304,7 @@ def review(
             out.print(f"answer with: darwin review {store.run_id} {ids} --note TEXT "
                       "(or --defaults)".replace("  ", " "))
             return
-        answer = ask(rec, lambda q: _input(q), err.print, via="cli")
+        answer = ask(rec, _input, TerminalReviewer.say, via="cli")
         if answer is None:
             raise UserError("no answer given: the run stays paused")
     else:
@@ -323,7 +337,7 @@ def review(
             "run_id": store.run_id, "answer": answer.model_dump(mode="json")}, indent=2))
         return
     shown = stored.answer if stored is not None and stored.answer is not None else answer
-    out.print(answer_line(rec, shown, defaults=False) + "; the run goes on")
+    out.print(answer_line(rec, shown, defaults=False) + "; the run goes on", markup=False)
 
 
 def _unknown(rec: ReviewRecord, answer: ReviewAnswer) -> bool:

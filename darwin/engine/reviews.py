@@ -28,6 +28,7 @@ from darwin.memory.records import (
 MAX_REMAINING = 1000  # generations a gate may add (a typo's ceiling, not a policy)
 NOTES_IN_PROMPT = 8  # the most recent human notes the next prompts quote
 NOTE_CHARS = 600
+MAX_ASKED = 12  # requests one review asks; the rest wait for the next one
 
 
 class ReviewPolicy(BaseModel):
@@ -76,7 +77,8 @@ def open_requests(candidates: Iterable[CandidateRecord], first_runs: dict[str, E
             if cand.id not in item.asked_by:
                 item.asked_by.append(cand.id)
                 item.results.append(_result(cand.id, first_runs.get(cand.id)))
-    return list(merged.values())
+    # A model that asks for everything at once gets a form a person can still read.
+    return list(merged.values())[:MAX_ASKED]
 
 
 def gate_due(generation: int, policy: ReviewPolicy) -> bool:
@@ -124,8 +126,8 @@ def check_answer(review: ReviewRecord, answer: ReviewAnswer) -> list[str]:
             problems.append(f"request {d.request} is answered twice: keep one decision")
         seen.add(d.request)
         req = ids.get(d.request)
-        if req is not None and d.verdict == "approve" and req.kind == "dataset":
-            problems += _dataset_problems(d)
+        if req is not None and d.verdict == "approve":
+            problems += _value_problems(req.kind, d)
     if (answer.veto or answer.pin or answer.stop or answer.remaining is not None) and not review.gate:
         problems.append("veto, pin, stop and remaining belong to a review gate; this review only "
                         "asks about requests")
@@ -144,6 +146,31 @@ def check_answer(review: ReviewRecord, answer: ReviewAnswer) -> list[str]:
     if answer.remaining is not None and not 0 <= answer.remaining <= MAX_REMAINING:
         problems.append(f"remaining: {answer.remaining} is not between 0 and {MAX_REMAINING}")
     return problems
+
+
+def _value_problems(kind: str, decision: RequestDecision) -> list[str]:
+    """What an approval must say it grants (its value), checked without side effects."""
+    from darwin.evaluation.budgets import BUDGETS
+    from darwin.sandbox.packages import PackageRefused, check_requirement
+
+    value = decision.value.strip()
+    if kind == "dataset":
+        return _dataset_problems(decision)
+    if kind == "package":
+        try:
+            check_requirement(value)
+        except PackageRefused as e:
+            return [f"approving {decision.request} (a package): {e}"]
+    if kind == "file_layout":
+        try:
+            file_names(value)
+        except ValueError as e:
+            return [f"approving {decision.request} (a file layout): {e}"]
+    if kind == "budget" and value not in BUDGETS:
+        return [f"approving {decision.request} (a budget): name it in value: "
+                f"{'|'.join(BUDGETS)} (a new run starts at that budget; scores of different "
+                "budgets are never compared)"]
+    return []
 
 
 def _dataset_problems(decision: RequestDecision) -> list[str]:
@@ -222,9 +249,10 @@ def human_notes(reviews: Sequence[ReviewRecord], limit: int = NOTES_IN_PROMPT) -
                 why = " (nobody answered in time)" if review.defaults_applied else ""
                 notes.append(f"{when}: your request ({req.kind}: {_clip(req.detail, 200)}) was "
                              f"refused{why}{said}")
-            elif said:
+            else:
+                granted = review.granted.get(d.request, {}).get("note", "")
                 notes.append(f"{when}: your request ({req.kind}: {_clip(req.detail, 200)}) was "
-                             f"approved{said}")
+                             f"approved{said}" + (f". {granted}" if granted else ""))
         if answer.note.strip():
             notes.append(f'{when}: "{_clip(answer.note)}"')
     return notes[-limit:]
@@ -233,3 +261,51 @@ def human_notes(reviews: Sequence[ReviewRecord], limit: int = NOTES_IN_PROMPT) -
 def _clip(text: str, limit: int = NOTE_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- what approvals grant ---------------------------------------------------------------------
+class Grants(BaseModel):
+    """What the approvals of earlier reviews give a generation's children."""
+
+    sources: dict[str, str] = Field(default_factory=dict)  # source name -> dataset sha256
+    packages: list[str] = Field(default_factory=list)  # pip requirements
+    files: list[str] = Field(default_factory=list)  # extra program files allowed
+
+    def key(self) -> str:
+        return self.model_dump_json()
+
+
+FILE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}\.py$")
+MAX_FILES = 6
+
+
+def grants_for(reviews: Sequence[ReviewRecord], generation: int) -> Grants:
+    """The grants children of ``generation`` have: approvals of reviews held after earlier
+    generations (a review after generation g counts from g + 1 on, never before)."""
+    grants = Grants()
+    for review in sorted(reviews, key=lambda r: r.generation):
+        if review.generation >= generation:
+            break
+        for granted in review.granted.values():
+            kind = granted.get("kind")
+            if kind == "dataset":
+                grants.sources[granted["name"]] = granted["sha256"]
+            elif kind == "package" and granted["requirement"] not in grants.packages:
+                grants.packages.append(granted["requirement"])
+            elif kind == "file_layout":
+                grants.files += [f for f in granted["files"] if f not in grants.files]
+    return grants
+
+
+def file_names(value: str) -> list[str]:
+    """The file names an approved file layout allows, or ValueError saying what is wrong."""
+    names = [n for n in re.split(r"[\s,]+", value.strip()) if n]
+    if not names:
+        raise ValueError("name the files in value, for example: model.py data.py")
+    bad = [n for n in names if not FILE_NAME.match(n) or n == "train.py"]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: a file is a Python module name next to train.py "
+                         "(letters, digits, _; ends in .py; not train.py)")
+    if len(names) > MAX_FILES:
+        raise ValueError(f"{len(names)} files; at most {MAX_FILES}")
+    return sorted(set(names))

@@ -36,7 +36,7 @@ from darwin.evaluation.data import load_dataset
 from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.outputs import OUTPUT_LIMITS
-from darwin.evaluation.training import TrainResult
+from darwin.evaluation.training import NO_EXTRAS, Extras, TrainResult
 from darwin.evaluation.training import train as train_program
 from darwin.llm.client import LLMFailure
 from darwin.llm.ledger import StoredLedger
@@ -63,6 +63,8 @@ DUPLICATE_REDRAWS = 4
 CAP_NOTE = "the LLM's spending cap was reached: made by the offline mutator"
 _CAP_SAID: set[str] = set()  # runs whose cap this process has announced
 _CAP_SAID_LOCK = threading.Lock()
+_SOURCES: dict = {}  # approved datasets' tokens, by sha256, read once per process
+_SOURCES_LOCK = threading.Lock()
 OUTPUT_FILES = tuple(OUTPUT_LIMITS)
 TRUSTED_FILES = ("scoring.py", "outputs.py", "heldout.py", "hardware.py", "token_server.py",
                  "evaluate.py", "training.py", "runtime/eval_server.py", "runtime/darwin_io.py")
@@ -151,9 +153,15 @@ class Engine:
     def _record(self, cid: str, gen: int, parents: list[str], result: MutationResult,
                 repair_of: str | None = None) -> CandidateRecord:
         answer = result.answer
+        if result.files is not None:  # the answer wrote extra files (an approved file layout)
+            files = {name: self.store.put_code(text) for name, text in result.files.items()}
+        else:  # the parent's extra files, unchanged
+            parent = self.store.candidate(parents[0]) if parents else None
+            files = dict(parent.files) if parent is not None else {}
         record = CandidateRecord(
             id=cid, run_id=self.store.run_id, generation=gen, parents=parents, repair_of=repair_of,
             code_sha=self.store.put_code(result.child) if result.child else "",
+            files=files if result.child else {},
             diff=result.diff, mutator=result.mutator, mode=result.mode, operator=result.operator,
             kind=answer.kind.value if answer else None,
             reasoning=answer.reasoning if answer else "",
@@ -166,7 +174,8 @@ class Engine:
         self.store.put_candidate(record)  # persisted BEFORE it trains
         return record
 
-    def _mutation_context(self, target: str, proposer: str | None) -> MutationContext:
+    def _mutation_context(self, target: str, proposer: str | None, gen: int = 0
+                          ) -> MutationContext:
         kind_stats, lines, failures = self.lessons()
         target_rec = self.store.candidate(target)
         return MutationContext(
@@ -177,6 +186,9 @@ class Engine:
             lessons=lines, failures=failures, kind_stats=kind_stats,
             human_notes=hitl.human_notes(self.store.reviews()),
             chunk_probability=self.experiment.chunk_probability,
+            allowed_files=self.grants(gen).files,
+            files={name: self.store.code(sha)
+                   for name, sha in (target_rec.files if target_rec else {}).items()},
         )  # the LLM's mode is a seeded draw from the mode mix, made in propose()
 
     def propose(self, gen: int, index: int, target: str, proposer: str | None) -> CandidateRecord:
@@ -189,7 +201,7 @@ class Engine:
         the programs, the lessons of the run so far, and for the LLM a seeded draw of its mode."""
         if self.store.candidate(candidate_id(gen, index)) is not None:
             return None
-        ctx = self._mutation_context(target, proposer)
+        ctx = self._mutation_context(target, proposer, gen)
         modes = [m for m in self.experiment.mode_mix if m in mutator_modes(
             self.experiment.mutator, self.settings.llm)]
         if len(modes) > 1:
@@ -254,9 +266,10 @@ class Engine:
         return self._record(cid, broken.generation, [broken.id], result, repair_of=broken.id)
 
     # -- evaluation -------------------------------------------------------------------------
-    def _cache_path(self, code_sha: str, seed: int) -> Path:
-        key = hashlib.sha256(json.dumps([code_sha, self.budget.model_dump(), seed,
-                                         self.experiment.device, self.scorer_version]).encode())
+    def _cache_path(self, code_sha: str, seed: int, extras: str = "") -> Path:
+        parts = [code_sha, self.budget.model_dump(), seed, self.experiment.device,
+                 self.scorer_version] + ([extras] if extras else [])
+        key = hashlib.sha256(json.dumps(parts).encode())
         return self.settings.home / "cache" / "train" / f"{key.hexdigest()[:32]}.json"
 
     def _work(self, cid: str, seed: int) -> Path:
@@ -272,7 +285,7 @@ class Engine:
         assert record is not None, cid
         if not record.code_sha:
             return "no program"
-        if self._cache_path(record.code_sha, seed).exists():
+        if self._cache_path(record.code_sha, seed, self._extras_key(cid)).exists():
             return "cached"
         if (self._work(cid, seed) / "trained.json").exists():
             return "trained"
@@ -306,7 +319,8 @@ class Engine:
         program, marker = self._prepare(cid, seed)
         result = train_program(program, self.budget, seed, marker.parent / "run", self.sandbox,
                                device=self.experiment.device, cpus=cpus,
-                               on_progress=lambda done, total: checkpoint("train"))
+                               on_progress=lambda done, total: checkpoint("train"),
+                               extras=self.extras(cid))
         self._on_trained(marker, cid, seed)(result)
         return "trained"
 
@@ -328,7 +342,7 @@ class Engine:
                                   status="no_child", detail=record.llm_detail or "no child")
             self.store.put_evaluation(ev)
             return ev
-        cache = self._cache_path(record.code_sha, seed)
+        cache = self._cache_path(record.code_sha, seed, self._extras_key(cid))
         if cache.exists():
             data = json.loads(cache.read_text())
             ev = EvaluationRecord(**{**data, "candidate_id": cid, "cached": True})
@@ -339,7 +353,8 @@ class Engine:
         result = evaluate_program(program, self.budget, seed, self.sandbox, marker.parent / "run",
                                   device=self.experiment.device, cpus=cpus, trained=trained,
                                   on_trained=self._on_trained(marker, cid, seed),
-                                  on_progress=lambda done, total: checkpoint("train"))
+                                  on_progress=lambda done, total: checkpoint("train"),
+                                  extras=self.extras(cid))
         ev = self._evaluation_record(cid, record.code_sha, seed, result)
         self.store.put_log(cid, seed, result.train.log_path)
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +424,120 @@ class Engine:
         members = [known.get(c) or Member(candidate_id=c, losses=(s := self.scored(c)).losses,
                                           mfu=s.mfu) for c in ids]
         return record.model_copy(update={"population": sorted(members, key=lambda m: m.fitness)})
+
+    def grants(self, gen: int) -> hitl.Grants:
+        return hitl.grants_for(self.store.reviews(), gen)
+
+    def extras(self, cid: str) -> Extras:
+        """What approvals give candidate ``cid`` (those of reviews before its generation)."""
+        record = self.store.candidate(cid)
+        assert record is not None, cid
+        grants = self.grants(record.generation)
+        if not grants.sources and not grants.packages and not record.files:
+            return NO_EXTRAS
+        layer = None
+        if grants.packages:
+            from darwin.sandbox.packages import PackageRefused, build_layer
+
+            try:  # built when approved; rebuilt here after a resume on another machine
+                layer = build_layer(grants.packages, self.settings.home / "layers")
+            except PackageRefused as e:
+                from darwin.errors import UserError
+
+                raise UserError(f"the run's approved packages cannot be installed here: {e}"
+                                ) from None
+        return Extras(
+            sources={name: self._source_tokens(sha) for name, sha in grants.sources.items()},
+            packages=layer,
+            files={name: self.store.code(sha) for name, sha in record.files.items()})
+
+    def _source_tokens(self, sha: str):
+        from darwin.evaluation.extra_data import encode
+
+        with _SOURCES_LOCK:
+            if sha not in _SOURCES:
+                _SOURCES[sha] = encode(self.store.dataset(sha))
+            return _SOURCES[sha]
+
+    def _extras_key(self, cid: str) -> str:
+        """What the training cache must tell apart: the grants and the program's extra files
+        (empty without either, so older cache entries stay valid)."""
+        record = self.store.candidate(cid)
+        assert record is not None, cid
+        grants = self.grants(record.generation)
+        if grants == hitl.Grants() and not record.files:
+            return ""
+        return json.dumps([grants.key(), sorted(record.files.items())])
+
+    def apply_approvals(self, review: ReviewRecord) -> list[str]:
+        """Carry out the approvals of ``review``'s answer (store an approved dataset, install an
+        approved package, ...), recording each in ``review.granted``; the problems that leave
+        the review paused (a contaminated dataset, a package without a wheel)."""
+        from darwin.evaluation.extra_data import DatasetRefused, check_dataset, source_name
+        from darwin.sandbox.packages import PackageRefused, build_layer, check_requirement
+
+        assert review.answer is not None
+        asked = {r.id: r for r in review.requests}
+        granted: dict[str, dict] = {}
+        problems: list[str] = []
+        grants = self.grants(review.generation + 1)
+        next_gen = review.generation + 1
+        for d in review.answer.decisions:
+            req = asked.get(d.request)
+            if req is None or d.verdict != "approve":
+                continue
+            value = d.value.strip()
+            try:
+                if req.kind == "dataset":
+                    name = source_name(value)
+                    taken = set(grants.sources) | {"shakespeare"}
+                    base, n = name, 2
+                    while name in taken:
+                        name, n = f"{base}_{n}", n + 1
+                    clean = check_dataset(value, name)
+                    sha = self.store.put_dataset(clean.text)
+                    grants.sources[name] = sha
+                    granted[d.request] = {
+                        "kind": "dataset", "name": name, "sha256": sha, "file": value,
+                        "chars": len(clean.text), "dropped": clean.dropped,
+                        "note": f"from generation {next_gen} on, read it with darwin_io."
+                                f"get_batch(batch, block, source={name!r}) ({len(clean.text)} "
+                                "characters, same vocabulary, within the same token budget)"}
+                elif req.kind == "package":
+                    requirement = check_requirement(value)
+                    # Built now, with what is already approved: what cannot be installed
+                    # together is refused while a person is there to hear it.
+                    build_layer([*grants.packages, requirement], self.settings.home / "layers")
+                    grants.packages.append(requirement)
+                    granted[d.request] = {
+                        "kind": "package", "requirement": requirement,
+                        "note": f"{requirement} is importable from generation {next_gen} on"}
+                elif req.kind == "file_layout":
+                    files = hitl.file_names(value)
+                    granted[d.request] = {
+                        "kind": "file_layout", "files": files,
+                        "note": f"from generation {next_gen} on you may put code in "
+                                f"{', '.join(files)} next to train.py (a FILE block per file)"}
+                elif req.kind == "budget":
+                    granted[d.request] = {"kind": "budget", "budget": value,
+                                          "command": self._budget_command(value),
+                                          "note": f"a person may start a new run at the {value}"
+                                                  " budget; this run keeps its own"}
+                else:
+                    granted[d.request] = {"kind": req.kind, "note": ""}
+            except (DatasetRefused, PackageRefused, ValueError) as e:
+                problems.append(f"{d.request}: {e}")
+        review.granted = granted
+        return problems
+
+    def _budget_command(self, budget: str) -> str:
+        """The command that starts a new run at ``budget`` from the current best program
+        (written where a person can read it)."""
+        best = self.population_ids(self.store.head() or 0)[0]
+        path = self.settings.home / "seeds" / f"{self.store.run_id}-{best}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.code(best))
+        return f"darwin run --budget {budget} --seed-program {path}"
 
     def planned_generations(self) -> int:
         return hitl.planned_generations(self.experiment.generations, self.store.reviews())
@@ -507,12 +636,12 @@ def final_test(engine: Engine, cid: str) -> dict:
         work.mkdir(parents=True, exist_ok=True)
         program.write_text(engine.code(cid))
         trained = train(program, engine.budget, seed, work / "run", engine.sandbox,
-                        device=engine.experiment.device)
+                        device=engine.experiment.device, extras=engine.extras(cid))
         note_training(engine.store.run_id, cid, seed, "again-for-the-test-split")
         out = trained.out_dir
     checkpoint("final_test")
     s = score(out, engine.budget, engine.sandbox, work, split="test",
-              device=engine.experiment.device)
+              device=engine.experiment.device, packages=engine.extras(cid).packages)
     result = {"candidate": cid, "split": "test", "seed": seed, "val_loss": None,
               "test_loss": s.loss, "test_perplexity": s.perplexity,
               "status": "ok" if s.ok else s.failure.value, "detail": s.detail}

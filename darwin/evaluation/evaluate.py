@@ -13,7 +13,7 @@ from darwin.evaluation.budgets import Budget
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.hardware import device_peak
 from darwin.evaluation.scoring import Score, score
-from darwin.evaluation.training import TrainResult, train
+from darwin.evaluation.training import NO_EXTRAS, Extras, TrainResult, train
 from darwin.sandbox import Outcome, Sandbox
 
 TRAIN_FAILURES = {
@@ -132,20 +132,21 @@ def evaluate_program(
     on_progress: Callable[[int, int], None] | None = None,
     trained: TrainResult | None = None,
     on_trained: Callable[[TrainResult], None] | None = None,
+    extras: Extras = NO_EXTRAS,
 ) -> Evaluation:
     """Train ``program`` (unless ``trained``, an earlier finished training of it, is given) and
     score what it left. ``on_trained`` sees the training's result before scoring starts."""
     workdir = Path(workdir)
     if trained is None:
         trained = train(program, budget, seed, workdir, sandbox, device=device, cpus=cpus,
-                        on_progress=on_progress)
+                        on_progress=on_progress, extras=extras)
         if on_trained is not None:
             on_trained(trained)
     ev = Evaluation(str(program), budget.name, seed, device, trained)
     if not trained.ok:
         return ev
     ev.score = score(trained.out_dir, budget, sandbox, workdir, device=device, cpus=cpus,
-                     program=Path(program))
+                     program=Path(program), packages=extras.packages)
     ev.claims = read_claims(workdir)
     ev.flags = compare_claims(ev.claims, ev.loss) + ev.score.flags
     s = ev.score

@@ -51,7 +51,7 @@ from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_safetensors_header
 from darwin.evaluation.training import runtime_dir
-from darwin.sandbox import LIB_DIR, Mount, Outcome, Sandbox, SandboxSpec
+from darwin.sandbox import LIB_DIR, PKG_DIR, Mount, Outcome, Sandbox, SandboxSpec
 from darwin.sandbox.base import SandboxProcess
 
 log = logging.getLogger(__name__)
@@ -313,6 +313,7 @@ def score(
     device: str = "cpu",
     cpus: list[int] | None = None,
     program: Path | None = None,
+    packages: Path | None = None,
     _weaken: frozenset[str] = frozenset(),
 ) -> Score:
     """Score a finished training run's output folder on ``split`` (val, or test for reports).
@@ -324,7 +325,7 @@ def score(
     started = time.monotonic()
     try:
         _score(result, Path(out_dir), budget, sandbox, Path(workdir), split, device, cpus,
-               program, _weaken)
+               program, _weaken, packages)
     except Rejected as r:
         result.failure, result.detail = r.failure, r.detail
         result.log_tail = r.detail if r.failure.stage == "eval" else ""
@@ -341,14 +342,17 @@ def score(
 
 def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path,
            split: str, device: str, cpus: list[int] | None, program: Path | None,
-           weaken: frozenset[str]) -> None:
+           weaken: frozenset[str], packages: Path | None = None) -> None:
     dataset = load_dataset()
     model_dir = workdir / f"model-{split}"
     files = collect_outputs(out_dir, model_dir)
     tensors = read_safetensors_header(model_dir / "model.safetensors")
     result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
     if "heldout_scan" not in weaken:
-        scanned = list(files.values()) + ([program] if program is not None else [])
+        # The program and every file next to it (an approved file layout's extra modules).
+        beside = sorted(p for p in (workdir / "program").glob("*") if p.is_file()) \
+            if (workdir / "program").is_dir() else []
+        scanned = list(files.values()) + ([program] if program is not None else []) + beside
         found = HeldoutIndex.of(dataset).find(scanned)
         if found:
             raise Rejected(Failure.heldout_in_program, found)
@@ -372,8 +376,10 @@ def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workd
     def spec(name: str) -> SandboxSpec:
         return SandboxSpec(
             argv=["python", f"{LIB_DIR}/eval_server.py"],
-            mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR)],
+            mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR),
+                    *([Mount(packages, PKG_DIR)] if packages is not None else [])],
             env={"DARWIN_DEVICE": device, "DARWIN_MODEL_DIR": MODEL_DIR,
+                 **({"PYTHONPATH": f"{LIB_DIR}:{PKG_DIR}"} if packages is not None else {}),
                  **({"DARWIN_EVAL_MESSAGES": "1"} if "messages" in weaken else {})},
             cwd="/tmp", deadline_s=max(60.0, budget.deadline_s / 2), memory_mb=budget.memory_mb,
             threads=budget.threads, cpus=cpus, gpu=device == "cuda",

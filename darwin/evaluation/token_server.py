@@ -4,7 +4,9 @@ It listens on a unix socket that is bind-mounted into the sandbox (no network ne
 ``get_batch`` requests (protocol in darwin/evaluation/runtime/darwin_io.py) with random windows of the train
 split, drawn from an RNG seeded by the run's seed. Every reply is charged against the budget; a
 request the remaining budget cannot cover gets nothing (and costs nothing): once the budget is
-spent, no more data arrives.
+spent, no more data arrives. Extra named sources a person approved (extra_data.py) are served the
+same way, from the same budget: a request naming a source sets bit 31 of its batch size and
+follows the 8-byte header with one length byte and the source's name.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from pathlib import Path
 import numpy as np
 
 MAX_TOKENS_PER_REQUEST = 1 << 23  # keeps one request from making us allocate gigabytes
+NAMED = 1 << 31  # a batch size with this bit set: a source name follows the header
+DEFAULT_SOURCE = "shakespeare"
 
 
 class TokenServer:
-    def __init__(self, socket_path: Path, train: np.ndarray, budget_tokens: int, seed: int):
+    def __init__(self, socket_path: Path, train: np.ndarray, budget_tokens: int, seed: int,
+                 sources: dict | None = None):
         self.socket_path = Path(socket_path)
         self._train = train.astype("<u2", copy=False)
+        self._sources = {DEFAULT_SOURCE: self._train, **{
+            name: tokens.astype("<u2", copy=False) for name, tokens in (sources or {}).items()}}
+        self.served_by_source: dict[str, int] = {}
         self.budget_tokens = budget_tokens
         self.tokens_served = 0
         self.requests = 0
@@ -100,9 +108,20 @@ class TokenServer:
                 if header is None:
                     return
                 batch, block = struct.unpack("<II", header)
-                if batch < 1 or block < 1 or block >= len(self._train) - 1:
+                tokens = self._train
+                if batch & NAMED:
+                    batch &= ~NAMED
+                    size = _recv_exact(conn, 1)
+                    name = _recv_exact(conn, size[0]) if size and size[0] else None
+                    tokens = self._sources.get(name.decode(errors="replace")) if name else None
+                    if tokens is None:
+                        return  # an unknown source: hang up, like any malformed request
+                    source = name.decode()
+                else:
+                    source = DEFAULT_SOURCE
+                if batch < 1 or block < 1 or block >= len(tokens) - 1:
                     return  # malformed: hang up
-                payload = self._take(batch, block)
+                payload = self._take(batch, block, tokens, source)
                 try:
                     if payload is None:
                         conn.sendall(struct.pack("<I", 0))
@@ -111,7 +130,7 @@ class TokenServer:
                 except OSError:
                     return
 
-    def _take(self, batch: int, block: int) -> bytes | None:
+    def _take(self, batch: int, block: int, tokens: np.ndarray, source: str) -> bytes | None:
         cost = batch * block
         with self._lock:
             self.requests += 1
@@ -119,8 +138,9 @@ class TokenServer:
                 self.refused += 1
                 return None
             self.tokens_served += cost
-            starts = self._rng.integers(0, len(self._train) - block - 1, size=batch)
-        rows = np.stack([self._train[s : s + block + 1] for s in starts])
+            self.served_by_source[source] = self.served_by_source.get(source, 0) + cost
+            starts = self._rng.integers(0, len(tokens) - block - 1, size=batch)
+        rows = np.stack([tokens[s : s + block + 1] for s in starts])
         return rows.astype("<u2", copy=False).tobytes()
 
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from darwin.sandbox import (
     IO_DIR,
     LIB_DIR,
     OUT_DIR,
+    PKG_DIR,
     PROGRAM_DIR,
     Mount,
     Outcome,
@@ -32,6 +33,30 @@ from darwin.sandbox import (
 )
 
 PROGRAM_NAME = "train.py"
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What people approved for a child (seed/README.md, "Approved extras"): extra named
+    text sources the token server serves within the same token budget, a read-only layer of
+    packages on the import path (training and scoring), and extra files of the program next to
+    train.py."""
+
+    sources: dict = field(default_factory=dict)  # name -> uint16 tokens
+    packages: Path | None = None
+    files: dict = field(default_factory=dict)  # file name -> its text
+
+    def mounts(self) -> list[Mount]:
+        return [Mount(self.packages, PKG_DIR)] if self.packages is not None else []
+
+    def env(self) -> dict[str, str]:
+        env = {"DARWIN_DATA_SOURCES": ",".join(["shakespeare", *sorted(self.sources)])}
+        if self.packages is not None:
+            env["PYTHONPATH"] = f"{LIB_DIR}:{PKG_DIR}"
+        return env
+
+
+NO_EXTRAS = Extras()
 
 
 def runtime_dir() -> Path:
@@ -79,7 +104,8 @@ class TrainResult:
                       "log_path": Path(d["log_path"])})
 
 
-def prepare_workdir(program: Path, workdir: Path) -> tuple[Path, Path, Path]:
+def prepare_workdir(program: Path, workdir: Path, files: dict | None = None
+                    ) -> tuple[Path, Path, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)
     prog_dir = workdir / "program"
@@ -95,6 +121,10 @@ def prepare_workdir(program: Path, workdir: Path) -> tuple[Path, Path, Path]:
     target = prog_dir / PROGRAM_NAME
     shutil.copyfile(program, target)
     target.chmod(0o644)
+    for name, text in (files or {}).items():  # approved extra files (names checked upstream)
+        extra = prog_dir / Path(name).name
+        extra.write_text(text)
+        extra.chmod(0o644)
     return prog_dir, out_dir, io_dir
 
 
@@ -108,10 +138,11 @@ def train(
     device: str = "cpu",
     cpus: list[int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    extras: Extras = NO_EXTRAS,
 ) -> TrainResult:
     """Run ``program`` once under ``budget``; returns how it ended and where its output is."""
     dataset = load_dataset()
-    prog_dir, out_dir, io_dir = prepare_workdir(Path(program), Path(workdir))
+    prog_dir, out_dir, io_dir = prepare_workdir(Path(program), Path(workdir), extras.files)
     log_path = Path(workdir) / "train.log"
     spec = SandboxSpec(
         argv=["python", f"{PROGRAM_DIR}/{PROGRAM_NAME}"],
@@ -120,6 +151,7 @@ def train(
             Mount(out_dir, OUT_DIR, writable=True),
             Mount(io_dir, IO_DIR),
             Mount(runtime_dir(), LIB_DIR),
+            *extras.mounts(),
         ],
         env={
             "DARWIN_BUDGET": budget.name,
@@ -131,6 +163,7 @@ def train(
             "DARWIN_DEVICE": device,
             "DARWIN_OUT_DIR": OUT_DIR,
             "DARWIN_DATA_SOCKET": f"{IO_DIR}/data.sock",
+            **extras.env(),
         },
         cwd=OUT_DIR,
         deadline_s=budget.deadline_s,
@@ -144,7 +177,8 @@ def train(
         log_path=log_path,
         label=f"train:{Path(workdir).name}",
     )
-    server = TokenServer(io_dir / "data.sock", dataset.train, budget.tokens, seed)
+    server = TokenServer(io_dir / "data.sock", dataset.train, budget.tokens, seed,
+                         sources=extras.sources)
     with server:
         proc = sandbox.start(spec)
         stop = threading.Event()

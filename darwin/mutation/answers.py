@@ -57,6 +57,11 @@ class Edit(BaseModel):
     replace: str = Field(description="the new text")
 
 
+class ProgramFile(BaseModel):
+    name: str = Field(description="an approved extra file next to train.py, e.g. model.py")
+    content: str = Field(description="the file's whole new content")
+
+
 class HumanRequest(BaseModel):
     kind: RequestKind
     detail: str = Field(max_length=2000)
@@ -68,6 +73,8 @@ class MutationAnswer(BaseModel):
     edits: list[Edit] = Field(default_factory=list, description="search/replace edits")
     program: str | None = Field(default=None, description="the whole new program (rewrite mode)")
     requests: list[HumanRequest] = Field(default_factory=list)
+    files: list[ProgramFile] = Field(
+        default_factory=list, description="extra program files (only names a human approved)")
     # What reading the answer had to assume (a kind not stated, an unknown kind): recorded with
     # the candidate, never sent as the model's own words.
     notes: SkipJsonSchema[list[str]] = Field(default_factory=list, exclude=True)
@@ -132,8 +139,15 @@ BLOCK = re.compile(
 )
 
 
+FILE_BLOCK = re.compile(r"^FILE[ \t]+(?P<name>\S+)[ \t]*\n```(?:python|py)?[ \t]*\n"
+                        r"(?P<content>.*?)```", flags=re.S | re.M)
+
+
 def _from_text(text: str) -> MutationAnswer:
     notes: list[str] = []
+    files = [ProgramFile(name=m.group("name"), content=m.group("content"))
+             for m in FILE_BLOCK.finditer(text)]
+    text = FILE_BLOCK.sub("", text)  # the rest is about train.py
     reasoning = re.search(r"^REASONING:\s*(.*?)(?=^KIND:|^<{5,9}|^```|\Z)", text, flags=re.S | re.M)
     kind = re.search(r"^KIND:\s*([A-Za-z _-]+)\s*$", text, flags=re.M)
     edits = [Edit(search=m.group("search"), replace=m.group("replace")) for m in BLOCK.finditer(text)]
@@ -142,7 +156,7 @@ def _from_text(text: str) -> MutationAnswer:
         fences = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", text, flags=re.S)
         if fences:
             program = max(fences, key=len)
-    if not edits and program is None:
+    if not edits and program is None and not files:
         raise AnswerError(
             "no edits found: give SEARCH/REPLACE blocks (<<<<<<< SEARCH ... ======= ... "
             ">>>>>>> REPLACE) or the whole program in one ```python block"
@@ -167,6 +181,7 @@ def _from_text(text: str) -> MutationAnswer:
         edits=edits,
         program=program,
         requests=requests,
+        files=files,
         notes=notes,
     )
 
@@ -178,6 +193,6 @@ def parse_answer(text: str) -> MutationAnswer:
     answer = _from_json(text)
     if answer is None:
         answer = _from_text(text)
-    if not answer.edits and not answer.program:
+    if not answer.edits and not answer.program and not answer.files:
         raise AnswerError("the answer has neither edits nor a program")
     return answer

@@ -51,6 +51,10 @@ class MutationContext:
     repair_summary: str = ""  # our own one-line description of the failure to fix
     chunk_probability: float = CHUNK_PROBABILITY
     seed: int = 0  # for the chunk-wise operator's choice of chunks
+    # An approved file layout: the extra files the child may write next to train.py, and the
+    # target's current ones (name -> text).
+    allowed_files: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +71,7 @@ class MutationResult:
     prompt: str = ""  # the first user prompt, kept for the record
     operator: str | None = None  # the catalogue operator (offline mutators)
     notes: list[str] = field(default_factory=list)  # how it was made, for the record
+    files: dict[str, str] | None = None  # the child's extra files (None: the target's, unchanged)
 
     @property
     def ok(self) -> bool:
@@ -111,8 +116,26 @@ class Mutator(Protocol):
                budget: Budget) -> MutationResult: ...
 
 
+def apply_files(current: dict[str, str], answer: MutationAnswer, allowed: list[str]
+                ) -> dict[str, str]:
+    """The child's extra files: the target's, with the answer's replacing or adding files.
+    The edit guard: only names a human approved, each a module that parses."""
+    files = dict(current)
+    for f in answer.files:
+        if f.name not in allowed:
+            approved = ", ".join(allowed) or "none"
+            raise EditError(f"file {f.name!r} is not allowed (approved extra files: {approved});"
+                            " to use more files, ask with: REQUEST file_layout: <names and why>")
+        content = f.content if f.content.endswith("\n") else f.content + "\n"
+        check_program(content)
+        files[f.name] = content
+    return files
+
+
 def apply_answer(target: str, answer: MutationAnswer, mode: str) -> str:
     """The child program an answer describes, checked to parse; EditError if it cannot be made."""
+    if answer.files and not answer.edits and not answer.program:
+        return target  # only the extra files change
     if mode == "whole" or (answer.program and not answer.edits):
         if not answer.program:
             raise EditError("whole-program mode: give the complete new program")

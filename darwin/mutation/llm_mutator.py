@@ -31,6 +31,7 @@ from darwin.mutation.base import (
     MutationResult,
     RepairCase,
     apply_answer,
+    apply_files,
 )
 from darwin.mutation.edits import EditError, check_program, unified_diff
 
@@ -67,6 +68,8 @@ def build_messages(ctx: MutationContext, structured: bool) -> list[dict]:
         request_kinds="|".join(k.value for k in RequestKind),
         task=ctx.task,
         repair_summary=ctx.repair_summary,
+        files=ctx.files,
+        allowed_files=ctx.allowed_files,
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -92,14 +95,25 @@ class LLMMutator:
         result = MutationResult(mutator=self.name, mode=ctx.mode, prompt=messages[-1]["content"])
         made: dict[str, str] = {}
 
+        files: dict[str, dict[str, str]] = {}
+
         def check(answer: MutationAnswer) -> None:
+            files["child"] = apply_files(ctx.files, answer, ctx.allowed_files)
             made["child"] = apply_answer(ctx.target_program, answer, ctx.mode)
+            if made["child"] == ctx.target_program and files["child"] == ctx.files:
+                raise EditError("the answer changes nothing")
 
         answer = self._ask(messages, result, check, schema=answer_schema())
         if answer is None:
             return result
         result.child, result.answer = made["child"], answer
         result.diff = unified_diff(ctx.target_program, made["child"])
+        if files["child"] != ctx.files:
+            result.files = files["child"]
+            for name in sorted(files["child"]):
+                if files["child"][name] != ctx.files.get(name):
+                    result.diff += unified_diff(ctx.files.get(name, ""), files["child"][name],
+                                                name=name)
         result.failure, result.detail = None, ""
         return result
 

@@ -50,8 +50,10 @@ def review_markdown(store: RunStore, review: ReviewRecord, message: str = "") ->
             lines.append(f"| {r.id} | {r.kind} | {cell(r.detail)} | "
                          f"{cell('; '.join(r.results or r.asked_by))} |")
         lines += ["", "Approve or refuse each one in `decisions` (refuse is the default); a "
-                  "comment goes to the model in the next prompts. Approving a dataset needs the "
-                  "local file in `value`.", ""]
+                  "comment goes to the model in the next prompts. An approval says in `value` "
+                  "what it grants: a dataset, the local text file; a package, the requirement "
+                  "(`einops==0.8.1`); a file layout, the file names (`model.py`); a budget, "
+                  "`tiny`, `cpu` or `paper` (a new run: the answer prints its command).", ""]
     body = generation_markdown(store, review.generation).split("\n", 1)[1]
     lines += ["## The generation", body.strip(), ""]
     if review.gate:
@@ -89,6 +91,9 @@ def answer_line(review: ReviewRecord, answer: ReviewAnswer, defaults: bool) -> s
         parts.append(f"{answer.remaining} more generation(s)")
     if answer.note.strip():
         parts.append("a note for the model")
+    for granted in review.granted.values():
+        if granted.get("kind") == "budget":
+            parts.append(f"start the {granted['budget']} run with: {granted['command']}")
     who = "nobody answered: defaults applied" if defaults else f"answered via {answer.via}" + (
         f" by {answer.reviewer}" if answer.reviewer else "")
     return f"review after generation {review.generation}: {who}; " + (

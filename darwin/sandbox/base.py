@@ -26,6 +26,7 @@ PROGRAM_DIR = "/sandbox/program"
 OUT_DIR = "/sandbox/out"
 IO_DIR = "/sandbox/io"
 LIB_DIR = "/sandbox/lib"
+PKG_DIR = "/sandbox/packages"  # the approved packages' read-only layer, when there is one
 SANDBOX_UID = 65534  # nobody
 
 

@@ -155,7 +155,7 @@ def test_the_terminal_running_the_flow_can_answer(on_server):
     from darwin.reports.progress import LiveProgress
 
     read_end, write_end = os.pipe()
-    os.write(write_end, b"a\nfine by me\ntry a smaller lr\n")
+    os.write(write_end, b"a\neinops==0.8.1\nfine by me\ntry a smaller lr\n")
     display = LiveProgress(None, None, 1, err, enabled=False)  # type: ignore[arg-type]
     try:
         _, answer, fired = _probe_flow(local=TerminalReviewer("probe", display, True, read_end),
@@ -165,18 +165,22 @@ def test_the_terminal_running_the_flow_can_answer(on_server):
         os.close(write_end)
     assert not fired and answer["via"] == "terminal"
     assert answer["decisions"] == [{"request": "r1", "verdict": "approve",
-                                    "comment": "fine by me", "value": ""}]
+                                    "comment": "fine by me", "value": "einops==0.8.1"}]
     assert answer["note"] == "try a smaller lr"
 
 
 # -- whole runs ----------------------------------------------------------------------------------
 def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
         prefect_server, llm_server, sandbox, tmp_path):
+    from tests.wheels import make_wheel
+
     llm_server.asks = ["package: einops would shorten the attention code",
                        "dataset: more plays, please"]
     home = tmp_path / "home"
+    make_wheel(tmp_path / "wheels")  # the approved package, from a local folder (no network)
     env = _env(prefect_server, home, OPENAI_BASE_URL=llm_server.url,
-               OPENAI_API_KEY=llm_server.key)
+               OPENAI_API_KEY=llm_server.key, PIP_NO_INDEX="1",
+               PIP_FIND_LINKS=str(tmp_path / "wheels"))
     proc = _start([*TINY, "--mutator", "openai", "--review-timeout", "600", "--json"], env)
     store, first = _wait_for_pause(home, proc)
     assert store.head() == 1 and first["generation"] == 1
@@ -203,7 +207,8 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     prompts_before = len(llm_server.requests)
     sent = time.time()
     assert _resume(prefect_server, run, {"decisions": [
-        {"request": asked["package"], "verdict": "approve", "comment": "go ahead"},
+        {"request": asked["package"], "verdict": "approve", "comment": "go ahead",
+         "value": "darwin-probe-pkg"},
         {"request": asked["dataset"], "verdict": "refuse", "comment": "no new data this week"},
     ]}) == "ACCEPT"
     out, errors = proc.communicate(timeout=600)
@@ -214,11 +219,14 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     assert record.answered_at - sent < 5  # the run looks for answers every 2 s
     assert [d.verdict for d in record.answer.decisions] == ["approve", "refuse"]
     assert len(record.rejected) == 1 and "name the local text file" in record.rejected[0]
+    assert record.granted[asked["package"]]["requirement"] == "darwin-probe-pkg"
+    assert (home / "layers").is_dir()  # installed on the trusted side when approved
     assert json.loads(out)["reviews"][0]["via"] == "api"
     # The refusal and its comment are in every prompt of generation 2.
     later = ["\n".join(m["content"] for m in q["messages"])
              for q in llm_server.requests[prompts_before:]]
     assert later and all("no new data this week" in p and "was refused" in p for p in later)
+    assert all("darwin-probe-pkg is importable from generation 2 on" in p for p in later)
     # The resumed run's history: paused, running again, completed; never failed.
     history = _history(prefect_server, run)
     assert "PAUSED" in history and history[-1] == "COMPLETED" and "FAILED" not in history

@@ -146,3 +146,47 @@ def test_refusals_comments_and_notes_reach_the_prompts_as_human_notes():
     assert notes[2] == 'after generation 1: "try a smaller learning rate"'
     assert "(nobody answered in time)" in notes[3]
     assert len(hitl.human_notes([said] * 10, limit=4)) == 4
+
+
+def test_a_model_asking_for_everything_gets_a_readable_form_and_the_rest_later():
+    many = cand("g001-c00", 1, *[("other", f"wish number {i}") for i in range(20)])
+    first = hitl.open_requests([many], {}, [], 1)
+    assert len(first) == hitl.MAX_ASKED and first[-1].id == f"r{hitl.MAX_ASKED}"
+    asked = ReviewRecord(run_id="r", generation=1, requests=first)
+    rest = hitl.open_requests([many], {}, [asked], 2)
+    assert [r.detail for r in rest] == [f"wish number {i}" for i in range(hitl.MAX_ASKED, 20)]
+
+
+@pytest.mark.parametrize(("kind", "value", "words"), [
+    ("package", "", "name the package in value"),
+    ("package", "https://evil.example/pkg.whl", "not a path, URL or pip option"),
+    ("package", "--index-url=http://x einops", "not a path, URL or pip option"),
+    ("package", "torch==2.0", "the sandbox's own"),
+    ("file_layout", "", "name the files"),
+    ("file_layout", "../escape.py", "a Python module name"),
+    ("file_layout", "train.py", "not train.py"),
+    ("budget", "huge", "tiny|cpu|paper"),
+])
+def test_an_approval_must_say_what_it_grants(kind, value, words):
+    review = ReviewRecord(run_id="r", generation=1, requests=hitl.open_requests(
+        [cand("g001-c00", 1, (kind, "please"))], {}, [], 1))
+    answer = ReviewAnswer(decisions=[RequestDecision(request="r1", verdict="approve",
+                                                     value=value)])
+    problems = hitl.check_answer(review, answer)
+    assert problems and words in problems[0], problems
+    assert hitl.check_answer(review, ReviewAnswer(decisions=[RequestDecision(
+        request="r1", verdict="approve", value={"package": "einops==0.8.1",
+                                                "file_layout": "model.py, data.py",
+                                                "budget": "paper"}[kind])])) == []
+
+
+def test_grants_count_from_the_generation_after_their_review():
+    granted = ReviewRecord(run_id="r", generation=2, answer=ReviewAnswer(), granted={
+        "r1": {"kind": "dataset", "name": "poems", "sha256": "abc"},
+        "r2": {"kind": "package", "requirement": "einops==0.8.1"},
+        "r3": {"kind": "file_layout", "files": ["model.py"]},
+        "r4": {"kind": "budget", "budget": "paper", "command": "darwin run ..."}})
+    assert hitl.grants_for([granted], 2) == hitl.Grants()
+    later = hitl.grants_for([granted], 3)
+    assert later.sources == {"poems": "abc"} and later.packages == ["einops==0.8.1"]
+    assert later.files == ["model.py"]  # a budget is never granted inside a run

@@ -186,3 +186,26 @@ def test_child_from_the_server_trains_and_scores(mode, llm_server, llm_settings,
         for path in root.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 assert key not in path.read_bytes(), path
+
+
+def test_an_approved_file_layout_lets_a_child_write_exactly_the_named_files(
+        llm_server, llm_settings, tiny):
+    model = "class Tiny:\n    width = 8\n"
+    unapproved = GOOD_EDIT + "FILE data.py\n```python\nX = 1\n```\n"
+    approved = GOOD_EDIT + f"FILE model.py\n```python\n{model}```\n"
+    llm_server.enqueue({"content": unapproved}, {"content": approved})
+    ctx = _ctx(tiny, allowed_files=["model.py"])
+    r = LLMMutator(LLMClient(llm_settings)).mutate(ctx)
+    assert r.ok and r.attempts == 2, r.detail
+    retry = llm_server.requests[1]["messages"][-1]["content"]
+    assert "'data.py' is not allowed (approved extra files: model.py)" in retry
+    assert r.files == {"model.py": model}
+    assert "+++ child/model.py" in r.diff and "dropout = 0.0" in r.child
+    first_prompt = llm_server.requests[0]["messages"][-1]["content"]
+    assert "A human approved these extra files next to train.py: model.py" in first_prompt
+    # Without an approval, no file can be written, and the prompt offers none.
+    llm_server.enqueue({"content": approved}, {"content": GOOD_EDIT})
+    r = LLMMutator(LLMClient(llm_settings)).mutate(_ctx(tiny))
+    assert r.ok and r.files is None and "not allowed (approved extra files: none)" in (
+        llm_server.requests[-1]["messages"][-1]["content"])
+    assert "extra files next to train.py" not in llm_server.requests[-2]["messages"][-1]["content"]

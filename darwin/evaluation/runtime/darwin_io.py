@@ -11,6 +11,10 @@ the standard library. A program may also speak the protocol itself (see seed/REA
 Each row is a window of block_size + 1 consecutive training tokens: inputs are row[:-1], targets
 row[1:]. Every reply spends batch_size * block_size tokens of the budget. Once the budget is
 spent, no more training data arrives.
+
+Extra text sources a person approved (``sources()`` lists them; "shakespeare" is the default)
+are asked for by name: bit 31 of batch_size set, then one byte with the name's length and the
+name. They share the same budget and the same vocabulary.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ def budget() -> dict:
     }
 
 
+def sources() -> list[str]:
+    """The text sources this run may read: "shakespeare", then any approved extra ones."""
+    names = os.environ.get("DARWIN_DATA_SOURCES", "shakespeare")
+    return [n for n in names.split(",") if n]
+
+
 def _connection() -> socket.socket:
     global _sock
     if _sock is None:
@@ -57,11 +67,19 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def get_batch(batch_size: int, block_size: int) -> np.ndarray | None:
-    """Return a (batch_size, block_size + 1) int64 array of training tokens, or None once the
-    remaining budget cannot cover batch_size * block_size more tokens."""
+def get_batch(batch_size: int, block_size: int, source: str | None = None) -> np.ndarray | None:
+    """Return a (batch_size, block_size + 1) int64 array of training tokens (of ``source``, one
+    of ``sources()``; default the corpus), or None once the remaining budget cannot cover
+    batch_size * block_size more tokens."""
     sock = _connection()
-    sock.sendall(struct.pack("<II", batch_size, block_size))
+    if source is None or source == "shakespeare":
+        sock.sendall(struct.pack("<II", batch_size, block_size))
+    else:
+        if source not in sources():
+            raise ValueError(f"unknown data source {source!r}; this run has {sources()}")
+        name = source.encode()
+        sock.sendall(struct.pack("<II", batch_size | (1 << 31), block_size)
+                     + bytes([len(name)]) + name)
     (rows,) = struct.unpack("<I", _read_exact(sock, 4))
     if rows == 0:
         return None
