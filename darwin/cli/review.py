@@ -331,7 +331,11 @@ def review(
     if status != "ACCEPT":
         raise UserError("someone answered first: the run goes on with their answer "
                         f"(see: darwin leaderboard {store.run_id})")
-    stored = _wait_for_record(store, rec.generation)
+    stored, repaused = _outcome(store, rec.generation, waiting)
+    if repaused is not None:
+        raise UserError(f"not applied: {repaused['message']} (the run stays paused until "
+                        f"{time.strftime('%H:%M:%S', time.localtime(rec.deadline))}; answer "
+                        f"again with darwin review {store.run_id})")
     if json_:
         print(json.dumps(stored.model_dump(mode="json") if stored else {
             "run_id": store.run_id, "answer": answer.model_dump(mode="json")}, indent=2))
@@ -352,13 +356,18 @@ def _input(question: str) -> str | None:
         return None
 
 
-def _wait_for_record(store, generation: int, timeout_s: float = 15.0):
-    """The review as the run stored it (it looks for answers every few seconds)."""
+def _outcome(store, generation: int, waiting: dict, timeout_s: float = 120.0):
+    """What the run made of the answer: (the review as stored, None), or (None, the new
+    pause) when carrying it out failed (a contaminated dataset, a package without a wheel);
+    (None, None) if the run said nothing in time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         stored = store.review(generation)
         if stored is not None:
-            return stored
+            return stored, None
+        now = store.waiting()
+        if now and now.get("key") != waiting.get("key") and now.get("message"):
+            return None, now
         time.sleep(0.2)
-    return None
+    return None, None
 

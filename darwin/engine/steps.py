@@ -404,7 +404,9 @@ class Engine:
             run_id=self.store.run_id, generation=gen,
             population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
             children=children, promoted=promoted, noise=previous.noise,
-            pareto=pareto(new_pop + scored, self.seed_fitness(), previous.noise),
+            # A promoted child is in both lists: each candidate once.
+            pareto=pareto(list({s.id: s for s in new_pop + scored}.values()),
+                          self.seed_fitness(), previous.noise),
             wall_s=time.time() - started_at,
         )
 

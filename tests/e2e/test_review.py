@@ -204,6 +204,17 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     store, again = _wait_for_pause(home, proc, unlike=waiting)
     assert "name the local text file" in again["message"]
     assert again["review"]["deadline"] == waiting["review"]["deadline"]
+    # A dataset that would contaminate the score: `darwin review` says so; the run stays paused.
+    from darwin.evaluation.data import load_dataset
+
+    corpus = load_dataset()
+    works = tmp_path / "complete_works.txt"
+    works.write_text(corpus.text(corpus.train[:20_000]) + corpus.text(corpus.val[:2_000]))
+    r = _darwin(["review", store.run_id, "--approve", asked["dataset"], "--value",
+                 f"{asked['dataset']}={works}"], env)
+    assert r.returncode == 2 and "not applied:" in r.stderr and "contaminated" in r.stderr, (
+        r.stdout + r.stderr)
+    store, again = _wait_for_pause(home, proc, unlike=again)
     prompts_before = len(llm_server.requests)
     sent = time.time()
     assert _resume(prefect_server, run, {"decisions": [
@@ -218,7 +229,8 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     assert record.answer.via == "api" and not record.defaults_applied
     assert record.answered_at - sent < 5  # the run looks for answers every 2 s
     assert [d.verdict for d in record.answer.decisions] == ["approve", "refuse"]
-    assert len(record.rejected) == 1 and "name the local text file" in record.rejected[0]
+    assert len(record.rejected) == 2 and "name the local text file" in record.rejected[0]
+    assert "contaminated" in record.rejected[1] and asked["dataset"] not in record.granted
     assert record.granted[asked["package"]]["requirement"] == "darwin-probe-pkg"
     assert (home / "layers").is_dir()  # installed on the trusted side when approved
     assert json.loads(out)["reviews"][0]["via"] == "api"
