@@ -251,6 +251,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
                 problems = engine.apply_approvals(review)  # a dataset stored, a package built
             if not problems:
                 break
+            review.answer, review.granted = None, {}  # nothing of a refused answer stands
             message = "; ".join(problems)
             review.rejected.append(f"{answer.via}: {message}")
             if local is not None:

@@ -332,12 +332,15 @@ class RunStore:
         return read_candidate(json.loads(data)) if data is not None else None
 
     def candidates(self) -> list[CandidateRecord]:
+        return [read_candidate(json.loads(d)) for d in self._records("candidates")]
+
+    def _records(self, folder: str) -> list[bytes]:
+        """The bytes of every JSON record in ``folder``, in name order (none: empty)."""
         try:
-            names = self._ls(self._path("candidates"))
+            names = self._ls(self._path(folder))
         except FileNotFoundError:
             return []
-        names = sorted(n for n in names if n.endswith(".json"))
-        return [read_candidate(json.loads(d)) for d in self._cat_many(names)]
+        return self._cat_many(sorted(n for n in names if n.endswith(".json")))
 
     # -- evaluations --------------------------------------------------------------------------
     def put_evaluation(self, record: EvaluationRecord) -> None:
@@ -351,12 +354,7 @@ class RunStore:
         return EvaluationRecord.model_validate_json(data) if data is not None else None
 
     def evaluations(self) -> list[EvaluationRecord]:
-        try:
-            names = self._ls(self._path("evaluations"))
-        except FileNotFoundError:
-            return []
-        names = sorted(n for n in names if n.endswith(".json"))
-        return [EvaluationRecord.model_validate_json(d) for d in self._cat_many(names)]
+        return [EvaluationRecord.model_validate_json(d) for d in self._records("evaluations")]
 
     # -- generations and HEAD -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -429,12 +427,7 @@ class RunStore:
 
     def reviews(self) -> list[ReviewRecord]:
         """The answered reviews, oldest first."""
-        try:
-            names = self._ls(self._path("reviews"))
-        except FileNotFoundError:
-            return []
-        names = sorted(n for n in names if n.endswith(".json"))
-        return [ReviewRecord.model_validate_json(d) for d in self._cat_many(names)]
+        return [ReviewRecord.model_validate_json(d) for d in self._records("reviews")]
 
     def set_waiting(self, waiting: dict | None) -> None:
         """The REVIEW pointer: what waits for an answer and where to send it (None: nothing)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from darwin.evaluation.extra_data import (
     source_name,
 )
 from darwin.evaluation.token_server import TokenServer
+from tests.evaluation.test_token_server import _ask
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +84,6 @@ def test_too_large_is_refused_before_reading(tmp_path, monkeypatch):
 def test_source_names_are_safe():
     assert source_name("/data/My Poems (v2).txt") == "my_poems_v2"
     assert source_name("???.txt") == "extra"
-
-
-def _ask(sock, batch, block, source: str | None = None):
-    head = struct.pack("<II", batch | (1 << 31 if source else 0), block)
-    sock.sendall(head + (bytes([len(source)]) + source.encode() if source else b""))
-    got = sock.recv(4, socket.MSG_WAITALL)
-    if len(got) < 4:
-        return "hung up"
-    (rows,) = struct.unpack("<I", got)
-    if rows == 0:
-        return None
-    n = rows * (block + 1) * 2
-    buf = b""
-    while len(buf) < n:
-        buf += sock.recv(n - len(buf))
-    return np.frombuffer(buf, dtype="<u2").reshape(rows, block + 1)
 
 
 def test_a_named_source_is_served_from_the_same_budget(tmp_path):

@@ -8,9 +8,14 @@ import numpy as np
 from darwin.evaluation.token_server import TokenServer
 
 
-def _ask(sock, batch, block):
-    sock.sendall(struct.pack("<II", batch, block))
-    (rows,) = struct.unpack("<I", sock.recv(4, socket.MSG_WAITALL))
+def _ask(sock, batch, block, source: str | None = None):
+    """One request (of a named source when given); the rows, None when refused, or "hung up"."""
+    head = struct.pack("<II", batch | (1 << 31 if source else 0), block)
+    sock.sendall(head + (bytes([len(source)]) + source.encode() if source else b""))
+    got = sock.recv(4, socket.MSG_WAITALL)
+    if len(got) < 4:
+        return "hung up"
+    (rows,) = struct.unpack("<I", got)
     if rows == 0:
         return None
     n = rows * (block + 1) * 2
