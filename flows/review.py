@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field, create_model
 from darwin.engine.reviews import ReviewPolicy, check_answer, complete, default_answer
 from darwin.engine.steps import RunRef, engine_for
 from darwin.memory.records import ReviewAnswer, ReviewRecord
-from darwin.reports.review import answer_line, review_markdown
+from darwin.reports.review import answer_line, asked, review_markdown
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def answer_form(review: ReviewRecord, description: str):
             comment=(str, Field("", max_length=TEXT_MAX,
                                 description="read by the model in the next prompts")),
             value=(str, Field("", max_length=TEXT_MAX,
-                              description="what is granted: for a dataset, the local file")),
+                              description="what an approval grants: a dataset's local file, a "
+                                          "package requirement (einops==0.8.1), file names "
+                                          "(model.py), a budget (paper)")),
         )
         fields["decisions"] = (list[decision], Field(  # type: ignore[valid-type]
             default=[{"request": i, "verdict": "refuse", "comment": "", "value": ""}
@@ -87,7 +89,8 @@ def answer_form(review: ReviewRecord, description: str):
             default=[], description="keep these in the population whatever their score"))
         fields["stop"] = (bool, Field(False, description="end the run after this generation"))
         fields["remaining"] = (int | None, Field(
-            None, ge=0, le=1000, description="generations still to run (empty: as planned)"))
+            None, ge=0, le=1000,
+            description="generations still to run after this one (None: as planned; 0: stop)"))
     fields["note"] = (str, Field("", max_length=TEXT_MAX,
                                  description="a note for the model's next prompts"))
     fields["via"] = (Literal["ui", "cli", "api", "terminal", "timeout"], Field(
@@ -205,6 +208,7 @@ def pause_with_default(form, defaults: dict, *, timeout: float, poll_s: float, k
 # -- the review between generations ---------------------------------------------------------------
 def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | None:
     """Hold the review due after generation ``gen`` (if any) and store its answer."""
+    from prefect import get_run_logger
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
 
@@ -239,6 +243,13 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             waiting = {"generation": gen, "flow_run_id": review.flow_run_id,
                        "api_url": api_url, "key": key, "message": message,
                        "review": review.model_dump(mode="json")}
+            # The run's log in the UI says why it pauses and how to answer.
+            get_run_logger().info(
+                "waiting for a review after generation %d (%s): press Resume to answer, or run "
+                "`darwin review %s`; the defaults (every request refused, the run continues) "
+                "apply at %s UTC%s", gen, asked(review), store.run_id,
+                time.strftime("%H:%M:%S", time.gmtime(review.deadline)),
+                f"; the last answer was not applied: {message}" if message else "")
             given, defaults_applied = pause_with_default(
                 form, sent, timeout=left, poll_s=policy.poll_s, key=key, local=local,
                 review=review, markdown=markdown,

@@ -30,11 +30,16 @@ def _clock(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%H:%M:%S UTC")
 
 
-def review_markdown(store: RunStore, review: ReviewRecord, message: str = "") -> str:
-    run = store.run_id
-    what = " and ".join(w for w in (
+def asked(review: ReviewRecord) -> str:
+    """What a review waits for, in words."""
+    return " and ".join(w for w in (
         f"{len(review.requests)} request(s) from the model" if review.requests else "",
         "a review gate" if review.gate else "") if w)
+
+
+def review_markdown(store: RunStore, review: ReviewRecord, message: str = "") -> str:
+    run = store.run_id
+    what = asked(review)
     left = max(0, review.deadline - review.asked_at)
     lines = [f"# Review after generation {review.generation} of {run}", "",
              f"Waiting for {what}. Answer before **{_clock(review.deadline)}** "
