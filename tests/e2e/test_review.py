@@ -252,8 +252,11 @@ def test_review_gates_veto_and_pin_and_a_gate_nobody_answers_continues(
         prefect_server, sandbox, tmp_path):
     home = tmp_path / "home"
     env = _env(prefect_server, home)
-    proc = _start([*TINY, "--mutator", "offline", "--review-every", "1", "--review-timeout", "20",
-                   "--json"], env)
+    # One child per generation: the seed and that child are the population to veto and pin.
+    args = [*TINY, "--mutator", "offline", "--review-every", "1", "--review-timeout", "15",
+            "--json"]
+    args[args.index("--children") + 1] = "1"
+    proc = _start(args, env)
     store, waiting = _wait_for_pause(home, proc)
     gate = waiting["review"]
     assert gate["gate"] and gate["requests"] == []
