@@ -103,6 +103,14 @@ def answer_form(review: ReviewRecord, description: str):
     return form
 
 
+def form_input(review: ReviewRecord, answer: ReviewAnswer) -> dict:
+    """The answer as this review's form takes it (only the fields the form has)."""
+    data = answer.model_dump(mode="json")
+    keep = {"note", "via", "reviewer"} | ({"decisions"} if review.requests else set()) | (
+        {"veto", "pin", "stop", "remaining"} if review.gate else set())
+    return {k: v for k, v in data.items() if k in keep}
+
+
 def _as_answer(given) -> ReviewAnswer:
     data = given.model_dump(mode="json")
     if "via" not in given.model_fields_set:  # the UI's form always sends it; a bare API call not
@@ -228,7 +236,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
         review.flow_run_id = str(ctx.flow_run.id)
         with get_client(sync_client=True) as client:
             api_url = str(client.api_url)
-        defaults = default_answer(review).model_dump(mode="json")
+        defaults = form_input(review, default_answer(review))
         message, attempt = "", 0
         while True:
             left = review.deadline - time.time()
@@ -239,7 +247,6 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             key = f"review-g{gen:03d}-{attempt}"
             markdown = review_markdown(store, review, message)
             form = answer_form(review, markdown)
-            sent = {k: v for k, v in defaults.items() if k in form.model_fields}
             waiting = {"generation": gen, "flow_run_id": review.flow_run_id,
                        "api_url": api_url, "key": key, "message": message,
                        "review": review.model_dump(mode="json")}
@@ -251,7 +258,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
                 time.strftime("%H:%M:%S", time.gmtime(review.deadline)),
                 f"; the last answer was not applied: {message}" if message else "")
             given, defaults_applied = pause_with_default(
-                form, sent, timeout=left, poll_s=policy.poll_s, key=key, local=local,
+                form, defaults, timeout=left, poll_s=policy.poll_s, key=key, local=local,
                 review=review, markdown=markdown,
                 on_paused=lambda w=waiting: store.set_waiting(w))
             review.answered_at = time.time()  # the run goes on: what follows is its own work

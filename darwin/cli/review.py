@@ -144,7 +144,9 @@ class TerminalReviewer:
             answer = ask(review, read, self.say, via="terminal")
             if answer is None:
                 return None
-        return _run_input(review, complete(review, answer))
+        from darwin.flows.review import form_input
+
+        return form_input(review, complete(review, answer))
 
     @staticmethod
     def say(text: str) -> None:
@@ -156,14 +158,6 @@ class TerminalReviewer:
     def done(self, line: str) -> None:
         err.print(f"[bold]{escape(line)}[/]")
         self.live.release()
-
-
-def _run_input(review: ReviewRecord, answer: ReviewAnswer) -> dict:
-    """The answer as the pause's form takes it (only the fields this review's form has)."""
-    data = answer.model_dump(mode="json")
-    keep = {"note", "via", "reviewer"} | ({"decisions"} if review.requests else set()) | (
-        {"veto", "pin", "stop", "remaining"} if review.gate else set())
-    return {k: v for k, v in data.items() if k in keep}
 
 
 # -- darwin review ----------------------------------------------------------------------------
@@ -274,6 +268,7 @@ def review(
     from darwin.engine.reviews import check_answer, complete, default_answer
     from darwin.engine.runs import run_alive
     from darwin.flows.admin import quiet_prefect
+    from darwin.flows.review import form_input
     from darwin.reports.review import answer_line
     from darwin.settings import get_settings
 
@@ -325,7 +320,7 @@ def review(
     problems = check_answer(rec, answer)
     if problems:
         raise UserError("; ".join(problems) + " (the run stays paused)")
-    status, reason = _send(waiting["api_url"], waiting["flow_run_id"], _run_input(rec, answer))
+    status, reason = _send(waiting["api_url"], waiting["flow_run_id"], form_input(rec, answer))
     if status == "REJECT":
         raise UserError(f"the Prefect server refused the answer: {reason} (the run stays paused)")
     if status != "ACCEPT":

@@ -174,16 +174,15 @@ def _value_problems(kind: str, decision: RequestDecision) -> list[str]:
 
 
 def _dataset_problems(decision: RequestDecision) -> list[str]:
-    from pathlib import Path
+    from darwin.evaluation.extra_data import DatasetRefused, local_file
 
     value = decision.value.strip()
     if not value:
         return [f"approving {decision.request} (a dataset): name the local text file in its value"]
-    if re.match(r"^[a-z][a-z0-9+.-]*://", value, re.I):
-        return [f"{decision.request}: {value} is a URL; these machines fetch nothing: name a "
-                "local file"]
-    if not Path(value).expanduser().is_file():
-        return [f"{decision.request}: no file {value}: name an existing local text file"]
+    try:
+        local_file(value)
+    except DatasetRefused as e:
+        return [f"{decision.request}: {e}"]
     return []
 
 

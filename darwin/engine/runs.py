@@ -164,8 +164,7 @@ def _claim_remote(store: RunStore) -> RemoteClaim:
 
 def claim_run(store: RunStore) -> RunClaim | RemoteClaim:
     """Refuse to work on a run another live process works on (a second ``--resume``)."""
-    protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
-    if "file" not in protocols:
+    if not store.local:
         return _claim_remote(store)
     path = Path(store.root) / "run.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -221,8 +220,7 @@ def _llm_summary(store: RunStore) -> dict | None:
 def run_alive(store: RunStore) -> bool:
     """Whether a live process works on the run: its lock is held (local store), or its lease
     runs and its holder is not a dead process of this host (shared store)."""
-    protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
-    if "file" in protocols:
+    if store.local:
         path = Path(store.root) / "run.lock"
         if not path.exists():
             return False

@@ -36,6 +36,7 @@ from darwin.evaluation.data import load_dataset
 from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.outputs import OUTPUT_LIMITS
+from darwin.evaluation.token_server import DEFAULT_SOURCE
 from darwin.evaluation.training import NO_EXTRAS, Extras, TrainResult
 from darwin.evaluation.training import train as train_program
 from darwin.llm.client import LLMFailure
@@ -492,7 +493,7 @@ class Engine:
             try:
                 if req.kind == "dataset":
                     name = source_name(value)
-                    taken = set(grants.sources) | {"shakespeare"}
+                    taken = set(grants.sources) | {DEFAULT_SOURCE}
                     base, n = name, 2
                     while name in taken:
                         name, n = f"{base}_{n}", n + 1

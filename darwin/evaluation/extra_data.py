@@ -61,13 +61,19 @@ def encode(text: str) -> np.ndarray:
     return lookup[np.frombuffer(text.encode("ascii"), dtype=np.uint8)].astype(np.uint16)
 
 
-def check_dataset(path: str | Path, name: str | None = None) -> CleanDataset:
-    """The cleaned dataset, or DatasetRefused saying why."""
-    p = Path(path).expanduser()
+def local_file(path: str | Path) -> Path:
+    """The local file ``path`` names, or DatasetRefused (a URL, nothing there)."""
     if re.match(r"^[a-z][a-z0-9+.-]*://", str(path), re.I):
         raise DatasetRefused(f"{path} is a URL; these machines fetch nothing: name a local file")
+    p = Path(path).expanduser()
     if not p.is_file():
         raise DatasetRefused(f"no file {path}: name an existing local text file")
+    return p
+
+
+def check_dataset(path: str | Path, name: str | None = None) -> CleanDataset:
+    """The cleaned dataset, or DatasetRefused saying why."""
+    p = local_file(path)
     size = p.stat().st_size
     if size > MAX_BYTES:
         raise DatasetRefused(f"{path} is {size >> 20} MB; the limit is {MAX_BYTES >> 20} MB")

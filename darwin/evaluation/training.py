@@ -18,7 +18,7 @@ from pathlib import Path
 
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.data import load_dataset
-from darwin.evaluation.token_server import TokenServer
+from darwin.evaluation.token_server import DEFAULT_SOURCE, TokenServer
 from darwin.sandbox import (
     IO_DIR,
     LIB_DIR,
@@ -50,7 +50,7 @@ class Extras:
         return [Mount(self.packages, PKG_DIR)] if self.packages is not None else []
 
     def env(self) -> dict[str, str]:
-        env = {"DARWIN_DATA_SOURCES": ",".join(["shakespeare", *sorted(self.sources)])}
+        env = {"DARWIN_DATA_SOURCES": ",".join([DEFAULT_SOURCE, *sorted(self.sources)])}
         if self.packages is not None:
             env["PYTHONPATH"] = f"{LIB_DIR}:{PKG_DIR}"
         return env

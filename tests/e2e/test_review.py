@@ -18,6 +18,8 @@ import pytest
 
 from darwin.memory.records import AskedRequest, ReviewRecord
 from darwin.memory.store import RunStore, list_runs
+from tests.e2e.test_engine import _env
+from tests.e2e.test_engine import _flow_run_states as _history
 
 pytestmark = pytest.mark.sandbox
 
@@ -37,16 +39,6 @@ def _resume(prefect_server, flow_run_id: str, run_input: dict) -> str:
     """Answer a paused run as any API client would: one POST; the server's verdict."""
     return _api(prefect_server, "POST", f"/flow_runs/{flow_run_id}/resume",
                 {"run_input": run_input})["status"]
-
-
-def _history(prefect_server, flow_run_id: str) -> list[str]:
-    states = _api(prefect_server, "GET", f"/flow_run_states/?flow_run_id={flow_run_id}")
-    return [s["type"] for s in sorted(states, key=lambda s: s["timestamp"])]
-
-
-def _env(prefect_server, home: Path, **extra: str) -> dict:
-    return {**os.environ, "DARWIN_HOME": str(home), "PREFECT_API_URL": prefect_server["url"],
-            "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "", **extra}
 
 
 def _start(args, env) -> subprocess.Popen:
@@ -89,14 +81,13 @@ def _probe_flow(answer_in_thread=None, local=None, timeout=3.0):
     from prefect.context import FlowRunContext
 
     from darwin.engine.reviews import default_answer
-    from darwin.flows.review import _as_answer, answer_form, pause_with_default
+    from darwin.flows.review import _as_answer, answer_form, form_input, pause_with_default
 
     @flow(name="review-probe")
     def probe():
         run_id = str(FlowRunContext.get().flow_run.id)
         form = answer_form(REVIEW, "# probe")
-        defaults = {k: v for k, v in default_answer(REVIEW).model_dump(mode="json").items()
-                    if k in form.model_fields}
+        defaults = form_input(REVIEW, default_answer(REVIEW))
         if answer_in_thread is not None:
             threading.Thread(target=answer_in_thread, args=(run_id,), daemon=True).start()
         given, fired = pause_with_default(form, defaults, timeout=timeout, poll_s=0.3,
