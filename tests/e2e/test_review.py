@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,11 +29,19 @@ TINY = ["run", "--budget", "tiny", "--generations", "2", "--population", "2", "-
 
 
 def _api(prefect_server, method: str, path: str, body: dict | None = None):
+    """One API call, retried on 503 as Prefect's own client does (SQLite under load answers
+    "database is locked" that way; seen once in CI)."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{prefect_server['url']}{path}", data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    for attempt in range(5):
+        req = urllib.request.Request(f"{prefect_server['url']}{path}", data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 4:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
 
 
 def _resume(prefect_server, flow_run_id: str, run_input: dict) -> str:
