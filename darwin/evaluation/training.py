@@ -11,12 +11,14 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from darwin.evaluation.budgets import Budget
+from darwin.evaluation.curves import LogCurve
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.token_server import DEFAULT_SOURCE, TokenServer
 from darwin.sandbox import (
@@ -82,6 +84,10 @@ class TrainResult:
     isolated: bool
     returncode: int | None
     cleanup_s: float = 0.0  # from our kill until no process of the run was left
+    # [step, seconds since start, loss] from the lines the program printed, stamped by us as
+    # we read them (the losses are the program's claims; the clock is ours).
+    curve: list = field(default_factory=list)
+    started_at: float = 0.0  # wall clock (time.time()) when the sandbox started
 
     @property
     def ok(self) -> bool:
@@ -94,7 +100,7 @@ class TrainResult:
         """What a resumed run needs to score this training without training again."""
         return json.dumps({**{k: getattr(self, k) for k in (
             "wall_s", "tokens_served", "token_requests", "token_refusals", "backend", "isolated",
-            "returncode", "cleanup_s")}, "outcome": self.outcome.value,
+            "returncode", "cleanup_s", "curve", "started_at")}, "outcome": self.outcome.value,
             "out_dir": str(self.out_dir), "log_path": str(self.log_path)})
 
     @classmethod
@@ -180,7 +186,9 @@ def train(
     server = TokenServer(io_dir / "data.sock", dataset.train, budget.tokens, seed,
                          sources=extras.sources)
     with server:
+        started_at = time.time()
         proc = sandbox.start(spec)
+        curve = LogCurve(log_path).__enter__()
         stop = threading.Event()
         if on_progress is not None:
             # Progress from the trusted side: tokens served so far, whatever the program prints.
@@ -194,6 +202,7 @@ def train(
         finally:
             stop.set()
             proc.finish()
+            curve.__exit__(None, None, None)
         if on_progress is not None:
             on_progress(server.tokens_served, budget.tokens)
     shutil.rmtree(io_dir, ignore_errors=True)
@@ -209,4 +218,6 @@ def train(
         isolated=result.isolated,
         returncode=result.returncode,
         cleanup_s=result.cleanup_s,
+        curve=curve.points,
+        started_at=started_at,
     )
