@@ -49,6 +49,8 @@ class CandidateRecord(BaseModel):
     # spending cap was reached: offline mutator").
     notes: list[str] = Field(default_factory=list)
     created_at: float = 0.0
+    mutate_s: float = 0.0  # making this candidate: the prompt's answer (LLM calls) or the edit
+    llm_latency_s: list[float] = Field(default_factory=list)  # per LLM call, in order
 
 
 class EvaluationRecord(BaseModel):
@@ -74,6 +76,14 @@ class EvaluationRecord(BaseModel):
     # batching/probe seed, revealed after scoring so the evaluation can be audited.
     checks: dict[str, Any] = Field(default_factory=dict)
     audit_seed: str = ""
+    # Timing (wall clock, time.time()): when training started, when the evaluation was
+    # recorded, and the seconds its tasks waited for a training slot.
+    train_started_at: float = 0.0
+    scored_at: float = 0.0
+    queue_wait_s: float = 0.0
+    # The losses the program printed, [step, seconds since its start, loss]: its claims, stamped
+    # by the trusted side as it read each line (reports draw them, nothing scores with them).
+    curve: list[list[float]] = Field(default_factory=list)
 
 
 def mean_loss(losses: list[float]) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -78,13 +79,15 @@ def ensure_slot_limit(device: str, slots: int) -> int:
 
 
 @contextlib.contextmanager
-def _slot(engine):
+def _slot(engine, cid: str, seed: int):
     """How many run at once: the Prefect concurrency limit. Which cores: the slot pool. The
     lease is renewed while held; a short one lets the slot of an orchestrator killed with -9
     come back within about a minute (an hour-long lease blocked `--resume` for that hour)."""
+    asked = time.monotonic()
     with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=60):
         slots = shared_pool(engine.experiment.device, engine.budget.threads)
         cpus = slots.acquire()
+        engine.note_wait(cid, seed, time.monotonic() - asked)
         try:
             yield cpus
         finally:
@@ -98,7 +101,7 @@ def train(ref: RunRef, cid: str, seed: int) -> str:
     engine = engine_for(ref)
     if (known := engine.needs_training(cid, seed)) is not None:
         return known  # nothing to train: no slot needed
-    with _slot(engine) as cpus:
+    with _slot(engine, cid, seed) as cpus:
         return engine.train(cid, seed, cpus=cpus)
 
 
@@ -109,7 +112,7 @@ def score(ref: RunRef, cid: str, seed: int, trained: str) -> EvaluationRecord:
     engine = engine_for(ref)
     if (known := engine.store.evaluation(cid, seed)) is not None:
         return known
-    with _slot(engine) as cpus:
+    with _slot(engine, cid, seed) as cpus:
         return engine.score(cid, seed, cpus=cpus)
 
 

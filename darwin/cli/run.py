@@ -113,15 +113,17 @@ def run(
         seed_program=str(seed_program) if seed_program else None)
     check_device(experiment.device)
     load_dataset()
-    open_sandbox(sandbox)  # refuse early when nothing isolates
+    box = open_sandbox(sandbox)  # refuse early when nothing isolates
     chosen = make_mutator(experiment.mutator, settings.llm)
     if not chosen.uses_llm:
         err.print(f"mutator: [bold]{chosen.name}[/] (the offline catalogue, no LLM)"
                   + (": no OPENAI_API_KEY is set" if experiment.mutator == "auto" else ""))
     if opened is None:
+        from darwin.engine.runs import environment
         from darwin.evaluation.training import seed_program as stock
 
-        opened = create_run(url, experiment, Path(seed_program) if seed_program else stock())
+        opened = create_run(url, experiment, Path(seed_program) if seed_program else stock(),
+                            environment(box.name, experiment.device))
         claim = claim_run(opened.store)
     run_id, store = opened.run_id, opened.store
     reaped = {what: n for what, n in reap_leftovers().items() if n}
@@ -167,6 +169,7 @@ def run(
     except StorageError as e:  # the store stayed down: what was committed stays committed
         raise StorageError(f"{e}; continue with: darwin run --resume {run_id}") from None
     summary = run_summary(store, last)
+    summary["report"] = _final_report(store)
     if json_:
         print(json.dumps(summary, indent=2))
         return
@@ -190,6 +193,21 @@ def run(
                   f"tokens, ${llm['cost_usd']:.4f}{cap}"
                   + (f"; failures {llm['failures']}" if llm["failures"] else ""))
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
+    if summary["report"]:
+        out.print(f"report: {summary['report']}")
+
+
+def _final_report(store) -> str | None:
+    """The run's report with the test split in it (the last generation's lacked it): its path,
+    or None when it could not be drawn (said on stderr; the run itself succeeded)."""
+    from darwin.reports.page import build_report, report_dir
+
+    try:
+        return str(build_report(store, report_dir([store.run_id])).path)
+    except Exception as e:  # noqa: BLE001 - the run is done and stored; the page is a view
+        err.print(f"[yellow]the report could not be drawn:[/] {type(e).__name__}: {e} "
+                  f"(try: darwin report {store.run_id})")
+        return None
 
 
 def _review_policy(review: bool, every: int, timeout_s: float):

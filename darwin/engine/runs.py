@@ -32,7 +32,31 @@ def new_run_id(budget: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{budget}-{uuid.uuid4().hex[:4]}"
 
 
-def create_run(store_url: str, experiment: Experiment, seed_program: Path) -> OpenedRun:
+def environment(sandbox: str, device: str) -> dict:
+    """Where a run started (its report shows it): package versions, machine, device, sandbox
+    backend, the corpus' hash."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from darwin.evaluation.data import load_dataset
+
+    packages = {}
+    for name in ("darwin-evo", "torch", "numpy", "prefect", "openai", "pydantic", "s3fs"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    if device == "cuda":
+        import torch
+
+        device = f"cuda ({torch.cuda.get_device_name()})"
+    return {"device": device, "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "host": socket.gethostname(),
+            "packages": packages, "sandbox": sandbox, "dataset_sha256": load_dataset().sha256}
+
+
+def create_run(store_url: str, experiment: Experiment, seed_program: Path,
+               env: dict | None = None) -> OpenedRun:
     """A new run in the store: its id, the seed program's code and the run's metadata."""
     from darwin import __version__
 
@@ -42,7 +66,8 @@ def create_run(store_url: str, experiment: Experiment, seed_program: Path) -> Op
     store = RunStore(store_url, run_id)
     sha = store.put_code(seed_program.read_text())
     store.create({"run_id": run_id, "experiment": experiment.model_dump(mode="json"),
-                  "seed_code_sha": sha, "created_at": time.time(), "darwin": __version__})
+                  "seed_code_sha": sha, "created_at": time.time(), "darwin": __version__,
+                  "environment": env or {}})
     return OpenedRun(run_id, store, experiment, resumed=False)
 
 

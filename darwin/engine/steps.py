@@ -52,7 +52,7 @@ from darwin.memory.records import (
 from darwin.memory.store import RunStore
 from darwin.mutation.answers import ChangeKind
 from darwin.mutation.base import FailureNote, MutationContext, MutationResult
-from darwin.mutation.lessons import Outcome, aggregate, lesson_lines
+from darwin.mutation.lessons import aggregate, first_run_outcomes, lesson_lines
 from darwin.mutation.registry import make_mutator, mutator_modes
 from darwin.mutation.repair import repair_case
 from darwin.sandbox import Sandbox
@@ -92,6 +92,15 @@ class Engine:
 
         h.update(load_dataset().sha256.encode() + torch.__version__.encode())
         return h.hexdigest()[:16]
+
+    @cached_property
+    def waits(self) -> dict[tuple[str, int], float]:
+        """Seconds each (candidate, seed) waited for a training slot in this process (the tasks
+        add to it; its evaluation record takes it)."""
+        return {}
+
+    def note_wait(self, cid: str, seed: int, seconds: float) -> None:
+        self.waits[(cid, seed)] = self.waits.get((cid, seed), 0.0) + seconds
 
     def seeds(self) -> list[int]:
         """The seeds every program is measured on, first run first."""
@@ -152,7 +161,7 @@ class Engine:
         return self.store.code(record.code_sha)
 
     def _record(self, cid: str, gen: int, parents: list[str], result: MutationResult,
-                repair_of: str | None = None) -> CandidateRecord:
+                started: float, repair_of: str | None = None) -> CandidateRecord:
         answer = result.answer
         if result.files is not None:  # the answer wrote extra files (an approved file layout)
             files = {name: self.store.put_code(text) for name, text in result.files.items()}
@@ -171,6 +180,8 @@ class Engine:
             cost_usd=result.cost_usd, llm_failure=result.failure if not result.ok else None,
             llm_detail=result.detail if not result.ok else "",
             notes=[*(answer.notes if answer else []), *result.notes], created_at=time.time(),
+            mutate_s=round(time.time() - started, 3),
+            llm_latency_s=[round(u.latency_s, 3) for u in result.usage],
         )
         self.store.put_candidate(record)  # persisted BEFORE it trains
         return record
@@ -225,6 +236,7 @@ class Engine:
             ctx = self.prompt(gen, index, target, proposer)
             assert ctx is not None
         rng = np.random.default_rng([self.experiment.seed, gen, index])
+        started = time.time()
         mutator, result = self._run_mutator(rng, lambda m: m.mutate(ctx))
         checkpoint("mutate")
         if mutator.redraws_duplicates:
@@ -239,7 +251,7 @@ class Engine:
                                      rng=np.random.default_rng([self.experiment.seed, gen, index,
                                                                 redraw]))
                 result = again.mutate(ctx)
-        return self._record(cid, gen, [target] + ([proposer] if proposer else []), result)
+        return self._record(cid, gen, [target] + ([proposer] if proposer else []), result, started)
 
     def repair_by_id(self, cid: str, attempt: int) -> CandidateRecord:
         """Repair try ``attempt`` of candidate ``cid``, from its failed first run."""
@@ -258,13 +270,15 @@ class Engine:
         failure = Failure(evaluation.status)
         case = repair_case(failure, evaluation.detail, evaluation.log_tail)
         parent_src = self.code(broken.parents[0]) if broken.parents else None
+        started = time.time()
         _, result = self._run_mutator(attempt, lambda m: m.repair(
             self.code(broken.id), parent_src, case, self.budget))
         checkpoint("repair")
         if result.answer is not None and broken.kind:
             # A repair keeps the broken child's intent; its lesson counts for that kind.
             result.answer = result.answer.model_copy(update={"kind": ChangeKind(broken.kind)})
-        return self._record(cid, broken.generation, [broken.id], result, repair_of=broken.id)
+        return self._record(cid, broken.generation, [broken.id], result, started,
+                            repair_of=broken.id)
 
     # -- evaluation -------------------------------------------------------------------------
     def _cache_path(self, code_sha: str, seed: int, extras: str = "") -> Path:
@@ -374,7 +388,9 @@ class Engine:
             train_wall_s=d["train_wall_s"], eval_wall_s=d["eval_wall_s"],
             tokens_served=d["tokens_served"], claims=d["claims"], flags=d["flags"],
             log_tail=tail[-3000:], isolated=d["isolated"], checks=d["checks"],
-            audit_seed=d["audit_seed"],
+            audit_seed=d["audit_seed"], train_started_at=d["train_started_at"] or 0.0,
+            scored_at=time.time(), curve=d["curve"],
+            queue_wait_s=round(self.waits.pop((cid, seed), 0.0), 3),
         )
 
     def keep_models(self, cids: list[str]) -> int:
@@ -583,26 +599,10 @@ class Engine:
         most recent failures, for the next prompts and the offline bandit."""
         if not self.experiment.memory:
             return {}, [], []
-        evals = self.store.evaluations()
-        by_cand: dict[str, list[EvaluationRecord]] = {}
-        for e in evals:
-            by_cand.setdefault(e.candidate_id, []).append(e)
-        first_seed = self.seeds()[0]
-        outcomes, failures = [], []
-        for record in self.store.candidates():
-            if record.id == SEED_ID or not record.kind or not record.parents:
-                continue
-            mine = {e.seed: e for e in by_cand.get(record.id, [])}
-            if first_seed not in mine:
-                continue
-            first = mine[first_seed]
-            parent = {e.seed: e for e in by_cand.get(record.parents[0], [])}.get(first_seed)
-            kind = ChangeKind(record.kind)
-            if first.val_loss is None:
-                outcomes.append(Outcome(kind, None))
-                failures.append((record.created_at, record, first))
-            elif parent is not None and parent.val_loss is not None:
-                outcomes.append(Outcome(kind, first.val_loss - parent.val_loss))
+        found = first_run_outcomes(self.store.candidates(), self.store.evaluations(),
+                                   self.seeds()[0])
+        outcomes = [o for _, _, o in found]
+        failures = [(rec.created_at, rec, ev) for rec, ev, o in found if o.effect is None]
         stats = aggregate(outcomes)
         notes = [
             FailureNote(f"{rec.id} ({rec.kind}, {rec.operator or rec.mode}) failed: {ev.status}"

@@ -60,6 +60,31 @@ def aggregate(outcomes: list[Outcome]) -> dict[ChangeKind, KindStats]:
     return stats
 
 
+def first_run_outcomes(candidates: list, evaluations: list, first_seed: int) -> list[tuple]:
+    """(candidate, its first run, Outcome) for every child with a kind of change whose first
+    run is known: its effect is against its parent's first run (None when it failed)."""
+    runs: dict[str, dict[int, object]] = {}
+    for e in evaluations:
+        runs.setdefault(e.candidate_id, {})[e.seed] = e
+    found = []
+    for record in candidates:
+        if not record.kind or not record.parents:
+            continue
+        first = runs.get(record.id, {}).get(first_seed)
+        if first is None:
+            continue
+        parent = runs.get(record.parents[0], {}).get(first_seed)
+        try:
+            kind = ChangeKind(record.kind)
+        except ValueError:  # a kind this version does not know (a record from another)
+            kind = ChangeKind.other
+        if first.val_loss is None:
+            found.append((record, first, Outcome(kind, None)))
+        elif parent is not None and parent.val_loss is not None:
+            found.append((record, first, Outcome(kind, first.val_loss - parent.val_loss)))
+    return found
+
+
 def lesson_lines(stats: dict[ChangeKind, KindStats], limit: int = 12) -> list[str]:
     """Most informative first: most tried."""
     ordered = sorted(stats.values(), key=lambda s: (-s.tried, s.kind.value))
