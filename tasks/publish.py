@@ -1,8 +1,12 @@
-"""Publishing to the Prefect UI: per generation a leaderboard table, a markdown report and a
-progress artifact updated as children finish. Artifacts are versioned by key, so the UI keeps
-the run's history."""
+"""Publishing to the Prefect UI: per generation a leaderboard table, a markdown report with the
+key figures (fitness, lineage) and the path of the full HTML report (rewritten each generation),
+and a progress artifact updated as children finish. Artifacts are versioned by key, so the UI
+keeps the run's history."""
 
 from __future__ import annotations
+
+import base64
+import logging
 
 from prefect import task
 from prefect.artifacts import (
@@ -16,8 +20,11 @@ from prefect.cache_policies import NO_CACHE
 from darwin.memory.store import RunStore
 from darwin.reports.views import artifact_key, generation_markdown, leaderboard_rows
 
+log = logging.getLogger(__name__)
+
 TABLE_COLUMNS = ("candidate", "generation", "parent", "kind", "operator", "val_loss", "runs",
                  "delta_vs_seed", "status", "in_population")
+KEY_FIGURES = ("fitness", "lineage")
 
 
 def start_progress(run_id: str, gen: int):
@@ -31,6 +38,25 @@ def set_progress(artifact_id, percent: float) -> None:
         update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, percent))
 
 
+def write_report(store: RunStore) -> str:
+    """The run's HTML report, (re)written in its default folder; markdown for the UI: the key
+    figures inline and where the report is. Drawing never fails a generation: a figure that
+    cannot be drawn is said in the markdown and the log."""
+    from darwin.reports.page import build_report, report_dir
+
+    try:
+        made = build_report(store, report_dir([store.run_id]))
+    except Exception as e:  # noqa: BLE001 - a report is never worth a failed generation
+        log.warning("the report of %s was not drawn: %s: %s", store.run_id, type(e).__name__, e)
+        return f"\n\n(The report could not be drawn: {type(e).__name__}: {e}.)"
+    lines = ["", f"Full report: `{made.path}` (or `darwin report {store.run_id}`)."]
+    for name in KEY_FIGURES:
+        if name in made.figures:
+            uri = base64.b64encode(made.figures[name].read_bytes()).decode()
+            lines += ["", f"![{name}](data:image/png;base64,{uri})"]
+    return "\n".join(lines)
+
+
 @task(name="publish", task_run_name="publish-g{gen:03d}", cache_policy=NO_CACHE)
 def publish(run_id: str, store_url: str, gen: int) -> None:
     store = RunStore(store_url, run_id)
@@ -38,5 +64,5 @@ def publish(run_id: str, store_url: str, gen: int) -> None:
     create_table_artifact(key=artifact_key(store.run_id, "leaderboard"), table=rows,
                           description=f"{store.run_id} after generation {gen}, best first")
     create_markdown_artifact(key=artifact_key(store.run_id, "report"),
-                             markdown=generation_markdown(store, gen),
+                             markdown=generation_markdown(store, gen) + write_report(store),
                              description=f"generation {gen} report")

@@ -3,6 +3,7 @@
     run.py        darwin run                       evolve a program (the main job)
     review.py     darwin review                    answer the review a paused run waits for
     read.py       darwin runs | leaderboard | show read runs back
+    report.py     darwin report                    figures and an HTML page of a run (or runs)
     evaluate.py   darwin baseline | score          train and score one program on N seeds
     mutate.py     darwin mutate                    one mutation, written as a child
     sandbox.py    darwin sandbox check | build     the sandbox and its Docker image
@@ -13,7 +14,16 @@ from __future__ import annotations
 
 import sys
 
-from darwin.cli import dev, evaluate, mutate, read, review, run, sandbox  # noqa: F401 - registration
+from darwin.cli import (  # noqa: F401 - registration
+    dev,
+    evaluate,
+    mutate,
+    read,
+    report,
+    review,
+    run,
+    sandbox,
+)
 from darwin.cli.app import app, err
 from darwin.errors import DarwinError
 

@@ -202,6 +202,38 @@ def test_each_generation_publishes_artifacts(reference_run, prefect_server):
     assert len(table) >= 3 and len(report) >= 3  # one version per generation, 0..2
     assert any("generation 2" in (a["data"] or "") for a in report)
     assert progress and progress[0]["type"] == "progress" and float(progress[0]["data"]) == 100.0
+    # Each generation's markdown carries the key figures and where the full report is.
+    latest = max(report, key=lambda a: a["created"])["data"]
+    assert latest.count("](data:image/png;base64,") == 2
+    assert f"reports/{store.run_id}/report.html" in latest
+
+
+def test_the_run_ends_with_a_report(reference_run):
+    """A real tiny 2-generation run: its report holds the leaderboard, the best program and
+    every figure, drawn from timings and loss curves the trusted side recorded."""
+    home, summary = reference_run
+    store = _store(home)
+    page = Path(summary["report"])
+    assert page == home / "reports" / store.run_id / "report.html"
+    html = page.read_text()
+    for name in ("fitness", "lineage", "curves", "pareto", "time", "kinds"):
+        assert f'<figure id="{name}"><img src="data:image/png;base64,' in html, name
+        assert (page.parent / f"{name}.png").stat().st_size > 10_000
+    for c in store.candidates():
+        assert f"<td>{c.id}</td>" in html
+    assert f"Best program: {summary['best']}" in html
+    assert "Test split (never used for selection)" in html and "Not measured yet" not in html
+    env = store.meta()["environment"]
+    assert env["sandbox"] in ("docker", "local") and len(env["dataset_sha256"]) == 64
+    assert env["packages"]["torch"] and env["device"] == "cpu"
+    # What the figures are drawn from: each training's curve, stamped by us as we read it.
+    seed_run = store.evaluation("seed", 0)
+    steps, secs = [p[0] for p in seed_run.curve], [p[1] for p in seed_run.curve]
+    assert len(steps) >= 10 and steps == sorted(steps) and secs == sorted(secs)
+    assert 0 < secs[-1] <= seed_run.train_wall_s + 10
+    assert seed_run.train_started_at > 0 and seed_run.scored_at > seed_run.train_started_at
+    child = store.candidate("g001-c00")
+    assert child.mutate_s > 0 and child.llm_latency_s == []  # offline: no LLM call
 
 
 def test_reading_a_run_back(reference_run, prefect_server):

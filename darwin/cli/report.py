@@ -1,0 +1,63 @@
+"""`darwin report`: a run's figures and one self-contained HTML page; several runs compared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import Parameter
+
+from darwin.cli.app import JsonFlag, app, err, out
+
+
+@app.command
+def report(*runs: str,
+           out_dir: Annotated[Path | None, Parameter(name="--out")] = None,
+           open_: Annotated[bool, Parameter(name="--open", negative=())] = False,
+           json_: JsonFlag = False) -> None:
+    """Draw RUN's figures (fitness, lineage, loss curves, val loss vs MFU, time and cost, kinds
+    of change) and write one HTML page with them, the leaderboard, the best program and its
+    lineage's reasoning. With several runs: their best-so-far curves overlaid.
+
+    Parameters
+    ----------
+    runs
+        Run ids (default: the latest run); two or more compare them.
+    out_dir
+        Folder for the page and the PNGs (default $DARWIN_HOME/reports/RUN).
+    open_
+        Open the page in a browser.
+    """
+    from darwin.errors import UserError
+    from darwin.reports.page import build_comparison, build_report, report_dir
+    from darwin.reports.views import open_run
+    from darwin.settings import get_settings
+
+    url = get_settings().store_url
+    stores = [open_run(url, r) for r in (runs or (None,))]
+    ids = [s.run_id for s in stores]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"a run is named twice: {' '.join(ids)}; give each run once")
+    target = Path(out_dir) if out_dir else report_dir(ids)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out {target} is a file: give a folder")
+    try:
+        made = (build_report(stores[0], target) if len(stores) == 1
+                else build_comparison(stores, target))
+    except OSError as e:
+        raise UserError(f"cannot write the report to {target}: {e.strerror or e}; give another "
+                        "folder with --out") from None
+    if json_:
+        print(json.dumps(made.to_json(), indent=2))
+    else:
+        for what in made.missing:
+            err.print(f"[yellow]not there yet:[/] {what}", highlight=False)
+        out.print(f"report: {made.path}")
+        out.print(f"figures: {', '.join(p.name for p in made.figures.values())} in "
+                  f"{made.path.parent}")
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(made.path.resolve().as_uri()):
+            err.print(f"no browser to open here: open {made.path} yourself")

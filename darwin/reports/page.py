@@ -1,0 +1,273 @@
+"""`darwin report`: a run's figures as PNGs and one self-contained HTML page (figures inline,
+the leaderboard, the best program and its diff against the seed, highlighted, the reasoning of
+every step of its lineage, the requests and reviews, the settings and the environment).
+
+Reasoning, code, claims and logs are untrusted (an LLM or a child wrote them): the template
+autoescapes everything; only our own markup (Pygments' escaped highlighting, our PNGs as data
+URIs) is marked safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+from darwin.engine.ids import SEED_ID
+from darwin.memory.store import RunStore, StoreError
+from darwin.reports.data import RunData
+
+PAGE = "report.html"
+
+
+@dataclass
+class Report:
+    path: Path  # the HTML page
+    figures: dict[str, Path] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # what the run does not have yet
+
+    def to_json(self) -> dict:
+        return {"report": str(self.path), "figures": {k: str(v) for k, v in self.figures.items()},
+                "missing": self.missing}
+
+
+def report_dir(run_ids: list[str]) -> Path:
+    """Where reports go by default: $DARWIN_HOME/reports/RUN (or compare-RUN1-RUN2...)."""
+    from darwin.settings import get_settings
+
+    name = run_ids[0] if len(run_ids) == 1 else "compare-" + "-".join(run_ids)
+    return get_settings().home / "reports" / name[:200]
+
+
+def _templates() -> Environment:
+    return Environment(loader=PackageLoader("darwin.reports", "templates"),
+                       autoescape=select_autoescape(default=True, default_for_string=True),
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def _highlight(text: str, lexer: str) -> Markup:
+    """Pygments' HTML (it escapes what it is given), or escaped plain text."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+
+    return Markup(highlight(text, get_lexer_by_name(lexer), HtmlFormatter(cssclass="hl")))
+
+
+def _css() -> Markup:
+    from pygments.formatters import HtmlFormatter
+
+    return Markup(HtmlFormatter(style="default").get_style_defs(".hl"))
+
+
+def _data_uri(png: bytes) -> Markup:
+    return Markup(f"data:image/png;base64,{base64.b64encode(png).decode()}")
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def render_figures(data: RunData, out: Path, only: tuple[str, ...] | None = None
+                   ) -> dict[str, tuple[str, bytes]]:
+    """Draw the figures (all, or ``only``) into ``out``/<name>.png: name -> (title, png)."""
+    from darwin.reports.plots import FIGURES, png
+
+    drawn = {}
+    for name, (title, draw) in FIGURES.items():
+        if only is not None and name not in only:
+            continue
+        fig = draw(data)
+        data_png = png(fig)
+        fig.clear()
+        (out / f"{name}.png").write_bytes(data_png)
+        drawn[name] = (title, data_png)
+    return drawn
+
+
+def missing_parts(data: RunData) -> list[str]:
+    missing = []
+    planned = data.experiment.get("generations")
+    if not data.generations:
+        missing.append("no generation is committed yet (the seed is still being measured, or "
+                       "the run stopped before): fitness, lineage and timing show what exists")
+    elif planned is not None and data.generations[-1].generation < planned:
+        missing.append(f"generation {data.generations[-1].generation} of {planned} is the last "
+                       "committed: the run is going on, or stopped (resume it with darwin run "
+                       f"--resume {data.run_id})")
+    scored = [c for c in data.candidates if c.id != SEED_ID and data.fitness(c.id) is not None]
+    children = [c for c in data.candidates if c.id != SEED_ID]
+    if children and not scored:
+        missing.append("every child crashed: no child has a val loss")
+    if data.best is not None and data.best not in data.finals:
+        missing.append("no test-split result yet (measured when the run ends)")
+    if data.evaluations and not any(e.curve for e in data.evaluations):
+        missing.append("no loss curves: no program printed lines like `iter 10: loss 2.5` (or "
+                       "the run was made by a DARWIN that did not read them)")
+    if not data.meta.get("environment"):
+        missing.append("the environment was not recorded (a run started by an older DARWIN)")
+    return missing
+
+
+def build_report(store: RunStore, out: Path) -> Report:
+    """Write ``out``/report.html and the PNGs of ``store``'s run; what is missing is said on
+    the page (and returned), never raised."""
+    from darwin.reports.views import leaderboard_rows
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = RunData.load(store)
+    figures = render_figures(data, out)
+    missing = missing_parts(data)
+    best = data.best
+    seed_code = _code(store, SEED_ID)
+    best_code = _code(store, best) if best else None
+    diff = "".join(difflib.unified_diff(
+        (seed_code or "").splitlines(keepends=True), (best_code or "").splitlines(keepends=True),
+        "seed/train.py", f"{best}/train.py")) if best and best != SEED_ID else ""
+    page = _templates().get_template("report.html.j2").render(
+        title=f"DARWIN report: {data.run_id}",
+        run_id=data.run_id, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        css=_css(), summary=_summary(data), missing=missing,
+        figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()],
+        leaderboard=leaderboard_rows(store) if data.generations else [],
+        best=best, best_code=_highlight(best_code, "python") if best_code else None,
+        diff=_highlight(diff, "diff") if diff else None,
+        lineage=_lineage(data), reviews=_reviews(data),
+        settings=sorted(data.experiment.items()),
+        environment=_environment(data), finals=sorted(data.finals.values(),
+                                                      key=lambda f: f.get("candidate", "")),
+        fmt=_fmt,
+    )
+    path = out / PAGE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)  # a reader (a browser reloading) never sees half a page
+    return Report(path, {name: out / f"{name}.png" for name in figures}, missing)
+
+
+def build_comparison(stores: list[RunStore], out: Path) -> Report:
+    """Several runs on one page: their best-so-far curves overlaid, each with its noise band."""
+    from darwin.reports.plots import compare_figure, png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [RunData.load(s) for s in stores]
+    fig = compare_figure(runs)
+    image = png(fig)
+    (out / "compare.png").write_bytes(image)
+    missing = [f"{d.run_id}: no committed generation yet" for d in runs if not d.generations]
+    rows = [{"run": d.run_id, "mutator": d.experiment.get("mutator"),
+             "memory": d.experiment.get("memory"), "budget": d.experiment.get("budget"),
+             "generations": d.generations[-1].generation if d.generations else None,
+             "seed": d.seed_loss, "noise": d.noise, "best": d.best,
+             "best_loss": d.fitness(d.best) if d.best else None} for d in runs]
+    page = _templates().get_template("compare.html.j2").render(
+        title="DARWIN: " + " vs ".join(d.run_id for d in runs),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), rows=rows, missing=missing,
+        image=_data_uri(image), fmt=_fmt)
+    path = out / PAGE
+    path.write_text(page)
+    return Report(path, {"compare": out / "compare.png"}, missing)
+
+
+def _code(store: RunStore, cid: str | None) -> str | None:
+    rec = store.candidate(cid) if cid else None
+    if rec is None or not rec.code_sha:
+        return None
+    try:
+        return store.code(rec.code_sha)
+    except StoreError:
+        return None
+
+
+def _summary(data: RunData) -> list[tuple[str, str]]:
+    exp = data.experiment
+    rows = [("run", data.run_id),
+            ("budget / mutator", f"{exp.get('budget', '-')} / {exp.get('mutator', '-')}"),
+            ("generations committed", f"{data.generations[-1].generation if data.generations else '-'}"
+                                      f" of {exp.get('generations', '-')}"),
+            ("candidates", str(len(data.candidates))),
+            ("seed val loss", f"{_fmt(data.seed_loss)} ± {_fmt(data.noise)} (2σ over "
+                              f"{len(data.losses(SEED_ID))} seeds)")]
+    if data.best is not None and data.seed_loss is not None:
+        best = data.generations[-1].population[0]
+        change = math.exp(best.fitness - data.seed_loss) - 1
+        beyond = data.seed_loss - best.fitness > data.noise
+        rows += [("best", f"{data.best}: val loss {_fmt(best.fitness)} over {len(best.losses)} "
+                          f"seed(s), perplexity {100 * change:+.2f}% vs the seed "
+                          + ("(beyond the noise)" if beyond else "(within the noise)"))]
+    test_best = data.finals.get(data.best or "", {}).get("test_loss")
+    test_seed = data.finals.get(SEED_ID, {}).get("test_loss")
+    if test_best is not None and test_seed is not None:
+        rows.append(("test split (never used for selection)",
+                     f"{_fmt(test_best)} vs seed {_fmt(test_seed)}, perplexity "
+                     f"{100 * (math.exp(test_best - test_seed) - 1):+.2f}%"))
+    cost = sum(c.cost_usd for c in data.candidates)
+    tokens = sum(c.input_tokens + c.output_tokens for c in data.candidates)
+    if tokens:
+        rows.append(("LLM", f"{sum(len(c.llm_latency_s) for c in data.candidates)} calls, "
+                            f"{tokens} tokens, ${cost:.4f} (estimated)"))
+    return rows
+
+
+def _lineage(data: RunData) -> list[dict]:
+    """Every step from the seed to the best: what changed, why (the model's words), and what
+    it did to the val loss."""
+    steps = []
+    previous = None
+    for cid in data.lineage(data.best):
+        rec = data.by_id.get(cid)
+        if rec is None:
+            continue
+        loss = data.fitness(cid)
+        before = data.fitness(previous) if previous else None
+        steps.append({
+            "id": cid, "generation": rec.generation, "kind": rec.kind or "-",
+            "how": " / ".join(x for x in (rec.mutator, rec.mode, rec.operator) if x),
+            "parents": rec.parents, "reasoning": rec.reasoning, "notes": rec.notes,
+            "loss": loss, "effect": (loss - before) if loss is not None and before is not None
+            else None, "diff": _highlight(rec.diff, "diff") if rec.diff else None})
+        previous = cid
+    return steps
+
+
+def _reviews(data: RunData) -> list[dict]:
+    out = []
+    for r in data.reviews:
+        verdicts = {d.request: d for d in (r.answer.decisions if r.answer else [])}
+        out.append({
+            "generation": r.generation, "gate": r.gate,
+            "via": r.answer.via if r.answer else "not answered",
+            "reviewer": r.answer.reviewer if r.answer else "",
+            "defaults": r.defaults_applied, "note": r.answer.note if r.answer else "",
+            "veto": r.answer.veto if r.answer else [], "pin": r.answer.pin if r.answer else [],
+            "stop": bool(r.answer and r.answer.stop),
+            "remaining": r.answer.remaining if r.answer else None,
+            "requests": [{"id": q.id, "kind": q.kind, "detail": q.detail,
+                          "asked_by": ", ".join(q.asked_by),
+                          "verdict": verdicts[q.id].verdict if q.id in verdicts else "-",
+                          "comment": verdicts[q.id].comment if q.id in verdicts else "",
+                          "granted": json.dumps(r.granted[q.id]) if q.id in r.granted else ""}
+                         for q in r.requests],
+            "rejected": r.rejected})
+    return out
+
+
+def _environment(data: RunData) -> list[tuple[str, str]]:
+    env = data.meta.get("environment") or {}
+    rows = [(k, str(v)) for k, v in env.items() if k != "packages"]
+    rows += [(f"package {k}", str(v)) for k, v in (env.get("packages") or {}).items()]
+    if "darwin" in data.meta:
+        rows.insert(0, ("darwin", str(data.meta["darwin"])))
+    return rows
+
