@@ -107,7 +107,8 @@ def fitness_figure(data: RunData) -> Figure:
                        label=f"{words} ({len(pts)})", zorder=3, gid=f"points-{fate}",
                        edgecolors="white", linewidths=0.5, clip_on=False)
     curve = data.best_so_far()
-    if curve:
+    if curve:  # held a little past the last generation, so its last value reads as a level
+        curve = [*curve, (curve[-1][0] + 0.45, curve[-1][1])]
         ax.step([g for g, _ in curve], [v for _, v in curve], where="post", color=BLACK, lw=1.5,
                 label="best so far (population's first)", gid="best-so-far", zorder=4)
     chain = [c for c in data.lineage(data.best) if places.get(c, (0, None))[1] is not None]

@@ -105,3 +105,14 @@ def test_cli_report_and_its_errors(stored, tmp_path):
     (tmp_path / "file").write_text("")
     r = _darwin(["report", "--out", str(tmp_path / "file")], root)
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_compares_runs(tmp_path):
+    synthetic.write(synthetic.run(run_id="20260101-llm"), tmp_path)
+    synthetic.write(synthetic.run(seed=3, run_id="20260102-offline", llm=False), tmp_path)
+    r = _darwin(["report", "20260101-llm", "20260102-offline", "--out", str(tmp_path / "c"),
+                 "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert "20260101-llm vs 20260102-offline" in page and "data:image/png;base64," in page
+    assert json.loads(r.stdout)["figures"]["compare"].endswith("compare.png")
