@@ -17,8 +17,12 @@ import time
 from pathlib import Path
 
 POLL_S = 0.05  # a line is stamped within this of being written (reading a file is cheap)
-MAX_POINTS = 400  # a curve longer than this keeps every other point (the whole run, coarser)
+MAX_POINTS = 200  # a curve longer than this keeps every other point (the whole run, coarser)
 MAX_LINE = 400  # longer lines are not loss reports (and are not worth a regex)
+# What one training's log may cost us: the bytes parsed while it runs, then at most its last
+# TAIL bytes when it ends (a program printing without end must not keep the orchestrator busy).
+FOLLOW_BYTES = 32 << 20
+TAIL = 1 << 20
 
 _STEP = re.compile(r"\b(?:iter(?:ation)?|step|it)\b\s*[:=#]?\s*(\d{1,9})", re.IGNORECASE)
 # "train loss 2.3", "loss: 2.3", "loss=2.3"; not "val loss" (a different quantity).
@@ -36,8 +40,10 @@ def parse_loss_line(line: str) -> tuple[int, float] | None:
     if step is None:
         return None
     best = None
-    for m in _LOSS.finditer(line):
-        if _VAL_BEFORE.search(line[: m.start()]):
+    for n, m in enumerate(_LOSS.finditer(line)):
+        if n == 4:  # a progress line names a loss or two; more is not one
+            return None
+        if _VAL_BEFORE.search(line[max(0, m.start() - 12): m.start()]):
             continue
         value = float(m.group(2))
         if m.group(1):  # "train loss": the one we want
@@ -69,7 +75,7 @@ class LogCurve:
         self.path, self.poll_s = Path(path), poll_s
         self.points: list[list[float]] = []
         self.lines = 0
-        self._offset, self._partial = 0, b""
+        self._offset, self._partial, self._skip_line = 0, b"", False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = 0.0
@@ -84,15 +90,21 @@ class LogCurve:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        while self._read():  # whatever the last poll missed (stamped now: the run has ended)
+        try:  # a curve is a picture: nothing here may fail the training it follows
+            size = self.path.stat().st_size
+            if size - self._offset > TAIL:  # skip to the end: the curve keeps its last points
+                self._offset, self._partial, self._skip_line = size - TAIL, b"", True
+            while self._read():  # what the last poll missed (stamped now: the run has ended)
+                pass
+            if self._partial:
+                self._line(self._partial)
+                self._partial = b""
+        except Exception:  # noqa: BLE001
             pass
-        if self._partial:
-            self._line(self._partial)
-            self._partial = b""
         self.points = decimate(self.points)
 
     def _follow(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.wait(self.poll_s) and self._offset < FOLLOW_BYTES:
             self._read()
 
     def _read(self) -> int:
@@ -105,6 +117,8 @@ class LogCurve:
             return 0
         self._offset += len(chunk)
         *lines, self._partial = (self._partial + chunk).split(b"\n")
+        if self._skip_line and lines:  # we jumped into the middle of a line
+            lines, self._skip_line = lines[1:], False
         if len(self._partial) > 4 * MAX_LINE:  # an endless line: not a loss report
             self._partial = b""
         for line in lines:

@@ -51,7 +51,10 @@ class RunData:
             except StoreError:  # a generation of an interrupted write: the others still show
                 continue
         candidates = store.candidates()
-        finals = {c.id: f for c in candidates if (f := store.final(c.id)) is not None}
+        # The test split scores the seed and the best of the last generation (one read each:
+        # on S3 a read per candidate would cost a request per candidate, every generation).
+        tested = {SEED_ID, *(m.candidate_id for g in generations[-1:] for m in g.population)}
+        finals = {c: f for c in sorted(tested) if (f := store.final(c)) is not None}
         return cls(store.run_id, meta, candidates, store.evaluations(), generations,
                    store.reviews(), finals)
 

@@ -131,6 +131,8 @@ def build_report(store: RunStore, out: Path) -> Report:
     best = data.best
     seed_code = _code(store, SEED_ID)
     best_code = _code(store, best) if best else None
+    if best and best_code is None:
+        missing.append(f"the program of {best} is missing from the store")
     diff = "".join(difflib.unified_diff(
         (seed_code or "").splitlines(keepends=True), (best_code or "").splitlines(keepends=True),
         "seed/train.py", f"{best}/train.py")) if best and best != SEED_ID else ""
