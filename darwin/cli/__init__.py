@@ -4,6 +4,7 @@
     review.py     darwin review                    answer the review a paused run waits for
     read.py       darwin runs | leaderboard | show read runs back
     report.py     darwin report                    figures and an HTML page of a run (or runs)
+    serve.py      darwin serve                     a scheduled deployment served by this process
     evaluate.py   darwin baseline | score          train and score one program on N seeds
     mutate.py     darwin mutate                    one mutation, written as a child
     sandbox.py    darwin sandbox check | build     the sandbox and its Docker image
@@ -23,6 +24,7 @@ from darwin.cli import (  # noqa: F401 - registration
     review,
     run,
     sandbox,
+    serve,
 )
 from darwin.cli.app import app, err
 from darwin.errors import DarwinError

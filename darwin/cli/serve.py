@@ -1,0 +1,88 @@
+"""`darwin serve`: the simplest scheduled DARWIN, a process that holds a deployment of the run
+flow and starts its runs (no work pool, no worker; deployments/prefect.yaml is the way with them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import Parameter
+
+from darwin.cli.app import app, err
+
+
+def check_cron(cron: str) -> str:
+    """The cron string as Prefect's scheduler reads it, or a one-line error."""
+    from pydantic import ValidationError
+
+    from darwin.errors import UserError
+
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=cron)
+    except ValidationError:
+        raise UserError(f"invalid --cron {cron!r}: give five fields (minute hour day month "
+                        "weekday), for example '0 2 * * *' for every night at 02:00") from None
+    return cron
+
+
+@app.command
+def serve(*, cron: str | None = None,
+          experiment: Path | None = None,
+          continue_run: Annotated[str | None, Parameter(name="--continue")] = None,
+          more_generations: int = 1,
+          name: str = "serve",
+          review_every: int = 0,
+          review_timeout: float = 900.0) -> None:
+    """Serve a deployment of the run flow from this process: each scheduled (or triggered) run
+    starts a new DARWIN run from --experiment, or continues --continue RUN for
+    --more-generations more generations. Needs a Prefect server (PREFECT_API_URL); Ctrl-C stops
+    serving (the schedule stays, runs wait for the next serve).
+
+    Parameters
+    ----------
+    cron
+        When to start a run, for example '0 2 * * *' (UTC); without it, runs start only when
+        triggered (UI, `prefect deployment run darwin/NAME`).
+    experiment
+        A JSON file of `darwin run` settings (deployments/experiments/*.json).
+    continue_run
+        Continue this run instead of starting new ones.
+    more_generations
+        Generations each continuation adds.
+    name
+        The deployment's name (darwin/NAME).
+    review_every
+        A review gate every N generations; 0: none.
+    review_timeout
+        Seconds a review waits before its defaults apply.
+    """
+    from darwin.errors import UserError
+    from darwin.flows.deployed import darwin_run, read_experiment
+    from darwin.sandbox import get_sandbox
+    from darwin.settings import get_settings
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError("darwin serve needs a Prefect server: start one with `prefect server "
+                        "start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    if cron is not None:
+        check_cron(cron)
+    if experiment is not None and continue_run:
+        raise UserError("give --experiment (new runs) or --continue RUN, not both")
+    if more_generations < 1:
+        raise UserError(f"invalid --more-generations: {more_generations}; give 1 or more")
+    parameters: dict = {"review_every": review_every, "review_timeout": review_timeout}
+    if continue_run:
+        parameters |= {"continue_run": continue_run, "more_generations": more_generations}
+    elif experiment is not None:
+        read_experiment(experiment)  # a bad file fails now, not at 2 a.m.
+        parameters["experiment_file"] = str(experiment.resolve())
+    box = get_sandbox(get_settings().sandbox)  # a server without a sandbox: say so now
+    err.print(f"serving darwin/{name}" + (f" on cron '{cron}' (UTC)" if cron else "")
+              + f", sandbox {box.name}; start a run now with: prefect deployment run "
+              f"darwin/{name}; Ctrl-C stops serving")
+    darwin_run.serve(name=name, cron=cron, parameters=parameters, pause_on_shutdown=False,
+                     limit=1, print_starting_message=False)

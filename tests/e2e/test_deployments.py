@@ -1,0 +1,131 @@
+"""Deployments for real: deployments/prefect.yaml deployed to a real Prefect server, its runs
+executed by a real process worker, a run continued by the continuing deployment, and
+`darwin serve` registering its schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from darwin.memory.store import RunStore, list_runs
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _env(prefect_server, home: Path, **extra: str) -> dict:
+    return {**os.environ, "DARWIN_HOME": str(home), "PREFECT_API_URL": prefect_server["url"],
+            "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "",
+            "DARWIN_CHECKOUT": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1", **extra}
+
+
+def _prefect(args, env, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *args], env=env, cwd=ROOT, text=True, capture_output=True,
+                          timeout=timeout)
+
+
+def _api(prefect_server, path: str, body: dict) -> list:
+    req = urllib.request.Request(f"{prefect_server['url']}{path}", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def worker(prefect_server, sandbox, tmp_path_factory):
+    """The darwin-cpu process pool, the tiny and continuing deployments, one worker."""
+    home = tmp_path_factory.mktemp("deployed")
+    env = _env(prefect_server, home)
+    r = _prefect(["work-pool", "create", "darwin-cpu", "--type", "process", "--overwrite"], env)
+    assert r.returncode == 0, r.stderr
+    r = _prefect(["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
+                  "--name", "tiny", "--name", "continue-nightly"], env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = open(home / "worker.log", "w")
+    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "darwin-cpu"], env=env,
+                            cwd=home, stdout=log, stderr=log, start_new_session=True)
+    yield home, env
+    os.killpg(proc.pid, signal.SIGINT)  # a worker stops on SIGINT (SIGTERM may be ignored)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def _run(env, deployment: str, *params: str) -> subprocess.CompletedProcess:
+    args = ["deployment", "run", deployment, "--watch", "--watch-timeout", "500"]
+    for p in params:
+        args += ["-p", p]
+    return _prefect(args, env, timeout=600)
+
+
+def test_a_deployment_runs_through_a_worker_and_a_second_continues_it(worker, prefect_server):
+    home, env = worker
+    r = _run(env, "darwin/tiny")
+    assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-2000:] + \
+        (home / "worker.log").read_text()[-3000:]
+    (run_id,) = list_runs(home / "runs")
+    store = RunStore(home / "runs", run_id)
+    assert store.head() == 1 and (home / "reports" / run_id / "report.html").is_file()
+    assert store.meta()["experiment"]["budget"] == "tiny"  # from the experiment file
+    before = {p.name: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
+
+    r = _run(env, "darwin/continue-nightly", f"continue_run={run_id}", "more_generations=1")
+    assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-2000:] + \
+        (home / "worker.log").read_text()[-3000:]
+    assert list_runs(home / "runs") == [run_id] and store.head() == 2
+    after = {p.name: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
+    assert {k: after[k] for k in before} == before  # nothing trained again
+    assert all(name.startswith("g002-") for name in set(after) - set(before))
+    runs = _api(prefect_server, "/flow_runs/filter",
+                {"flow_runs": {"name": {"any_": ["new-run", f"continue-{run_id}"]}}})
+    assert {fr["state_type"] for fr in runs} == {"COMPLETED"} and len(runs) == 2
+
+
+def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
+    env = _env(prefect_server, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", "serve", "--cron", "*/5 * * * *",
+                             "--experiment", "deployments/experiments/tiny.json",
+                             "--name", "serve-test"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline, found = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not found:
+            found = _api(prefect_server, "/deployments/filter",
+                         {"deployments": {"name": {"any_": ["serve-test"]}}})
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+        (deployment,) = found
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["*/5 * * * *"]
+        assert deployment["parameters"]["experiment_file"] == str(
+            ROOT / "deployments" / "experiments" / "tiny.json")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--cron", "every night"], "invalid --cron 'every night'"),
+    (["--experiment", "nowhere.json"], "experiment file nowhere.json not found"),
+    (["--continue", "r", "--more-generations", "0"], "invalid --more-generations: 0"),
+])
+def test_serve_refuses_bad_input_in_one_line(args, words, prefect_server, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "darwin.cli", "serve", *args],
+                       env=_env(prefect_server, tmp_path), cwd=ROOT, text=True,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    env = {k: v for k, v in _env(prefect_server, tmp_path).items() if k != "PREFECT_API_URL"}
+    r = subprocess.run([sys.executable, "-m", "darwin.cli", "serve"], env=env, cwd=ROOT,
+                       text=True, capture_output=True, timeout=60)
+    assert r.returncode == 2 and "needs a Prefect server" in r.stderr
