@@ -14,7 +14,7 @@ from prefect import flow, tags
 from prefect.settings import temporary_settings
 
 from darwin.engine.experiment import Experiment, make_experiment
-from darwin.engine.reviews import ReviewPolicy, planned_generations
+from darwin.engine.reviews import ReviewPolicy
 from darwin.errors import UserError
 
 
@@ -38,20 +38,23 @@ def read_experiment(path: str | Path) -> Experiment:
         raise UserError(f"experiment file {path}: {str(e).replace('--', '', 1)}") from None
 
 
-def continued(experiment: Experiment, head: int | None, planned: int, more: int,
+def continued(experiment: Experiment, head: int | None, reviews: list, more: int,
               run_id: str) -> Experiment:
     """``experiment`` with exactly ``more`` generations after the last committed one (a run
-    with nothing committed resumes as planned). A review gate that stopped the run or said how
-    many generations remain is a person's word: a schedule does not overrule it."""
+    with nothing committed resumes as planned); earlier gates no longer set its length. A gate
+    that stopped the run is a person's word: a schedule does not overrule it."""
     if more < 1:
         raise UserError(f"invalid more_generations: {more}; give 1 or more")
     if head is None:
         return experiment
-    if planned != experiment.generations:
-        raise UserError(f"run {run_id}'s length was set by a review gate (it ends after "
-                        f"generation {planned}): a schedule does not overrule it; answer its "
-                        "next gate with more generations, or start a new run")
-    return experiment.model_copy(update={"generations": head + more})
+    answered = [r for r in reviews if r.answer is not None and r.gate and not r.defaults_applied
+                and r.generation > (experiment.continued_after or -1)]
+    last = max(answered, key=lambda r: r.generation, default=None)
+    if last is not None and (last.answer.stop or last.answer.remaining == 0):
+        raise UserError(f"run {run_id} was stopped by its review gate after generation "
+                        f"{last.generation} ({last.answer.via}): a schedule does not overrule "
+                        "it; start a new run from its best instead")
+    return experiment.model_copy(update={"generations": head + more, "continued_after": head})
 
 
 def _run_name() -> str:
@@ -96,8 +99,7 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
     if continue_run:
         opened = open_for_resume(url, continue_run)
         claim = claim_run(opened.store)
-        planned = planned_generations(opened.experiment.generations, opened.store.reviews())
-        experiment = continued(opened.experiment, opened.store.head(), planned,
+        experiment = continued(opened.experiment, opened.store.head(), opened.store.reviews(),
                                more_generations, opened.run_id)
         mark_stale_runs_crashed(opened.run_id)
     else:

@@ -58,6 +58,7 @@ def set_local_reviewer(reviewer: LocalReviewer | None) -> None:
 
 
 # -- the form ------------------------------------------------------------------------------------
+AS_PLANNED = -1  # the form's "remaining" when the run goes on as planned
 def answer_form(review: ReviewRecord, description: str):
     """The RunInput class for this pause: the requests' ids and the candidates are Literal
     choices, every field has its default (refuse, continue), so the form starts filled in."""
@@ -88,9 +89,11 @@ def answer_form(review: ReviewRecord, description: str):
         fields["pin"] = (list[Literal[tuple(review.pinnable)]], Field(
             default=[], description="keep these in the population whatever their score"))
         fields["stop"] = (bool, Field(False, description="end the run after this generation"))
-        fields["remaining"] = (int | None, Field(
-            None, ge=0, le=1000,
-            description="generations still to run after this one (None: as planned; 0: stop)"))
+        # A plain number with -1 for "as planned": the UI draws `int | None` as a type switch
+        # ("Property is type None") that people found unclear.
+        fields["remaining"] = (int, Field(
+            AS_PLANNED, ge=AS_PLANNED, le=1000,
+            description="generations still to run after this one (-1: as planned; 0: stop)"))
     fields["note"] = (str, Field("", max_length=TEXT_MAX,
                                  description="a note for the model's next prompts"))
     fields["via"] = (Literal["ui", "cli", "api", "terminal", "timeout"], Field(
@@ -106,6 +109,8 @@ def answer_form(review: ReviewRecord, description: str):
 def form_input(review: ReviewRecord, answer: ReviewAnswer) -> dict:
     """The answer as this review's form takes it (only the fields the form has)."""
     data = answer.model_dump(mode="json")
+    if data.get("remaining") is None:
+        data["remaining"] = AS_PLANNED
     keep = {"note", "via", "reviewer"} | ({"decisions"} if review.requests else set()) | (
         {"veto", "pin", "stop", "remaining"} if review.gate else set())
     return {k: v for k, v in data.items() if k in keep}
@@ -116,6 +121,8 @@ def _as_answer(given) -> ReviewAnswer:
     if "via" not in given.model_fields_set:  # the UI's form always sends it; a bare API call not
         data["via"] = "api"
     data["decisions"] = data.get("decisions") or []
+    if data.get("remaining") == AS_PLANNED:
+        data["remaining"] = None
     return ReviewAnswer.model_validate(data)
 
 

@@ -81,7 +81,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    """A real Prefect server (SQLite, its own PREFECT_HOME, a free port) for the session."""
+    """A real Prefect server (SQLite, its own PREFECT_HOME, a free port) for the session, with
+    its UI (the screenshot test looks at it)."""
     import signal
     import subprocess
     import sys
@@ -96,7 +97,7 @@ def prefect_server(tmp_path_factory):
     prefect = Path(sys.executable).parent / "prefect"
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port), "--no-ui"], env=env, stdout=log, stderr=log,
+                             str(port)], env=env, stdout=log, stderr=log,
                             start_new_session=True)
     deadline = time.monotonic() + 120
     while True:
@@ -110,7 +111,7 @@ def prefect_server(tmp_path_factory):
             proc.kill()
             pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield {"url": url, "home": str(home)}
+    yield {"url": url, "home": str(home), "ui": url.removesuffix("/api")}
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)

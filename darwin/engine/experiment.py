@@ -43,6 +43,10 @@ class Experiment(BaseModel):
     seed: int = Field(default=0, ge=0, description="the run's seed: same seed, same run")
     device: Device = Field(default="cpu", description="cpu | cuda")
     seed_program: str | None = Field(default=None, description="path of a program to evolve")
+    # Set by a continuation (a deployment's "N more generations"): the generations committed
+    # then. Review gates answered up to there no longer set the run's length.
+    continued_after: int | None = Field(default=None, ge=0,
+                                        description="set when a run is continued")
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -559,7 +559,10 @@ class Engine:
         return f"darwin run --budget {budget} --seed-program {path}"
 
     def planned_generations(self) -> int:
-        return hitl.planned_generations(self.experiment.generations, self.store.reviews())
+        reviews = self.store.reviews()
+        if self.experiment.continued_after is not None:  # a continuation's plan supersedes
+            reviews = [r for r in reviews if r.generation > self.experiment.continued_after]
+        return hitl.planned_generations(self.experiment.generations, reviews)
 
     def review_due(self, gen: int, policy: hitl.ReviewPolicy) -> ReviewRecord | None:
         """The review to hold after generation ``gen`` (None: none, or already answered)."""

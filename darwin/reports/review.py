@@ -67,7 +67,7 @@ def review_markdown(store: RunStore, review: ReviewRecord, message: str = "") ->
                   "- `pin`: keep a candidate in the population whatever its score "
                   f"({', '.join(review.pinnable)})",
                   "- `stop`: end the run after this generation (the test split still runs)",
-                  "- `remaining`: how many more generations to run (empty: as planned)",
+                  "- `remaining`: how many more generations to run (-1: as planned)",
                   "- `note`: a note the model reads in the next prompts", ""]
     ids = " ".join(f"--approve {r.id}" for r in review.requests[:1])
     lines += ["## How to answer", "",

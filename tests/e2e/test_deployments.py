@@ -70,15 +70,64 @@ def _run(env, deployment: str, *params: str) -> subprocess.CompletedProcess:
     return _prefect(args, env, timeout=600)
 
 
-def test_a_deployment_runs_through_a_worker_and_a_second_continues_it(worker, prefect_server):
+def _flow_run(prefect_server, name: str) -> dict | None:
+    found = _api(prefect_server, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def paused(worker, prefect_server):
+    """The tiny deployment triggered with a review gate after each generation: it runs through
+    the worker and pauses for its review after generation 1."""
     home, env = worker
-    r = _run(env, "darwin/tiny")
-    assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-2000:] + \
-        (home / "worker.log").read_text()[-3000:]
-    (run_id,) = list_runs(home / "runs")
+    r = _prefect(["deployment", "run", "darwin/tiny", "-p", "review_every=1",
+                  "-p", "review_timeout=600"], env)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        runs = list_runs(home / "runs") if (home / "runs").exists() else []
+        if runs and (fr := _flow_run(prefect_server, runs[0])) and fr["state_type"] == "PAUSED":
+            return runs[0]
+        time.sleep(1)
+    pytest.fail("the deployed run never paused for its review:\n"
+                + (home / "worker.log").read_text()[-3000:])
+
+
+def test_the_ui_shows_the_run_its_report_and_its_review_form(paused, prefect_server, tmp_path):
+    """deployments/screenshots.py against the real UI: each page's rendered DOM holds what its
+    picture must show, and no picture is blank."""
+    import shutil
+
+    if not shutil.which("chromium") and not os.environ.get("DARWIN_REQUIRE_BROWSER"):
+        pytest.skip("no chromium here (CI installs it and sets DARWIN_REQUIRE_BROWSER=1)")
+    r = subprocess.run([sys.executable, "deployments/screenshots.py", paused, "--ui",
+                        prefect_server["ui"], "--out", str(tmp_path)], cwd=ROOT, text=True,
+                       capture_output=True, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("run", "report", "review"):
+        assert f"ok: {tmp_path / name}.png" in r.stdout
+        assert (tmp_path / f"{name}.png").stat().st_size > 20_000
+
+
+def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_it(
+        worker, paused, prefect_server):
+    home, env = worker
+    run_id = paused
+    r = subprocess.run([sys.executable, "-m", "darwin.cli", "review", run_id, "--note",
+                        "answered by the deployment test"], env=env, text=True,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (fr := _flow_run(prefect_server, "new-run")) and fr["state_type"] in (
+                "COMPLETED", "FAILED", "CRASHED"):
+            break
+        time.sleep(1)
+    assert fr["state_type"] == "COMPLETED", (home / "worker.log").read_text()[-3000:]
     store = RunStore(home / "runs", run_id)
     assert store.head() == 1 and (home / "reports" / run_id / "report.html").is_file()
     assert store.meta()["experiment"]["budget"] == "tiny"  # from the experiment file
+    assert store.review(1).answer.note == "answered by the deployment test"
     before = {p.name: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
 
     r = _run(env, "darwin/continue-nightly", f"continue_run={run_id}", "more_generations=1")
@@ -88,9 +137,7 @@ def test_a_deployment_runs_through_a_worker_and_a_second_continues_it(worker, pr
     after = {p.name: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
     assert {k: after[k] for k in before} == before  # nothing trained again
     assert all(name.startswith("g002-") for name in set(after) - set(before))
-    runs = _api(prefect_server, "/flow_runs/filter",
-                {"flow_runs": {"name": {"any_": ["new-run", f"continue-{run_id}"]}}})
-    assert {fr["state_type"] for fr in runs} == {"COMPLETED"} and len(runs) == 2
+    assert _flow_run(prefect_server, f"continue-{run_id}")["state_type"] == "COMPLETED"
 
 
 def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):

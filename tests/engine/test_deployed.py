@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from darwin.engine.experiment import make_experiment
+from darwin.engine.reviews import planned_generations
 from darwin.errors import UserError
 from darwin.flows.deployed import continued, read_experiment
+from darwin.memory.records import ReviewAnswer, ReviewRecord
 
 
 def test_experiment_files(tmp_path):
@@ -24,12 +26,29 @@ def test_experiment_files(tmp_path):
         read_experiment(tmp_path / "missing.json")
 
 
+def gate(gen: int, **answer) -> ReviewRecord:
+    return ReviewRecord(run_id="r", generation=gen, gate=True,
+                        answer=ReviewAnswer(via="ui", **answer))
+
+
 def test_a_continuation_adds_exactly_the_generations_asked():
     exp = make_experiment(generations=3)
-    assert continued(exp, 3, 3, 2, "r").generations == 5
-    assert continued(exp, 1, 3, 1, "r").generations == 2  # N more than what is committed
-    assert continued(exp, None, 3, 1, "r") == exp  # nothing committed: resume as planned
-    with pytest.raises(UserError, match="review gate"):  # a person stopped it after gen 2
-        continued(exp, 2, 2, 1, "r")
+    assert continued(exp, 3, [], 2, "r").generations == 5
+    assert continued(exp, 1, [], 1, "r").generations == 2  # N more than what is committed
+    assert continued(exp, None, [], 1, "r") == exp  # nothing committed: resume as planned
     with pytest.raises(UserError, match="more_generations"):
-        continued(exp, 3, 3, 0, "r")
+        continued(exp, 3, [], 0, "r")
+
+
+def test_earlier_gates_no_longer_set_the_length_but_a_stop_holds():
+    exp = make_experiment(generations=3)
+    said = [gate(1, remaining=2)]  # a person said "two more" after generation 1: ends at 3
+    assert planned_generations(exp.generations, said) == 3
+    more = continued(exp, 3, said, 2, "r")
+    assert (more.generations, more.continued_after) == (5, 3)
+    # what the engine plans with: gates up to the continuation no longer count
+    later = [r for r in said if r.generation > more.continued_after]
+    assert planned_generations(more.generations, later) == 5
+    for stop in (gate(2, stop=True), gate(2, remaining=0)):
+        with pytest.raises(UserError, match="stopped by its review gate after generation 2"):
+            continued(exp, 2, [*said, stop], 1, "r")
