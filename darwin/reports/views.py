@@ -21,8 +21,12 @@ def run_rows(url: str) -> list[dict]:
         meta = store.meta()
         exp = meta.get("experiment", {})
         head = store.head()
+        planned = exp.get("generations")
+        done = head if head is not None else "-"
         row = {"run_id": run_id, "budget": exp.get("budget"), "mutator": exp.get("mutator"),
-               "generations": f"{head if head is not None else '-'}/{exp.get('generations')}",
+               # a continued run (a deployment's "more generations") is past its first plan
+               "generations": f"{done} (continued)" if head is not None and planned is not None
+               and head > planned else f"{done}/{planned}",
                "seed_val_loss": None, "best": None, "best_val_loss": None, "change_pct": None}
         if head is not None:
             seed = store.generation(0).population[0]

@@ -48,8 +48,10 @@ def worker(prefect_server, sandbox, tmp_path_factory):
     env = _env(prefect_server, home)
     r = _prefect(["work-pool", "create", "darwin-cpu", "--type", "process", "--overwrite"], env)
     assert r.returncode == 0, r.stderr
+    # As the README says: the worker's environment names its checkout, not the deploying shell.
+    deploying = {k: v for k, v in env.items() if k != "DARWIN_CHECKOUT"}
     r = _prefect(["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
-                  "--name", "tiny", "--name", "continue-nightly"], env)
+                  "--name", "tiny", "--name", "continue-nightly"], deploying)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     log = open(home / "worker.log", "w")
     proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "darwin-cpu"], env=env,
@@ -138,6 +140,9 @@ def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_i
     assert {k: after[k] for k in before} == before  # nothing trained again
     assert all(name.startswith("g002-") for name in set(after) - set(before))
     assert _flow_run(prefect_server, f"continue-{run_id}")["state_type"] == "COMPLETED"
+    r = subprocess.run([sys.executable, "-m", "darwin.cli", "runs", "--json"], env=env,
+                       text=True, capture_output=True, timeout=60)
+    assert json.loads(r.stdout)[0]["generations"] == "2 (continued)"
 
 
 def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
