@@ -115,6 +115,7 @@ class GenerationRecord(BaseModel):
     committed_at: float = 0.0
     # What the generation asked of the run store (memory.store.IOStats): calls, bytes, seconds.
     storage: dict = Field(default_factory=dict)
+    writer: dict = Field(default_factory=dict)  # the committing process: host, pid
 
 
 def read_candidate(data: dict) -> CandidateRecord:

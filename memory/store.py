@@ -11,7 +11,7 @@ Layout of one run (every file but HEAD is written once and never changed):
     <root>/<run_id>/outputs/<id>-s<seed>/<file>     a population member's trained model
     <root>/<run_id>/reviews/g<n:04d>.json           the humans' answer after generation n
     <root>/<run_id>/datasets/<sha256>.txt           an approved extra dataset, cleaned
-    <root>/<run_id>/HEAD                            {"generation": n}, written last
+    <root>/<run_id>/HEAD                            {"generation": n, "host", "pid"}, written last
     <root>/<run_id>/REVIEW                          the review waiting for an answer, if any
     <root>/<run_id>/LEASE                           which orchestrator works on the run, until when
 
@@ -164,6 +164,13 @@ def _precondition_failed(e: BaseException) -> bool:
     code = response.get("Error", {}).get("Code", "")
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def writer() -> dict:
+    """Who writes: the host and process (a commit records it)."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 class RunStore:
@@ -375,6 +382,35 @@ class RunStore:
         data = self._read(self._path(name))
         return json.loads(data) if data is not None else None
 
+    def head_versions(self) -> list[dict] | None:
+        """Every version of HEAD, oldest first: {version, at, generation, host, pid}; None when
+        the store keeps no versions (a local folder, a bucket without versioning)."""
+        if self.local:
+            return None
+        path = self._path("HEAD")
+        bucket, key, _ = self.fs.split_path(path)
+        with _counted():
+            listed = self.fs.call_s3("list_object_versions", Bucket=bucket, Prefix=key)
+        infos = [v for v in listed.get("Versions", []) if v["Key"] == key]
+        if not any(v.get("VersionId") not in (None, "null") for v in infos):
+            return None if infos else []  # an unversioned bucket: one "null" version
+        rows = []
+        # S3 lists versions newest first; LastModified has whole seconds, so ties keep that order.
+        for v in sorted(reversed(infos), key=lambda v: v["LastModified"]):
+            got = self._s3("get_object", path, VersionId=v["VersionId"])
+            data = json.loads(fsspec.asyn.sync(self.fs.loop, got["Body"].read))
+            rows.append({"version": v["VersionId"], "at": v["LastModified"].timestamp(),
+                         "generation": int(data["generation"]), "host": data.get("host"),
+                         "pid": data.get("pid")})
+        return rows
+
+    def files(self) -> list[str]:
+        """Every object of the run, as paths relative to the run's root."""
+        with _counted():
+            found = self.fs.find(self.root)
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(p.removeprefix(prefix) for p in found if p.startswith(prefix))
+
     def head(self) -> int | None:
         data = self._read(self._path("HEAD"))
         return int(json.loads(data)["generation"]) if data is not None else None
@@ -382,6 +418,7 @@ class RunStore:
     def commit(self, record: GenerationRecord) -> None:
         """Write the generation's snapshot, then move HEAD to it (never backwards)."""
         record.committed_at = record.committed_at or time.time()
+        record.writer = record.writer or writer()
         try:
             self._write_once(self._path("generations", f"{record.generation:04d}.json"),
                              self._json(record))
@@ -400,7 +437,8 @@ class RunStore:
                 raise StoreError(
                     f"generation {record.generation} already committed (HEAD {current}): "
                     "another orchestrator works on this run")
-            return json.dumps({"generation": record.generation}).encode()
+            # Who moved it, and when: `darwin history` lists HEAD's versions (a versioned bucket).
+            return json.dumps({"generation": record.generation, **writer()}).encode()
 
         self.update_pointer("HEAD", forward)
 

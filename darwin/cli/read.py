@@ -1,4 +1,6 @@
-"""`darwin runs`, `darwin leaderboard` and `darwin show`: read runs back from the store."""
+"""`darwin runs`, `leaderboard`, `show`, `history` and `export`: read runs back from the store,
+as they are or as they were (--at VERSION, --at-generation N), from this store or another
+(--storage URL), and copy them between stores."""
 
 from __future__ import annotations
 
@@ -9,16 +11,39 @@ from cyclopts import Parameter
 from rich.markup import escape
 from rich.table import Table
 
-from darwin.cli.app import JsonFlag, app, out
+from darwin.cli.app import JsonFlag, app, err, out
+
+StorageFlag = Annotated[str | None, Parameter(
+    name="--storage", help="read this store (a folder or s3://bucket/prefix) instead of "
+                           "$DARWIN_STORAGE_URL")]
+AtFlag = Annotated[str | None, Parameter(
+    name="--at", help="the run as it was at this version of its HEAD (`darwin history` lists "
+                      "them; a versioned bucket)")]
+AtGenerationFlag = Annotated[int | None, Parameter(
+    name="--at-generation", help="the run as it was right after generation N was committed")]
+
+
+def store_url(storage: str | None) -> str:
+    from darwin.settings import get_settings
+
+    return storage or get_settings().store_url
+
+
+def open_as_of(run_id: str | None, storage: str | None, at: str | None = None,
+               at_generation: int | None = None):
+    """The run (default: the latest) from ``storage``, as of ``at`` / ``at_generation``."""
+    from darwin.memory.history import resolve_at
+    from darwin.reports.views import open_run
+
+    return resolve_at(open_run(store_url(storage), run_id), at, at_generation)
 
 
 @app.command
-def runs(*, json_: JsonFlag = False) -> None:
+def runs(*, storage: StorageFlag = None, json_: JsonFlag = False) -> None:
     """List the runs in the store ($DARWIN_STORAGE_URL, default $DARWIN_HOME/runs)."""
     from darwin.reports.views import run_rows
-    from darwin.settings import get_settings
 
-    rows = run_rows(get_settings().store_url)
+    rows = run_rows(store_url(storage))
     if json_:
         print(json.dumps(rows, indent=2))
         return
@@ -37,7 +62,9 @@ def runs(*, json_: JsonFlag = False) -> None:
 
 
 @app.command
-def leaderboard(run_id: str | None = None, *, json_: JsonFlag = False) -> None:
+def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
+                at_generation: AtGenerationFlag = None, storage: StorageFlag = None,
+                json_: JsonFlag = False) -> None:
     """Every candidate of RUN (default: the latest), best first.
 
     Parameters
@@ -45,15 +72,16 @@ def leaderboard(run_id: str | None = None, *, json_: JsonFlag = False) -> None:
     run_id
         The run (see `darwin runs`).
     """
-    from darwin.reports.views import leaderboard_rows, open_run
-    from darwin.settings import get_settings
+    from darwin.reports.views import leaderboard_rows
 
-    store = open_run(get_settings().store_url, run_id)
+    store = open_as_of(run_id, storage, at, at_generation)
     rows = leaderboard_rows(store)
     if json_:
-        print(json.dumps({"run_id": store.run_id, "candidates": rows}, indent=2))
+        print(json.dumps({"run_id": store.run_id, "head": store.head(), "candidates": rows},
+                         indent=2))
         return
-    table = Table(title=f"leaderboard {store.run_id}")
+    table = Table(title=f"leaderboard {store.run_id}" + (
+        f" as of generation {store.head()}" if getattr(store, "at", None) is not None else ""))
     for col in ("", "candidate", "gen", "parent", "kind", "operator", "val loss", "runs",
                 "Δ seed", "status"):
         table.add_column(col)
@@ -69,7 +97,8 @@ def leaderboard(run_id: str | None = None, *, json_: JsonFlag = False) -> None:
 
 @app.command
 def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run")] = None,
-         code: bool = False, json_: JsonFlag = False) -> None:
+         code: bool = False, at: AtFlag = None, at_generation: AtGenerationFlag = None,
+         storage: StorageFlag = None, json_: JsonFlag = False) -> None:
     """One candidate: its reasoning, kind of change, diff against its parent, metrics, claims
     and failure. CANDIDATE is an id like g002-c01 (in --run, default the latest run) or RUN/ID.
 
@@ -83,12 +112,11 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
         Also print the whole program.
     """
     from darwin.mutation.untrusted import quote_untrusted
-    from darwin.reports.views import candidate_detail, open_run
-    from darwin.settings import get_settings
+    from darwin.reports.views import candidate_detail
 
     if "/" in candidate:
         run_id, candidate = candidate.rsplit("/", 1)
-    store = open_run(get_settings().store_url, run_id)
+    store = open_as_of(run_id, storage, at, at_generation)
     d = candidate_detail(store, candidate)
     if json_:
         print(json.dumps(d, indent=2))
@@ -136,3 +164,84 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
         out.print(d["code"], markup=False, highlight=False, soft_wrap=True)
 
 
+
+
+@app.command
+def history(run_id: str | None = None, *, storage: StorageFlag = None,
+            json_: JsonFlag = False) -> None:
+    """RUN's past: every committed generation (when, by which host and process, its children,
+    promotions, who joined and left the population) and, on a versioned bucket, every version
+    of its HEAD (give one to --at of leaderboard, show and report).
+
+    Parameters
+    ----------
+    run_id
+        The run (default: the latest).
+    """
+    from darwin.memory.history import history as run_history
+    from darwin.reports.views import open_run
+
+    store = open_run(store_url(storage), run_id)
+    found = run_history(store)
+    if json_:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table(title=f"history {store.run_id}")
+    for col in ("gen", "committed (UTC)", "by", "wall", "children", "promoted", "left", "best"):
+        table.add_column(col)
+    for c in found["commits"]:
+        table.add_row(str(c["generation"]), _when(c["committed_at"]),
+                      f"{c['host'] or '?'}:{c['pid'] or '?'}", f"{c['wall_s']:.0f} s",
+                      str(len(c["children"])), ", ".join(c["promoted"]) or "-",
+                      ", ".join(c["left"]) or "-",
+                      f"{c['best']} {c['best_val_loss']:.4f}" if c["best"] else "-")
+    out.print(table)
+    versions = found["head_versions"]
+    if versions is None:
+        err.print("[dim]this store keeps no versions of HEAD (a local folder or a bucket "
+                  "without versioning): read the past with --at-generation N[/]")
+        return
+    table = Table(title="versions of HEAD")
+    for col in ("version", "written (UTC)", "generation", "by"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(v["version"], _when(v["at"]), str(v["generation"]),
+                      f"{v['host'] or '?'}:{v['pid'] or '?'}")
+    out.print(table)
+    out.print("[dim]read the run as it was: darwin leaderboard RUN --at VERSION[/]")
+
+
+def _when(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
+
+
+@app.command
+def export(run_id: str, dest: str, *, storage: StorageFlag = None,
+           json_: JsonFlag = False) -> None:
+    """Copy RUN to the store DEST (a folder or s3://bucket/prefix), byte for byte: every record,
+    program, log, model and pointer. What is already there with the same bytes is skipped (an
+    interrupted export resumes), every object is read back and compared, and a destination
+    holding another run with this id is refused.
+
+    Parameters
+    ----------
+    run_id
+        The run to copy.
+    dest
+        The destination store.
+    """
+    from darwin.memory.history import export_run
+    from darwin.memory.store import RunStore
+    from darwin.reports.views import open_run
+
+    source = open_run(store_url(storage), run_id)
+    done = export_run(source, RunStore(dest, source.run_id),
+                      progress=None if json_ or not err.is_terminal else
+                      lambda i, n: err.print(f"\r{i}/{n} objects", end=""))
+    if json_:
+        print(json.dumps({**done, "dest": dest}, indent=2))
+        return
+    out.print(f"exported {done['run_id']} to {dest}: {done['copied']} objects copied, "
+              f"{done['skipped']} already there, {done['verified']} verified")

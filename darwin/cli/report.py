@@ -9,13 +9,15 @@ from typing import Annotated
 from cyclopts import Parameter
 
 from darwin.cli.app import JsonFlag, app, err, out
+from darwin.cli.read import AtFlag, AtGenerationFlag, StorageFlag, open_as_of
 
 
 @app.command
 def report(*runs: str,
            out_dir: Annotated[Path | None, Parameter(name="--out")] = None,
            open_: Annotated[bool, Parameter(name="--open", negative=())] = False,
-           json_: JsonFlag = False) -> None:
+           at: AtFlag = None, at_generation: AtGenerationFlag = None,
+           storage: StorageFlag = None, json_: JsonFlag = False) -> None:
     """Draw RUN's figures (fitness, lineage, loss curves, val loss vs MFU, time and cost, kinds
     of change) and write one HTML page with them, the leaderboard, the best program and its
     lineage's reasoning. With several runs: their best-so-far curves overlaid.
@@ -31,15 +33,16 @@ def report(*runs: str,
     """
     from darwin.errors import UserError
     from darwin.reports.page import build_comparison, build_report, report_dir
-    from darwin.reports.views import open_run
-    from darwin.settings import get_settings
 
-    url = get_settings().store_url
-    stores = [open_run(url, r) for r in (runs or (None,))]
+    if len(runs) > 1 and (at is not None or at_generation is not None):
+        raise UserError("--at / --at-generation draw one run as it was; give one run")
+    stores = [open_as_of(r, storage, at, at_generation) for r in (runs or (None,))]
     ids = [s.run_id for s in stores]
     if len(set(ids)) != len(ids):
         raise UserError(f"a run is named twice: {' '.join(ids)}; give each run once")
-    target = Path(out_dir) if out_dir else report_dir(ids)
+    past = getattr(stores[0], "at", None)
+    target = Path(out_dir) if out_dir else report_dir(
+        [f"{ids[0]}-at-g{past:03d}"] if past is not None else ids)
     if target.exists() and not target.is_dir():
         raise UserError(f"--out {target} is a file: give a folder")
     try:

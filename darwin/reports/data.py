@@ -35,6 +35,7 @@ class RunData:
     generations: list[GenerationRecord] = field(default_factory=list)
     reviews: list[ReviewRecord] = field(default_factory=list)
     finals: dict[str, dict] = field(default_factory=dict)
+    as_of: int | None = None  # drawn as the run was right after this generation (--at...)
 
     # -- reading ------------------------------------------------------------------------------
     @classmethod
@@ -56,7 +57,7 @@ class RunData:
         tested = {SEED_ID, *(m.candidate_id for g in generations[-1:] for m in g.population)}
         finals = {c: f for c in sorted(tested) if (f := store.final(c)) is not None}
         return cls(store.run_id, meta, candidates, store.evaluations(), generations,
-                   store.reviews(), finals)
+                   store.reviews(), finals, getattr(store, "at", None))
 
     # -- derived --------------------------------------------------------------------------------
     @property

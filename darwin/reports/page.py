@@ -100,6 +100,9 @@ def missing_parts(data: RunData) -> list[str]:
     if not data.generations:
         missing.append("no generation is committed yet (the seed is still being measured, or "
                        "the run stopped before): fitness, lineage and timing show what exists")
+    elif data.as_of is not None:
+        missing.append(f"this is the run as it was right after generation {data.as_of} was "
+                       "committed: what came later is left out")
     elif planned is not None and data.generations[-1].generation < planned:
         missing.append(f"generation {data.generations[-1].generation} of {planned} is the last "
                        "committed: the run is going on, or stopped (resume it with darwin run "
@@ -108,7 +111,7 @@ def missing_parts(data: RunData) -> list[str]:
     children = [c for c in data.candidates if c.id != SEED_ID]
     if children and not scored:
         missing.append("every child crashed: no child has a val loss")
-    if data.best is not None and data.best not in data.finals:
+    if data.best is not None and data.best not in data.finals and data.as_of is None:
         missing.append("no test-split result yet (measured when the run ends)")
     if data.evaluations and not any(e.curve for e in data.evaluations):
         missing.append("no loss curves: no program printed lines like `iter 10: loss 2.5` (or "
@@ -137,7 +140,8 @@ def build_report(store: RunStore, out: Path) -> Report:
         (seed_code or "").splitlines(keepends=True), (best_code or "").splitlines(keepends=True),
         "seed/train.py", f"{best}/train.py")) if best and best != SEED_ID else ""
     page = _templates().get_template("report.html.j2").render(
-        title=f"DARWIN report: {data.run_id}",
+        title=f"DARWIN report: {data.run_id}" + (
+            f" as of generation {data.as_of}" if data.as_of is not None else ""),
         run_id=data.run_id, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         css=_css(), summary=_summary(data), missing=missing,
         figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()],

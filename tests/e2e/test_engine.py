@@ -208,6 +208,60 @@ def test_each_generation_publishes_artifacts(reference_run, prefect_server):
     assert f"reports/{store.run_id}/report.html" in latest
 
 
+def test_the_past_reads_back_as_it_was_printed(reference_run, prefect_server):
+    """`leaderboard --at-generation 1` equals the leaderboard the run published after
+    generation 1 (the Prefect table artifact of that time)."""
+    from darwin.reports.views import artifact_key
+    from darwin.tasks.publish import TABLE_COLUMNS
+
+    home, _ = reference_run
+    store = _store(home)
+    tables = _artifacts(prefect_server, artifact_key(store.run_id, "leaderboard"))
+    (then,) = [a for a in tables if a["description"].endswith("after generation 1, best first")]
+    printed = then["data"] if isinstance(then["data"], list) else json.loads(then["data"])
+    r = _darwin(["leaderboard", store.run_id, "--at-generation", "1", "--json"],
+                _env(prefect_server, home))
+    now = json.loads(r.stdout)["candidates"]
+    assert [{k: row[k] for k in TABLE_COLUMNS} for row in now] == printed
+    assert {row["generation"] for row in now} == {0, 1}
+
+
+def test_export_to_s3_and_back_is_identical_and_resumes(reference_run, prefect_server, s3_env,
+                                                        tmp_path):
+    import uuid
+
+    home, summary = reference_run
+    store = _store(home)
+    bucket = f"s3://{s3_env['bucket']}/exported-{uuid.uuid4().hex[:8]}"
+    env = _env(prefect_server, home)
+    for src, dest in ((None, bucket), (bucket, str(tmp_path / "back"))):
+        args = ["export", store.run_id, dest, "--json"] + (["--storage", src] if src else [])
+        r = _darwin(args, env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["verified"] > 20
+    back = tmp_path / "back" / store.run_id
+    original = Path(store.root)
+    def objects(root: Path) -> set:  # a lock or a lease is the store's, not the run's
+        return {p.relative_to(root) for p in root.rglob("*") if p.is_file()
+                and p.name not in ("LEASE", "run.lock") and not p.name.startswith(".")}
+
+    names = objects(original)
+    assert names == objects(back) and len(names) > 20
+    for name in names:
+        assert (back / name).read_bytes() == (original / name).read_bytes(), name
+    again = _darwin(["export", store.run_id, bucket], env)  # nothing left to copy
+    assert again.returncode == 0 and "0 objects copied" in again.stdout
+    # The re-imported run resumes on another machine (a fresh DARWIN_HOME): nothing trains.
+    log = tmp_path / "trainings.log"
+    resumed = _darwin(["run", "--resume", store.run_id, "--json"],
+                      _env(prefect_server, tmp_path / "elsewhere",
+                           DARWIN_STORAGE_URL=str(tmp_path / "back"),
+                           DARWIN_TRAINING_LOG=str(log)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["best"] == summary["best"]
+    assert not log.exists() or not log.read_text().strip()
+
+
 def test_the_run_ends_with_a_report(reference_run):
     """A real tiny 2-generation run: its report holds the leaderboard, the best program and
     every figure, drawn from timings and loss curves the trusted side recorded."""

@@ -42,7 +42,7 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
     base = url.removeprefix("s3://")
     (run_id,) = [p.rsplit("/", 1)[-1] for p in fs.ls(base) if not p.endswith("prefect-results")]
     root = f"{base}/{run_id}"
-    assert json.loads(fs.cat_file(f"{root}/HEAD")) == {"generation": 1}
+    assert json.loads(fs.cat_file(f"{root}/HEAD"))["generation"] == 1
     trained_before = (tmp_path / "trainings.log").read_text().splitlines()
 
     second_env = _env(s3_env, tmp_path, url, "second")  # nothing local survives
@@ -67,6 +67,26 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
         assert fs.exists(f"{root}/outputs/{member['candidate_id']}-s0/model.safetensors")
     gen1 = json.loads(fs.cat_file(f"{root}/generations/0001.json"))
     assert gen1["storage"]["bytes_written"] > 0 and gen2["storage"]["calls"] > 0
+
+    # The bucket is versioned: HEAD's history shows both processes' commits, and the run reads
+    # back as it was at any of them.
+    shown = subprocess.run([*DARWIN, "history", run_id, "--json"], env=second_env,
+                           capture_output=True, text=True, timeout=120)
+    found = json.loads(shown.stdout)
+    versions = found["head_versions"]
+    assert [v["generation"] for v in versions] == [0, 1, 2]
+    assert versions[1]["pid"] != versions[2]["pid"]  # the killed process, then the resumed one
+    assert [c["generation"] for c in found["commits"]] == [0, 1, 2]
+    at = {}
+    for flag in (["--at", versions[1]["version"]], ["--at-generation", "1"]):
+        board = subprocess.run([*DARWIN, "leaderboard", run_id, *flag, "--json"],
+                               env=second_env, capture_output=True, text=True, timeout=120)
+        at[flag[0]] = json.loads(board.stdout)
+    assert at["--at"] == at["--at-generation"] and at["--at"]["head"] == 1
+    assert {r["generation"] for r in at["--at"]["candidates"]} == {0, 1}
+    bad = subprocess.run([*DARWIN, "leaderboard", run_id, "--at", "not-a-version"],
+                         env=second_env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no such version" in bad.stderr
 
     # Prefect's flow results sit next to the run, as JSON (never a pickle read back).
     results = fs.find(f"{base}/prefect-results")
