@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -71,7 +74,7 @@ def one_colour(png: bytes) -> bool:
 def page(url: str, out: Path, must_show: list[str]) -> None:
     """Render ``url``, check its DOM holds every string of ``must_show``, keep its picture."""
     exe = chromium()
-    with tempfile.TemporaryDirectory() as profile:
+    with _profile() as profile:
         common = [exe, *_flags(), f"--user-data-dir={profile}",
                   f"--virtual-time-budget={RENDER_MS}"]
         dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
@@ -94,10 +97,11 @@ def review_page(ui: str, flow_run_id: str, out: Path, must_show: list[str]) -> N
     """The paused run's page with its resume form open (a click: the DevTools protocol)."""
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory() as profile:
+    with _profile() as profile:
         proc = subprocess.Popen([chromium(), *_flags(), f"--user-data-dir={profile}",
                                  "--remote-debugging-port=0", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + 30
@@ -132,9 +136,16 @@ def review_page(ui: str, flow_run_id: str, out: Path, must_show: list[str]) -> N
                 shot = cdp("Page.captureScreenshot", format="png")["data"]
                 out.write_bytes(base64.b64decode(shot))
         finally:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the browser and every helper it started
             proc.wait()
     _check_image(out)
+
+
+def _profile():
+    """A throwaway browser profile. Chromium's helper processes may still write into it for a
+    moment after the browser exits: removing it must not fail the pictures."""
+    return tempfile.TemporaryDirectory(prefix="darwin-shots-", ignore_cleanup_errors=True)
 
 
 class _Cdp:
@@ -202,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     except ShotFailed as e:
         print(f"screenshots: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # the server is not there
+    except (urllib.error.URLError, ConnectionError) as e:  # the server is not there
         print(f"screenshots: cannot reach {args.ui}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a folder we cannot write, a browser that would not start
+        print(f"screenshots: {e}", file=sys.stderr)
         return 1
     return 0
 
