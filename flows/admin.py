@@ -3,6 +3,7 @@ in flows/ and in tasks/)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -57,6 +58,18 @@ def mark_stale_runs_crashed(run_id: str) -> int:
 def run_tag(run_id: str) -> str:
     """The tag every flow run of one DARWIN run carries (filter on it in the UI)."""
     return f"darwin-run:{run_id}"
+
+
+@contextlib.contextmanager
+def run_context(run_id: str, budget: str, store_url: str):
+    """Prefect's context for one DARWIN run's flows, however it was started (`darwin run`, a
+    deployment): the tags the UI filters on, and where its results are kept."""
+    from prefect import tags
+    from prefect.settings import temporary_settings
+
+    with tags(run_tag(run_id), f"budget:{budget}"), \
+            temporary_settings(updates=results_settings(result_storage_block(store_url))):
+        yield
 
 
 def result_storage_block(store_url: str) -> str | None:

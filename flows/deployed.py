@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow, tags
-from prefect.settings import temporary_settings
+from prefect import flow
 
 from darwin.engine.experiment import Experiment, make_experiment
 from darwin.engine.reviews import ReviewPolicy
@@ -81,14 +80,9 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
     )
     from darwin.evaluation.hardware import check_device
     from darwin.evaluation.training import seed_program
-    from darwin.flows.admin import (
-        mark_stale_runs_crashed,
-        result_storage_block,
-        results_settings,
-        run_tag,
-    )
+    from darwin.flows.admin import mark_stale_runs_crashed, run_context
     from darwin.flows.evolve import evolve
-    from darwin.reports.page import build_report, report_dir
+    from darwin.reports.page import write_run_report
     from darwin.sandbox import get_sandbox
     from darwin.settings import get_settings
 
@@ -115,13 +109,13 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
     reap_leftovers()
     watchdog.start()  # if this process dies, what it started dies with it
     try:
-        with tags(run_tag(run_id), f"budget:{experiment.budget}"), \
-                temporary_settings(updates=results_settings(result_storage_block(url))):
+        with run_context(run_id, experiment.budget, url):
             last = evolve(experiment, run_id, url, review=policy)
     finally:
         claim.release()
     summary = run_summary(store, last)
-    summary["report"] = str(build_report(store, report_dir([run_id])).path)
+    made = write_run_report(store, print)
+    summary["report"] = str(made.path) if made else None
     print(f"run {run_id}: best {summary['best']} val loss {summary['best_val_loss']:.4f}; "
           f"report {summary['report']}")
     return summary

@@ -42,13 +42,13 @@ def write_report(store: RunStore) -> str:
     """The run's HTML report, (re)written in its default folder; markdown for the UI: the key
     figures inline and where the report is. Drawing never fails a generation: a figure that
     cannot be drawn is said in the markdown and the log."""
-    from darwin.reports.page import build_report, report_dir
+    from darwin.reports.page import write_run_report
 
-    try:
-        made = build_report(store, report_dir([store.run_id]))
-    except Exception as e:  # noqa: BLE001 - a report is never worth a failed generation
-        log.warning("the report of %s was not drawn: %s: %s", store.run_id, type(e).__name__, e)
-        return f"\n\n(The report could not be drawn: {type(e).__name__}: {e}.)"
+    said: list[str] = []  # the markdown says it too, next to the tables
+    made = write_run_report(store, said.append)
+    if made is None:
+        log.warning("%s", said[0])
+        return f"\n\n({said[0]}.)"
     lines = ["", f"Full report: `{made.path}` (or `darwin report {store.run_id}`)."]
     for name in KEY_FIGURES:
         if name in made.figures:

@@ -136,19 +136,10 @@ def run(
               + ("new" if not opened.resumed else "resumed: nothing committed yet" if head is None
                  else f"resumed after generation {head}")
               + f"); resume with: darwin run --resume {run_id}")
-    from prefect import tags
-    from prefect.settings import temporary_settings
-
     from darwin.cli.review import TerminalReviewer
     from darwin.engine.slots import slot_cpus
     from darwin.evaluation.budgets import get_budget
-    from darwin.flows.admin import (
-        hide_reported_errors,
-        mark_stale_runs_crashed,
-        result_storage_block,
-        results_settings,
-        run_tag,
-    )
+    from darwin.flows.admin import hide_reported_errors, mark_stale_runs_crashed, run_context
     from darwin.flows.evolve import evolve
     from darwin.flows.review import set_local_reviewer
     from darwin.reports.progress import LiveProgress
@@ -157,11 +148,9 @@ def run(
         mark_stale_runs_crashed(run_id)
     n_slots = len(slot_cpus(experiment.device, get_budget(experiment.budget).threads))
     hide_reported_errors()
-    prefect_results = results_settings(result_storage_block(url))
     try:
         with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \
-                tags(run_tag(run_id), f"budget:{experiment.budget}"), \
-                temporary_settings(updates=prefect_results):
+                run_context(run_id, experiment.budget, url):
             _stop_on_signals(store, run_id, live, claim)
             if policy.mode == "ask":
                 set_local_reviewer(TerminalReviewer(run_id, live, sys.stdin.isatty()))
@@ -169,7 +158,11 @@ def run(
     except StorageError as e:  # the store stayed down: what was committed stays committed
         raise StorageError(f"{e}; continue with: darwin run --resume {run_id}") from None
     summary = run_summary(store, last)
-    summary["report"] = _final_report(store)
+    # Redrawn with the test split in it (the last generation's report lacked it).
+    from darwin.reports.page import write_run_report
+
+    made = write_run_report(store, lambda words: err.print(words, style="yellow", markup=False))
+    summary["report"] = str(made.path) if made else None
     if json_:
         print(json.dumps(summary, indent=2))
         return
@@ -196,18 +189,6 @@ def run(
     if summary["report"]:
         out.print(f"report: {summary['report']}")
 
-
-def _final_report(store) -> str | None:
-    """The run's report with the test split in it (the last generation's lacked it): its path,
-    or None when it could not be drawn (said on stderr; the run itself succeeded)."""
-    from darwin.reports.page import build_report, report_dir
-
-    try:
-        return str(build_report(store, report_dir([store.run_id])).path)
-    except Exception as e:  # noqa: BLE001 - the run is done and stored; the page is a view
-        err.print(f"[yellow]the report could not be drawn:[/] {type(e).__name__}: {e} "
-                  f"(try: darwin report {store.run_id})")
-        return None
 
 
 def _review_policy(review: bool, every: int, timeout_s: float):

@@ -146,8 +146,8 @@ class RunData:
         return g.committed_at - g.wall_s, g.committed_at
 
     def timing(self) -> list[dict]:
-        """Per committed generation after the seed's: where the time went (seconds) and what
-        the LLM cost. llm / training / scoring / waiting are summed over the generation's tasks
+        """Per committed generation (the seed's included): where the time went (seconds) and
+        what the LLM cost. llm / training / scoring / waiting are summed over the generation's tasks
         (parallel tasks add up); orchestration is the generation's wall time during which no
         mutation, training or scoring ran (scheduling, store I/O, selection, commit)."""
         rows = []

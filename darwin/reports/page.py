@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from darwin.engine.ids import SEED_ID
-from darwin.memory.store import RunStore, StoreError
+from darwin.memory.store import RunStore
 from darwin.reports.data import RunData
 
 PAGE = "report.html"
@@ -77,15 +78,12 @@ def _fmt(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def render_figures(data: RunData, out: Path, only: tuple[str, ...] | None = None
-                   ) -> dict[str, tuple[str, bytes]]:
-    """Draw the figures (all, or ``only``) into ``out``/<name>.png: name -> (title, png)."""
+def render_figures(data: RunData, out: Path) -> dict[str, tuple[str, bytes]]:
+    """Draw every figure into ``out``/<name>.png: name -> (title, png)."""
     from darwin.reports.plots import FIGURES, png
 
     drawn = {}
     for name, (title, draw) in FIGURES.items():
-        if only is not None and name not in only:
-            continue
         fig = draw(data)
         data_png = png(fig)
         fig.clear()
@@ -124,7 +122,7 @@ def missing_parts(data: RunData) -> list[str]:
 def build_report(store: RunStore, out: Path) -> Report:
     """Write ``out``/report.html and the PNGs of ``store``'s run; what is missing is said on
     the page (and returned), never raised."""
-    from darwin.reports.views import leaderboard_rows
+    from darwin.reports.views import leaderboard_rows, stored_code
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,8 +130,8 @@ def build_report(store: RunStore, out: Path) -> Report:
     figures = render_figures(data, out)
     missing = missing_parts(data)
     best = data.best
-    seed_code = _code(store, SEED_ID)
-    best_code = _code(store, best) if best else None
+    seed_code = stored_code(store, SEED_ID)
+    best_code = stored_code(store, best)
     if best and best_code is None:
         missing.append(f"the program of {best} is missing from the store")
     diff = "".join(difflib.unified_diff(
@@ -161,6 +159,18 @@ def build_report(store: RunStore, out: Path) -> Report:
     return Report(path, {name: out / f"{name}.png" for name in figures}, missing)
 
 
+def write_run_report(store: RunStore, say: Callable[[str], None]) -> Report | None:
+    """The run's report in its default folder, (re)drawn; None when it could not be drawn,
+    which ``say`` tells (the run itself is stored: the page is only a view of it, never worth
+    failing a generation or a finished run)."""
+    try:
+        return build_report(store, report_dir([store.run_id]))
+    except Exception as e:  # noqa: BLE001
+        say(f"the report of {store.run_id} could not be drawn: {type(e).__name__}: {e} "
+            f"(try: darwin report {store.run_id})")
+        return None
+
+
 def build_comparison(stores: list[RunStore], out: Path) -> Report:
     """Several runs on one page: their best-so-far curves overlaid, each with its noise band."""
     from darwin.reports.plots import compare_figure, png
@@ -184,16 +194,6 @@ def build_comparison(stores: list[RunStore], out: Path) -> Report:
     path = out / PAGE
     path.write_text(page)
     return Report(path, {"compare": out / "compare.png"}, missing)
-
-
-def _code(store: RunStore, cid: str | None) -> str | None:
-    rec = store.candidate(cid) if cid else None
-    if rec is None or not rec.code_sha:
-        return None
-    try:
-        return store.code(rec.code_sha)
-    except StoreError:
-        return None
 
 
 def _summary(data: RunData) -> list[tuple[str, str]]:

@@ -78,15 +78,24 @@ def leaderboard_rows(store: RunStore) -> list[dict]:
     return rows
 
 
+def stored_code(store: RunStore, cid: str | None) -> str | None:
+    """Candidate ``cid``'s program (None: no such candidate, no program, or lost from the
+    store)."""
+    rec = store.candidate(cid) if cid else None
+    if rec is None or not rec.code_sha:
+        return None
+    try:
+        return store.code(rec.code_sha)
+    except StoreError:
+        return None
+
+
 def candidate_detail(store: RunStore, cid: str) -> dict:
     rec = store.candidate(cid)
     if rec is None:
         known = ", ".join(r.id for r in store.candidates()[:8])
         raise UserError(f"no candidate {cid!r} in run {store.run_id} (some: {known})")
-    try:
-        code = store.code(rec.code_sha) if rec.code_sha else ""
-    except StoreError:
-        code = ""
+    code = stored_code(store, cid) or ""
     evals = [e for e in store.evaluations() if e.candidate_id == cid]
     return {
         "run_id": store.run_id, "candidate": rec.model_dump(mode="json"), "code": code,
