@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         default=None, description="where runs are stored: a folder or file:// URL, or "
         "s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL); default $DARWIN_HOME/runs")
     store: str | None = Field(default=None, description="older name of storage_url")
+    slots: int | None = Field(
+        default=None, description="children trained at once (default: one per core on CPU, "
+        "4 on a GPU, fewer if memory is short)")
+    warm: Literal["auto", "on", "off"] = Field(
+        default="auto", description="pre-start sandboxes while children wait for a slot: auto "
+        "(on a GPU only), on, off")
     llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @property

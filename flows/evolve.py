@@ -42,7 +42,7 @@ def evolve(experiment: Experiment, run_id: str, store_url: str,
            review: ReviewPolicy | None = None) -> GenerationRecord:
     ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment)
     engine = engine_for(ref)
-    slots = shared_pool(experiment.device, engine.budget.threads)
+    slots = shared_pool(experiment.device, engine.budget.threads, engine.slots)
     steps.ensure_slot_limit(experiment.device, slots.size)
     runner = ThreadPoolTaskRunner(max_workers=2 * slots.size)
     head = engine.store.head()

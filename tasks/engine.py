@@ -23,7 +23,7 @@ from prefect.concurrency.sync import concurrency
 
 from darwin.engine.faults import checkpoint
 from darwin.engine.ids import parse
-from darwin.engine.slots import shared_pool
+from darwin.engine.slots import shared_pool, warm_gate
 from darwin.engine.steps import RunRef, engine_for
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
 from darwin.memory.store import IOStats, io_stats
@@ -94,6 +94,32 @@ def _slot(engine, cid: str, seed: int):
             slots.release(cpus)
 
 
+@contextlib.contextmanager
+def _warm_slot(engine, cid: str, seed: int, prestart):
+    """A slot, and what ``prestart()`` started while this task waited for it (None when the
+    engine does not warm). One pre-started sandbox per slot at most: its gate is held from
+    before the start until the slot is ours, so the next child of every slot, and no more,
+    waits warm."""
+    if not engine.warming:
+        with _slot(engine, cid, seed) as cpus:
+            yield cpus, None
+        return
+    gate = warm_gate(engine.experiment.device, engine.budget.threads)
+    gate.acquire()
+    gated, held = True, None
+    try:
+        held = prestart()
+        with _slot(engine, cid, seed) as cpus:
+            gate.release()
+            gated = False
+            yield cpus, held
+    finally:
+        if gated:
+            gate.release()
+        if held is not None:
+            held.close()  # stops it if it was never used; nothing left to do otherwise
+
+
 @task(name="train", task_run_name="train-{cid}-s{seed}", cache_policy=NO_CACHE)
 def train(ref: RunRef, cid: str, seed: int) -> str:
     """Train in the sandbox (the sandbox's deadline is the real time limit: a Prefect timeout
@@ -101,8 +127,8 @@ def train(ref: RunRef, cid: str, seed: int) -> str:
     engine = engine_for(ref)
     if (known := engine.needs_training(cid, seed)) is not None:
         return known  # nothing to train: no slot needed
-    with _slot(engine, cid, seed) as cpus:
-        return engine.train(cid, seed, cpus=cpus)
+    with _warm_slot(engine, cid, seed, lambda: engine.prestart_training(cid, seed)) as (cpus, pre):
+        return engine.train(cid, seed, cpus=cpus, prestarted=pre)
 
 
 @task(name="score", task_run_name="score-{cid}-s{seed}", cache_policy=NO_CACHE)
@@ -112,8 +138,8 @@ def score(ref: RunRef, cid: str, seed: int, trained: str) -> EvaluationRecord:
     engine = engine_for(ref)
     if (known := engine.store.evaluation(cid, seed)) is not None:
         return known
-    with _slot(engine, cid, seed) as cpus:
-        return engine.score(cid, seed, cpus=cpus)
+    with _warm_slot(engine, cid, seed, lambda: engine.prestart_scoring(cid, seed)) as (cpus, pre):
+        return engine.score(cid, seed, cpus=cpus, prestarted=pre)
 
 
 @task(name="select", task_run_name="select-g{gen:03d}", cache_policy=NO_CACHE)

@@ -30,6 +30,7 @@ def run(
     memory: bool = True,
     device: str = "cpu",
     sandbox: str | None = None,
+    slots: int | None = None,
     review: bool = True,
     review_every: int = 0,
     review_timeout: float = 900.0,
@@ -71,6 +72,9 @@ def run(
     sandbox
         auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
         answers, else local).
+    slots
+        Children trained at once (default: $DARWIN_SLOTS, or one per core on CPU, 4 on a GPU,
+        fewer when memory is short); refused when the machine cannot hold them.
     review
         Pause between generations for the model's requests and the review gates (answer in the
         terminal, the Prefect UI, or with `darwin review`). --no-review applies the defaults at
@@ -90,6 +94,8 @@ def run(
         reap_leftovers,
         run_summary,
     )
+    from darwin.engine.slots import slot_count
+    from darwin.evaluation.budgets import get_budget
     from darwin.evaluation.data import load_dataset
     from darwin.evaluation.hardware import check_device
     from darwin.flows.admin import quiet_prefect
@@ -101,6 +107,9 @@ def run(
     policy = _review_policy(review, review_every, review_timeout)
     if sandbox:
         os.environ["DARWIN_SANDBOX"] = sandbox
+    if slots is not None:
+        os.environ["DARWIN_SLOTS"] = str(slots)  # the engine, in this process, reads it
+        settings = get_settings()
     url = settings.store_url
     opened = open_for_resume(url, resume) if resume else None
     claim = None
@@ -112,6 +121,8 @@ def run(
         repair_tries=repair_tries, memory=memory, device=device,
         seed_program=str(seed_program) if seed_program else None)
     check_device(experiment.device)
+    budget_ = get_budget(experiment.budget)
+    n_slots = slot_count(experiment.device, budget_.threads, budget_.memory_mb, settings.slots)
     load_dataset()
     box = open_sandbox(sandbox)  # refuse early when nothing isolates
     chosen = make_mutator(experiment.mutator, settings.llm)
@@ -137,8 +148,6 @@ def run(
                  else f"resumed after generation {head}")
               + f"); resume with: darwin run --resume {run_id}")
     from darwin.cli.review import TerminalReviewer
-    from darwin.engine.slots import slot_cpus
-    from darwin.evaluation.budgets import get_budget
     from darwin.flows.admin import hide_reported_errors, mark_stale_runs_crashed, run_context
     from darwin.flows.evolve import evolve
     from darwin.flows.review import set_local_reviewer
@@ -146,7 +155,6 @@ def run(
 
     if opened.resumed:
         mark_stale_runs_crashed(run_id)
-    n_slots = len(slot_cpus(experiment.device, get_budget(experiment.budget).threads))
     hide_reported_errors()
     try:
         with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -15,16 +16,50 @@ R = TypeVar("R")
 GPU_CHILDREN_PER_DEVICE = 4  # measured on an H200: 4 processes sharing it give 2.4x throughput
 
 
-def cpu_slots(threads: int) -> list[list[int]]:
+def cpu_slots(threads: int, n: int | None = None) -> list[list[int]]:
     cores = sorted(os.sched_getaffinity(0))
-    n = max(1, len(cores) // threads)
+    n = max(1, len(cores) // threads) if n is None else n
     return [cores[i * threads : (i + 1) * threads] for i in range(n)]
 
 
-def slot_cpus(device: str, threads: int) -> list[list[int] | None]:
+def machine_memory_mb() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def slot_count(device: str, threads: int, memory_mb: int, asked: int | None = None, *,
+               cores: int | None = None, memory: int | None = None) -> int:
+    """How many children train at once: ``asked`` (--slots / DARWIN_SLOTS) if this machine can
+    hold that many, else one line saying why not. Unasked: one per ``threads`` cores on CPU,
+    ``GPU_CHILDREN_PER_DEVICE`` on a GPU, never more than the memory holds at every child's cap
+    (``memory_mb``, the budget's memory limit). ``cores`` and ``memory`` (MB): this machine's."""
+    from darwin.errors import UserError
+
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    memory = machine_memory_mb() if memory is None else memory
+    by_memory = max(1, memory // memory_mb)
+    by_cores = max(1, cores // threads) if device == "cpu" else GPU_CHILDREN_PER_DEVICE
+    if asked is None:
+        return min(by_cores, by_memory)
+    if asked < 1:
+        raise UserError(f"--slots {asked}: at least one child must train; use --slots 1 or more")
+    if device == "cpu" and asked * threads > cores:
+        raise UserError(
+            f"--slots {asked}: {asked} children at {threads} thread(s) each need "
+            f"{asked * threads} cores and this machine gives {cores}; use --slots {by_cores} "
+            f"or fewer")
+    if asked * memory_mb > memory:
+        raise UserError(
+            f"--slots {asked}: {asked} children at the budget's {memory_mb} MB memory cap need "
+            f"{asked * memory_mb} MB and this machine has {memory} MB; use --slots {by_memory} "
+            f"or fewer")
+    return asked
+
+
+def slot_cpus(device: str, threads: int, n: int | None = None) -> list[list[int] | None]:
+    """The cores of each slot (None: unpinned, on a GPU); ``n`` from ``slot_count``."""
     if device == "cuda":
-        return [None] * GPU_CHILDREN_PER_DEVICE
-    return list(cpu_slots(threads))
+        return [None] * (GPU_CHILDREN_PER_DEVICE if n is None else n)
+    return list(cpu_slots(threads, n))
 
 
 def run_in_slots(
@@ -64,9 +99,34 @@ class SlotPool:
 _pools: dict[tuple[str, int], SlotPool] = {}
 
 
-def shared_pool(device: str, threads: int) -> SlotPool:
-    """One pool per process and device, shared by every flow and task in it."""
+def shared_pool(device: str, threads: int, n: int | None = None) -> SlotPool:
+    """One pool per process and device, shared by every flow and task in it (``n`` slots: the
+    first caller's choice, from ``slot_count``)."""
     key = (device, threads)
     if key not in _pools:
-        _pools[key] = SlotPool(slot_cpus(device, threads))
+        _pools[key] = SlotPool(slot_cpus(device, threads, n))
     return _pools[key]
+
+
+def warm_pays(setting: str, device: str) -> bool:
+    """Whether to pre-start sandboxes: ``on``, ``off``, or ``auto``: on a GPU, where the CPU
+    cores idle while the GPU trains and a child's start-up (interpreter, torch, CUDA context)
+    is most of its time; not on the CPU, where every core already trains a child, so the
+    start-up would only move onto a core that is busy (measured: bench/throughput.py)."""
+    if setting == "auto":
+        return device == "cuda"
+    return setting == "on"
+
+
+_gates: dict[tuple[str, int], threading.Semaphore] = {}
+_gates_lock = threading.Lock()
+
+
+def warm_gate(device: str, threads: int) -> threading.Semaphore:
+    """How many sandboxes may wait pre-started at once in this process: one per slot, so the
+    next child of each slot is warm when the slot frees and no more memory is held."""
+    key = (device, threads)
+    with _gates_lock:
+        if key not in _gates:
+            _gates[key] = threading.Semaphore(shared_pool(device, threads).size)
+        return _gates[key]

@@ -31,13 +31,15 @@ from darwin.engine.experiment import Experiment
 from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.ids import SEED_ID, candidate_id, parse
 from darwin.engine.selection import Scored, pareto, select
+from darwin.engine.slots import slot_count, warm_pays
 from darwin.evaluation.budgets import Budget, get_budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.evaluate import Evaluation, evaluate_program
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.outputs import OUTPUT_LIMITS
+from darwin.evaluation.scoring import PrestartedScorer, prestart_scorer
 from darwin.evaluation.token_server import DEFAULT_SOURCE
-from darwin.evaluation.training import NO_EXTRAS, Extras, TrainResult
+from darwin.evaluation.training import NO_EXTRAS, Extras, Prestarted, TrainResult, prestart
 from darwin.evaluation.training import train as train_program
 from darwin.llm.client import LLMFailure
 from darwin.llm.ledger import StoredLedger
@@ -68,7 +70,8 @@ _SOURCES: dict = {}  # approved datasets' tokens, by sha256, read once per proce
 _SOURCES_LOCK = threading.Lock()
 OUTPUT_FILES = tuple(OUTPUT_LIMITS)
 TRUSTED_FILES = ("scoring.py", "outputs.py", "heldout.py", "hardware.py", "token_server.py",
-                 "evaluate.py", "training.py", "runtime/eval_server.py", "runtime/darwin_io.py")
+                 "evaluate.py", "training.py", "runtime/eval_server.py", "runtime/darwin_io.py",
+                 "runtime/warm.py")
 
 
 @dataclass
@@ -325,17 +328,54 @@ class Engine:
 
         return on_trained
 
-    def train(self, cid: str, seed: int, cpus: list[int] | None = None) -> str:
-        """Train (cid, seed) in the sandbox; its result waits in the scratch folder for the
-        scorer (a marker: a training that finished before the orchestrator died is scored,
-        not run again)."""
+    @cached_property
+    def slots(self) -> int:
+        """Children trained at once in this process (--slots, checked against the machine)."""
+        return slot_count(self.experiment.device, self.budget.threads, self.budget.memory_mb,
+                          self.settings.slots)
+
+    @property
+    def warming(self) -> bool:
+        """Pre-start sandboxes while waiting for a slot (DARWIN_WARM; see README, "Speed")."""
+        return warm_pays(self.settings.warm, self.experiment.device)
+
+    def prestart_training(self, cid: str, seed: int) -> Prestarted | None:
+        """(cid, seed)'s training sandbox, started now and waiting for its slot; None when
+        there is nothing to train."""
+        if self.needs_training(cid, seed) is not None:
+            return None
+        program, marker = self._prepare(cid, seed)
+        return prestart(program, self.budget, seed, marker.parent / "run", self.sandbox,
+                        device=self.experiment.device, extras=self.extras(cid))
+
+    def prestart_scoring(self, cid: str, seed: int) -> PrestartedScorer | None:
+        """(cid, seed)'s two evaluation sandboxes, started now (trusted code only) and given
+        the model once they have a slot; None when its score needs no sandbox."""
+        if self.store.evaluation(cid, seed) is not None:
+            return None
+        record = self.store.candidate(cid)
+        if record is None or not record.code_sha:
+            return None
+        marker = self._work(cid, seed) / "trained.json"
+        if self._cache_path(record.code_sha, seed, self._extras_key(cid)).exists() \
+                or not marker.exists():
+            return None
+        return prestart_scorer(marker.parent / "run", self.budget, self.sandbox,
+                               device=self.experiment.device,
+                               packages=self.extras(cid).packages)
+
+    def train(self, cid: str, seed: int, cpus: list[int] | None = None,
+              prestarted: Prestarted | None = None) -> str:
+        """Train (cid, seed) in the sandbox (``prestarted``'s, when given); its result waits in
+        the scratch folder for the scorer (a marker: a training that finished before the
+        orchestrator died is scored, not run again)."""
         if (known := self.needs_training(cid, seed)) is not None:
             return known
         program, marker = self._prepare(cid, seed)
         result = train_program(program, self.budget, seed, marker.parent / "run", self.sandbox,
                                device=self.experiment.device, cpus=cpus,
                                on_progress=lambda done, total: checkpoint("train"),
-                               extras=self.extras(cid))
+                               extras=self.extras(cid), prestarted=prestarted)
         self._on_trained(marker, cid, seed)(result)
         return "trained"
 
@@ -344,7 +384,8 @@ class Engine:
         self.train(cid, seed, cpus)
         return self.score(cid, seed, cpus)
 
-    def score(self, cid: str, seed: int, cpus: list[int] | None = None) -> EvaluationRecord:
+    def score(self, cid: str, seed: int, cpus: list[int] | None = None,
+              prestarted: PrestartedScorer | None = None) -> EvaluationRecord:
         """The trusted evaluation of (cid, seed), from the store, the training cache, or the
         training waiting in the scratch folder (trained again if that folder was emptied)."""
         existing = self.store.evaluation(cid, seed)
@@ -369,7 +410,7 @@ class Engine:
                                   device=self.experiment.device, cpus=cpus, trained=trained,
                                   on_trained=self._on_trained(marker, cid, seed),
                                   on_progress=lambda done, total: checkpoint("train"),
-                                  extras=self.extras(cid))
+                                  extras=self.extras(cid), prestarted_scorer=prestarted)
         ev = self._evaluation_record(cid, record.code_sha, seed, result)
         self.store.put_log(cid, seed, result.train.log_path)
         cache.parent.mkdir(parents=True, exist_ok=True)

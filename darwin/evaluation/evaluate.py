@@ -12,8 +12,8 @@ from pathlib import Path
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.hardware import device_peak
-from darwin.evaluation.scoring import Score, score
-from darwin.evaluation.training import NO_EXTRAS, Extras, TrainResult, train
+from darwin.evaluation.scoring import PrestartedScorer, Score, score
+from darwin.evaluation.training import NO_EXTRAS, Extras, Prestarted, TrainResult, train
 from darwin.sandbox import Outcome, Sandbox
 
 TRAIN_FAILURES = {
@@ -135,20 +135,25 @@ def evaluate_program(
     trained: TrainResult | None = None,
     on_trained: Callable[[TrainResult], None] | None = None,
     extras: Extras = NO_EXTRAS,
+    prestarted: Prestarted | None = None,
+    prestarted_scorer: PrestartedScorer | None = None,
 ) -> Evaluation:
     """Train ``program`` (unless ``trained``, an earlier finished training of it, is given) and
     score what it left. ``on_trained`` sees the training's result before scoring starts."""
     workdir = Path(workdir)
     if trained is None:
         trained = train(program, budget, seed, workdir, sandbox, device=device, cpus=cpus,
-                        on_progress=on_progress, extras=extras)
+                        on_progress=on_progress, extras=extras, prestarted=prestarted)
         if on_trained is not None:
             on_trained(trained)
     ev = Evaluation(str(program), budget.name, seed, device, trained)
     if not trained.ok:
+        if prestarted_scorer is not None:
+            prestarted_scorer.close()
         return ev
     ev.score = score(trained.out_dir, budget, sandbox, workdir, device=device, cpus=cpus,
-                     program=Path(program), packages=extras.packages)
+                     program=Path(program), packages=extras.packages,
+                     prestarted=prestarted_scorer)
     ev.claims = read_claims(workdir)
     ev.flags = compare_claims(ev.claims, ev.loss) + ev.score.flags
     s = ev.score

@@ -33,6 +33,7 @@ output or an exception's message (which could carry the tokens the model was sho
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import math
@@ -50,8 +51,8 @@ from darwin.evaluation.data import Dataset, eval_windows, load_dataset, window_s
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_safetensors_header
-from darwin.evaluation.training import runtime_dir
-from darwin.sandbox import LIB_DIR, PKG_DIR, Mount, Outcome, Sandbox, SandboxSpec
+from darwin.evaluation.training import gone, runtime_dir
+from darwin.sandbox import LIB_DIR, PKG_DIR, Mount, Outcome, Sandbox, SandboxSpec, Warm
 from darwin.sandbox.base import SandboxProcess
 
 log = logging.getLogger(__name__)
@@ -270,18 +271,86 @@ def make_probes(held: list[Window], dataset: Dataset, n: int, context: int,
     return probes
 
 
+# What a pre-started evaluation sandbox imports before it is given its model.
+SCORE_IMPORTS = ("numpy", "torch", "safetensors.torch")
+
+
+def _eval_spec(name: str, model_dir: Path, workdir: Path, split: str, budget: Budget,
+               device: str, cpus: list[int] | None, packages: Path | None,
+               messages: bool) -> SandboxSpec:
+    return SandboxSpec(
+        argv=["python", f"{LIB_DIR}/eval_server.py"],
+        mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR),
+                *([Mount(packages, PKG_DIR)] if packages is not None else [])],
+        env={"DARWIN_DEVICE": device, "DARWIN_MODEL_DIR": MODEL_DIR,
+             **({"PYTHONPATH": f"{LIB_DIR}:{PKG_DIR}"} if packages is not None else {}),
+             **({"DARWIN_EVAL_MESSAGES": "1"} if messages else {})},
+        cwd="/tmp", deadline_s=max(60.0, budget.deadline_s / 2), memory_mb=budget.memory_mb,
+        threads=budget.threads, cpus=cpus, gpu=device == "cuda",
+        log_path=workdir / f"eval-{split}-{name}-{os.urandom(4).hex()}.log",
+        label=f"eval-{name}:{workdir.name}")
+
+
+@dataclass
+class PrestartedScorer:
+    """Processes A and B started ahead (``prestart_scorer``): trusted code only, torch imported,
+    an empty model folder mounted. ``score`` fills the folder once the training sandbox is gone,
+    then releases A, and B only after A is gone."""
+
+    model_dir: Path
+    specs: dict[str, SandboxSpec]
+    procs: dict[str, SandboxProcess]
+
+    def take(self, name: str) -> tuple[SandboxSpec, SandboxProcess | None]:
+        return self.specs[name], self.procs.pop(name, None)
+
+    def close(self) -> None:
+        """Stop what was not used (a candidate rejected before A, or no B needed)."""
+        for name, proc in list(self.procs.items()):
+            gone(proc)
+            self.specs[name].log_path.unlink(missing_ok=True)
+        self.procs.clear()
+
+
+def prestart_scorer(workdir: Path, budget: Budget, sandbox: Sandbox, *, split: str = "val",
+                    device: str = "cpu", packages: Path | None = None) -> PrestartedScorer:
+    workdir = Path(workdir)
+    model_dir = workdir / f"model-{split}"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dir.chmod(0o755)
+    specs = {name: _eval_spec(name, model_dir, workdir, split, budget, device, None, packages,
+                              False) for name in ("a", "b")}
+    procs = {}
+    try:
+        for name, spec in specs.items():
+            procs[name] = sandbox.start(
+                dataclasses.replace(spec, warm=Warm(imports=SCORE_IMPORTS)), pipe=True)
+    except BaseException:
+        PrestartedScorer(model_dir, specs, procs).close()
+        raise
+    return PrestartedScorer(model_dir, specs, procs)
+
+
 class _Session:
     """One fresh evaluation sandbox, closed (and its log deleted) on exit whatever happens."""
 
     def __init__(self, sandbox: Sandbox, spec: SandboxSpec, vocab: int, model_lines: int,
-                 keep_messages: bool):
+                 keep_messages: bool, held: SandboxProcess | None = None,
+                 cpus: list[int] | None = None):
         self.sandbox, self.spec = sandbox, spec
         self.args = (vocab, model_lines, keep_messages)
         self.proc: SandboxProcess | None = None
+        self.held, self.cpus = held, cpus
         self.failed = False
 
     def __enter__(self) -> EvalClient:
-        self.proc = self.sandbox.start(self.spec, pipe=True)
+        if self.held is not None and self.held.release(self.cpus):
+            self.proc = self.held
+        else:
+            if self.held is not None:  # it died while it waited: ours, start afresh
+                gone(self.held)
+            self.proc = self.sandbox.start(dataclasses.replace(self.spec, cpus=self.cpus),
+                                           pipe=True)
         client = EvalClient(self.proc, *self.args)
         try:
             client.ready()
@@ -314,6 +383,7 @@ def score(
     cpus: list[int] | None = None,
     program: Path | None = None,
     packages: Path | None = None,
+    prestarted: PrestartedScorer | None = None,
     _weaken: frozenset[str] = frozenset(),
 ) -> Score:
     """Score a finished training run's output folder on ``split`` (val, or test for reports).
@@ -325,7 +395,7 @@ def score(
     started = time.monotonic()
     try:
         _score(result, Path(out_dir), budget, sandbox, Path(workdir), split, device, cpus,
-               program, _weaken, packages)
+               program, _weaken, packages, prestarted)
     except Rejected as r:
         result.failure, result.detail = r.failure, r.detail
         result.log_tail = r.detail if r.failure.stage == "eval" else ""
@@ -334,6 +404,8 @@ def score(
         result.failure = Failure.scorer_error
         result.detail = "the scorer itself failed (a DARWIN bug, logged); the candidate is not at fault"
     finally:
+        if prestarted is not None:
+            prestarted.close()
         result.eval_wall_s = time.monotonic() - started
     if result.failure is not None:
         result.loss = result.perplexity = None
@@ -342,9 +414,10 @@ def score(
 
 def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path,
            split: str, device: str, cpus: list[int] | None, program: Path | None,
-           weaken: frozenset[str], packages: Path | None = None) -> None:
+           weaken: frozenset[str], packages: Path | None = None,
+           prestarted: PrestartedScorer | None = None) -> None:
     dataset = load_dataset()
-    model_dir = workdir / f"model-{split}"
+    model_dir = prestarted.model_dir if prestarted is not None else workdir / f"model-{split}"
     files = collect_outputs(out_dir, model_dir)
     tensors = read_safetensors_header(model_dir / "model.safetensors")
     result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
@@ -373,18 +446,11 @@ def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workd
                                                         context, rng)
     by_window = {p.window: p for p in probes}
 
-    def spec(name: str) -> SandboxSpec:
-        return SandboxSpec(
-            argv=["python", f"{LIB_DIR}/eval_server.py"],
-            mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR),
-                    *([Mount(packages, PKG_DIR)] if packages is not None else [])],
-            env={"DARWIN_DEVICE": device, "DARWIN_MODEL_DIR": MODEL_DIR,
-                 **({"PYTHONPATH": f"{LIB_DIR}:{PKG_DIR}"} if packages is not None else {}),
-                 **({"DARWIN_EVAL_MESSAGES": "1"} if "messages" in weaken else {})},
-            cwd="/tmp", deadline_s=max(60.0, budget.deadline_s / 2), memory_mb=budget.memory_mb,
-            threads=budget.threads, cpus=cpus, gpu=device == "cuda",
-            log_path=workdir / f"eval-{split}-{name}-{os.urandom(4).hex()}.log",
-            label=f"eval-{name}:{workdir.name}")
+    def spec(name: str) -> tuple[SandboxSpec, SandboxProcess | None]:
+        if prestarted is not None and "messages" not in weaken:
+            return prestarted.take(name)
+        return _eval_spec(name, model_dir, workdir, split, budget, device, cpus, packages,
+                          "messages" in weaken), None
 
     keep = "messages" in weaken
     vocab = dataset.vocab_size
@@ -398,7 +464,8 @@ def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workd
         batches = secret_batches(items, EVAL_BATCH, rng, context)
     # Per-window sums, added in window order: the secret batch order must not move the last bits.
     held_sums, train_losses = np.zeros(len(held)), np.zeros(len(sample))
-    with _Session(sandbox, spec("a"), vocab, model_lines, keep) as a:
+    spec_a, held_a = spec("a")
+    with _Session(sandbox, spec_a, vocab, model_lines, keep, held_a, cpus) as a:
         for batch in batches:
             rows = np.stack([items[i].tokens for i in batch])
             logp = log_softmax(a.forward(rows[:, :-1]))
@@ -420,8 +487,9 @@ def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workd
     tol, edge_max = TOLERANCE[device], EDGE[device]
     flops_tensors = dict(tensors)
     if probes or "perturb" not in weaken:
-        _check_with_b(result, probes, held, tensors, flops_tensors, sandbox, spec("b"), vocab,
-                      model_lines, keep, rng, context, tol, edge_max, weaken)
+        spec_b, held_b = spec("b")
+        _check_with_b(result, probes, held, tensors, flops_tensors, sandbox, spec_b, held_b,
+                      cpus, vocab, model_lines, keep, rng, context, tol, edge_max, weaken)
     result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values()
                                        if len(s) >= 2)
     if not sandbox.isolated:  # A and B could share files: the probes prove nothing
@@ -440,13 +508,14 @@ def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workd
 
 
 def _check_with_b(result: Score, probes: list[Probe], held: list[Window], tensors: dict,
-                  flops_tensors: dict, sandbox: Sandbox, spec: SandboxSpec, vocab: int,
+                  flops_tensors: dict, sandbox: Sandbox, spec: SandboxSpec,
+                  held_b: SandboxProcess | None, cpus: list[int] | None, vocab: int,
                   model_lines: int, keep: bool, rng: np.random.Generator, context: int,
                   tol: float, edge_max: float, weaken: frozenset[str]) -> None:
     rows = [Window(p.row, "held", held[p.window].start) for p in probes]
     worst, edges = 0.0, []
     peeked = mixed = 0  # probes that differ only at l / already before l
-    with _Session(sandbox, spec, vocab, model_lines, keep) as b:
+    with _Session(sandbox, spec, vocab, model_lines, keep, held_b, cpus) as b:
         first_rows = None
         for batch in secret_batches(rows, EVAL_BATCH, rng, context):
             tokens = np.stack([rows[i].tokens for i in batch])

@@ -7,7 +7,9 @@ the sandbox, and the wall time is measured here, outside anything the program co
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -30,11 +32,15 @@ from darwin.sandbox import (
     Mount,
     Outcome,
     Sandbox,
+    SandboxError,
     SandboxSpec,
+    Warm,
     log_tail,
 )
+from darwin.sandbox.base import SandboxProcess
 
 PROGRAM_NAME = "train.py"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,8 @@ class TrainResult:
     # [step, seconds since start, loss] from the lines the program printed, stamped by us as
     # we read them (the losses are the program's claims; the clock is ours).
     curve: list = field(default_factory=list)
-    started_at: float = 0.0  # wall clock (time.time()) when the sandbox started
+    started_at: float = 0.0  # wall clock (time.time()) when the program started
+    warm_s: float = 0.0  # how long its sandbox was pre-started before that (hidden start-up)
 
     @property
     def ok(self) -> bool:
@@ -100,7 +107,7 @@ class TrainResult:
         """What a resumed run needs to score this training without training again."""
         return json.dumps({**{k: getattr(self, k) for k in (
             "wall_s", "tokens_served", "token_requests", "token_refusals", "backend", "isolated",
-            "returncode", "cleanup_s", "curve", "started_at")}, "outcome": self.outcome.value,
+            "returncode", "cleanup_s", "curve", "started_at", "warm_s")}, "outcome": self.outcome.value,
             "out_dir": str(self.out_dir), "log_path": str(self.log_path)})
 
     @classmethod
@@ -134,22 +141,40 @@ def prepare_workdir(program: Path, workdir: Path, files: dict | None = None
     return prog_dir, out_dir, io_dir
 
 
-def train(
-    program: Path,
-    budget: Budget,
-    seed: int,
-    workdir: Path,
-    sandbox: Sandbox,
-    *,
-    device: str = "cpu",
-    cpus: list[int] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-    extras: Extras = NO_EXTRAS,
-) -> TrainResult:
-    """Run ``program`` once under ``budget``; returns how it ended and where its output is."""
+def gone(proc: SandboxProcess) -> None:
+    """Clean up a pre-started sandbox that died before its release; a cold start follows, and
+    says so itself if the sandbox is really broken."""
+    try:
+        proc.finish()
+    except SandboxError as e:
+        log.warning("a pre-started sandbox died before its release (%s); starting afresh", e)
+
+
+# What a pre-started training sandbox imports before its program exists: torch, and the
+# optimizer machinery whose first use costs about a second on CPU (it imports torch._dynamo).
+TRAIN_IMPORTS = ("numpy", "torch", "torch._dynamo")
+
+
+@dataclass
+class Prestarted:
+    """A training sandbox started ahead of its slot (``prestart``), waiting for ``train``."""
+
+    spec: SandboxSpec  # the cold spec: what a fallback starts if the warm one died
+    proc: SandboxProcess
+    dataset: object
+    io_dir: Path
+    on_release: Callable[[], None] | None = None  # told once the program has its sandbox
+
+    def close(self) -> None:
+        """Never used: stop it and remove what it had."""
+        gone(self.proc)
+        shutil.rmtree(self.io_dir, ignore_errors=True)
+
+
+def _training_spec(program: Path, budget: Budget, seed: int, workdir: Path, device: str,
+                   cpus: list[int] | None, extras: Extras):
     dataset = load_dataset()
     prog_dir, out_dir, io_dir = prepare_workdir(Path(program), Path(workdir), extras.files)
-    log_path = Path(workdir) / "train.log"
     spec = SandboxSpec(
         argv=["python", f"{PROGRAM_DIR}/{PROGRAM_NAME}"],
         mounts=[
@@ -180,14 +205,55 @@ def train(
         threads=budget.threads,
         cpus=cpus,
         gpu=device == "cuda",
-        log_path=log_path,
+        log_path=Path(workdir) / "train.log",
         label=f"train:{Path(workdir).name}",
     )
+    return spec, dataset, io_dir
+
+
+def prestart(program: Path, budget: Budget, seed: int, workdir: Path, sandbox: Sandbox, *,
+             device: str = "cpu", extras: Extras = NO_EXTRAS) -> Prestarted:
+    """Start ``program``'s training sandbox now, unpinned; it imports torch (and initialises
+    CUDA) and waits. ``train(..., prestarted=)`` pins it, hands it the program and starts its
+    clock: the deadline, the wall time behind MFU and the token server all begin there."""
+    spec, dataset, io_dir = _training_spec(program, budget, seed, workdir, device, None, extras)
+    proc = sandbox.start(dataclasses.replace(spec, warm=Warm(imports=TRAIN_IMPORTS)))
+    return Prestarted(spec, proc, dataset, io_dir)
+
+
+def train(
+    program: Path,
+    budget: Budget,
+    seed: int,
+    workdir: Path,
+    sandbox: Sandbox,
+    *,
+    device: str = "cpu",
+    cpus: list[int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    extras: Extras = NO_EXTRAS,
+    prestarted: Prestarted | None = None,
+) -> TrainResult:
+    """Run ``program`` once under ``budget`` (in ``prestarted``'s sandbox when given); returns
+    how it ended and where its output is."""
+    if prestarted is None:
+        spec, dataset, io_dir = _training_spec(program, budget, seed, workdir, device, cpus,
+                                               extras)
+    else:
+        spec, dataset, io_dir = prestarted.spec, prestarted.dataset, prestarted.io_dir
+    log_path, out_dir = spec.log_path, Path(workdir) / "out"
     server = TokenServer(io_dir / "data.sock", dataset.train, budget.tokens, seed,
                          sources=extras.sources)
     with server:
+        proc = prestarted.proc if prestarted is not None else None
+        if proc is not None and not proc.release(cpus):
+            gone(proc)  # it died while it waited (ours, never the program's): start afresh
+            proc = None
+        if prestarted is not None and prestarted.on_release is not None:
+            prestarted.on_release()
+        if proc is None:
+            proc = sandbox.start(dataclasses.replace(spec, cpus=cpus))
         started_at = time.time()
-        proc = sandbox.start(spec)
         curve = LogCurve(log_path).__enter__()
         stop = threading.Event()
         if on_progress is not None:
@@ -220,4 +286,5 @@ def train(
         cleanup_s=result.cleanup_s,
         curve=curve.points,
         started_at=started_at,
+        warm_s=round(proc.warm_s, 3),
     )

@@ -22,6 +22,7 @@ from darwin.sandbox.base import (
     SandboxResult,
     SandboxSpec,
     SandboxUnavailable,
+    Warm,
     log_tail,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "SandboxResult",
     "SandboxSpec",
     "SandboxUnavailable",
+    "Warm",
     "get_sandbox",
     "log_tail",
 ]

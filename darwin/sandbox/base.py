@@ -8,10 +8,13 @@ infrastructure problems raise.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +30,7 @@ OUT_DIR = "/sandbox/out"
 IO_DIR = "/sandbox/io"
 LIB_DIR = "/sandbox/lib"
 PKG_DIR = "/sandbox/packages"  # the approved packages' read-only layer, when there is one
+CTL_DIR = "/sandbox/ctl"  # a pre-started sandbox's go file appears here (read-only inside)
 SANDBOX_UID = 65534  # nobody
 
 
@@ -58,6 +62,17 @@ class Mount:
     writable: bool = False
 
 
+@dataclass(frozen=True)
+class Warm:
+    """Start the sandbox ahead of its program: ``imports`` are imported (and CUDA initialised
+    on a GPU) by trusted code, then the sandbox waits for ``SandboxProcess.release`` to run the
+    program. Needs the runtime mounted at LIB_DIR and argv starting with "python"."""
+
+    imports: tuple[str, ...] = ("torch",)
+    ready: bool = True  # mark readiness in the first writable mount (release waits for it)
+    max_wait_s: float = 3600.0  # unreleased this long: the scheduler is gone, the sandbox exits
+
+
 @dataclass
 class SandboxSpec:
     argv: list[str]  # argv[0] == "python" means the sandbox's Python runtime
@@ -74,6 +89,7 @@ class SandboxSpec:
     gpu: bool = False
     log_path: Path | None = None  # stdout+stderr go here (a file, never a pipe we could block on)
     label: str = "darwin"
+    warm: Warm | None = None  # pre-start: run the program only when released
 
 
 @dataclass
@@ -241,7 +257,130 @@ class OutputGuard:
         return disk
 
 
-class SandboxProcess:
+READY_NAME = ".darwin-warm"
+
+
+class Handover:
+    """The trusted side of a pre-started sandbox: its control folder (the go file appears there)
+    and where it marks itself warm. ``self.spec`` is what a backend actually starts."""
+
+    def __init__(self, spec: SandboxSpec):
+        warm = spec.warm
+        assert warm is not None and spec.argv[:1] == ["python"], spec.argv
+        assert any(m.dst == LIB_DIR for m in spec.mounts), "warm start needs the runtime mounted"
+        self.ctl = Path(tempfile.mkdtemp(prefix="darwin-ctl-"))
+        self.ctl.chmod(0o755)
+        writable = [m for m in spec.mounts if m.writable]
+        self.ready_path = (Path(writable[0].src) / READY_NAME
+                           if warm.ready and writable else None)
+        env = {"DARWIN_WARM_IMPORTS": ",".join(warm.imports),
+               "DARWIN_WARM_GO": f"{CTL_DIR}/go", "DARWIN_WARM_MAX_S": str(warm.max_wait_s)}
+        if self.ready_path is not None:
+            env["DARWIN_WARM_READY"] = f"{writable[0].dst}/{READY_NAME}"
+        if spec.gpu:
+            env["DARWIN_WARM_CUDA"] = "1"
+        self.spec = dataclasses.replace(
+            spec, argv=["python", f"{LIB_DIR}/warm.py", *spec.argv[1:]],
+            mounts=[*spec.mounts, Mount(self.ctl, CTL_DIR)], env={**spec.env, **env},
+            # The deadline runs from the release; until then only our own wait bounds it.
+            deadline_s=spec.deadline_s + warm.max_wait_s)
+        self.deadline_s = spec.deadline_s
+        self.started = time.monotonic()
+
+    def is_ready(self) -> bool:
+        return self.ready_path is None or self.ready_path.exists()
+
+    def go(self) -> None:
+        if self.ready_path is not None:  # the program must find its output folder as we made it
+            self.ready_path.unlink(missing_ok=True)
+        tmp = self.ctl / "go.tmp"
+        tmp.write_bytes(b"")
+        tmp.chmod(0o644)
+        tmp.replace(self.ctl / "go")
+
+    def close(self) -> None:
+        shutil.rmtree(self.ctl, ignore_errors=True)
+        if self.ready_path is not None:  # a sandbox that ended before its release left it
+            self.ready_path.unlink(missing_ok=True)
+
+
+def held(spec: SandboxSpec) -> tuple[SandboxSpec, Handover | None]:
+    """The spec a backend starts, and the handover when ``spec.warm`` asks for a pre-start."""
+    if spec.warm is None:
+        return spec, None
+    handover = Handover(spec)
+    return handover.spec, handover
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, from /proc (a sandbox's processes, seen from the host)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def pin_tree(root: int, cpus: list[int]) -> None:
+    """Move every thread of ``root``'s process tree onto ``cpus`` (threads created later inherit
+    their creator's affinity, and a held sandbox creates none while it waits)."""
+    for pid in process_tree(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+
+
+class Releasable:
+    """What a pre-started sandbox process adds (mixed into both backends' process classes):
+    ``release`` hands it its program, from which moment its deadline and wall time run."""
+
+    handover: Handover | None = None
+    warm_s: float = 0.0  # from its start to its release (hidden behind other work)
+
+    def alive(self) -> bool:  # pragma: no cover - each backend says
+        raise NotImplementedError
+
+    def pin(self, cpus: list[int]) -> None:  # pragma: no cover - each backend says
+        raise NotImplementedError
+
+    def release(self, cpus: list[int] | None = None, ready_timeout_s: float = 600.0) -> bool:
+        """Run the program now: wait until the sandbox is warm, pin it, create the go file,
+        restart the clock. False when it died before (the caller starts a cold one instead)."""
+        h = self.handover
+        assert h is not None, "release() is for sandboxes started with spec.warm"
+        until = time.monotonic() + ready_timeout_s
+        while not h.is_ready() and self.alive() and time.monotonic() < until:
+            time.sleep(0.02)
+        if not self.alive() or not h.is_ready():
+            return False
+        if cpus:
+            self.pin(cpus)
+        h.go()
+        self.started = time.monotonic()
+        self.warm_s = self.started - h.started
+        self.spec = dataclasses.replace(self.spec, deadline_s=h.deadline_s)
+        return True
+
+
+class SandboxProcess(Releasable):
     """A started sandbox: wait for it, talk to it (pipe mode) and always clean it up."""
 
     def __init__(
@@ -254,8 +393,10 @@ class SandboxProcess:
         on_exit: list | None = None,
         start_error: Callable[[], str | None] | None = None,
         output_cap=None,
+        handover: Handover | None = None,
     ):
         self.popen = popen
+        self.handover = handover
         self.spec = spec
         self.backend = backend
         self.isolated = isolated
@@ -266,6 +407,12 @@ class SandboxProcess:
         self._start_error = start_error
         self._finished = False
         self._outputs = OutputGuard(spec, self.kill, output_cap)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def pin(self, cpus: list[int]) -> None:
+        pin_tree(self.popen.pid, cpus)
 
     @property
     def stdin(self) -> IO[bytes] | None:
@@ -324,6 +471,8 @@ class SandboxProcess:
                     pass
         for callback in self._on_exit:
             callback()
+        if self.handover is not None:
+            self.handover.close()
         rc = self.popen.returncode
         error = self._start_error() if self._start_error is not None else None
         if error is not None:
@@ -350,3 +499,4 @@ def log_tail(path: Path | None, max_bytes: int = 4000) -> str:
         size = f.tell()
         f.seek(max(0, size - max_bytes))
         return f.read().decode("utf-8", errors="replace")
+

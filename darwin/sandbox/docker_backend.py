@@ -23,13 +23,16 @@ from pathlib import Path
 
 from darwin.sandbox.base import (
     SANDBOX_UID,
+    Handover,
     OutputGuard,
+    Releasable,
     SandboxInfraError,
     SandboxResult,
     SandboxSpec,
     SandboxUnavailable,
     base_env,
     classify,
+    held,
     prepare_outputs,
 )
 from darwin.sandbox.image import DEFAULT_IMAGE, ensure_image, image_runtime
@@ -121,12 +124,13 @@ class _SocketWriter:
             pass
 
 
-class DockerProcess:
+class DockerProcess(Releasable):
     """A started container, with the same surface as ``SandboxProcess``."""
 
     def __init__(self, client, container, attach, spec: SandboxSpec, pipe: bool,
-                 output_cap: OutputCap | None = None):
+                 output_cap: OutputCap | None = None, handover: Handover | None = None):
         self.client = client
+        self.handover = handover
         self.container = container
         self.spec = spec
         self.backend = "docker"
@@ -184,6 +188,18 @@ class DockerProcess:
 
     def remaining(self) -> float:
         return self.spec.deadline_s - (time.monotonic() - self.started)
+
+    def alive(self) -> bool:
+        import docker
+
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return False
+        return self.container.status in ("created", "running")
+
+    def pin(self, cpus: list[int]) -> None:
+        self.container.update(cpuset_cpus=",".join(str(c) for c in cpus))
 
     def _wait_exit(self, timeout: float) -> bool:
         import requests
@@ -246,6 +262,8 @@ class DockerProcess:
                 except OSError:
                     pass
         self.client.close()
+        if self.handover is not None:
+            self.handover.close()
         disk = self._outputs.settle() or self.log_overflow
         self._result = SandboxResult(
             outcome=classify(rc, self.timed_out, oom, disk),
@@ -313,6 +331,7 @@ class DockerSandbox:
         import docker
         from docker.types import DeviceRequest, LogConfig, Ulimit
 
+        spec, handover = held(spec)
         mounts, tmpfs = self._mounts(spec)
         output_cap = prepare_outputs(spec)
         argv = list(spec.argv)
@@ -379,11 +398,13 @@ class DockerSandbox:
             client.close()
             if output_cap is not None:
                 output_cap.release()
+            if handover is not None:
+                handover.close()
             reason = str(e.explanation or e)
             if spec.gpu and "gpu" in reason.lower():
                 reason += " (GPUs in Docker need the NVIDIA Container Toolkit; or --sandbox local)"
             raise SandboxInfraError(f"docker sandbox failed to start: {reason}") from None
-        return DockerProcess(client, container, attach, spec, pipe, output_cap)
+        return DockerProcess(client, container, attach, spec, pipe, output_cap, handover)
 
     def run(self, spec: SandboxSpec) -> SandboxResult:
         return self.start(spec).wait()

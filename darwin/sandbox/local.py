@@ -33,6 +33,7 @@ from darwin.sandbox.base import (
     SandboxSpec,
     SandboxUnavailable,
     base_env,
+    held,
     log_tail,
     prepare_outputs,
 )
@@ -194,6 +195,7 @@ class LocalSandbox:
 
     # -- running ------------------------------------------------------------------------------
     def start(self, spec: SandboxSpec, *, pipe: bool = False) -> SandboxProcess:
+        spec, handover = held(spec)
         stage = Path(tempfile.mkdtemp(prefix="darwin-stage-"))
         output_cap = prepare_outputs(spec)
         memory = spec.memory_mb << 20
@@ -233,6 +235,8 @@ class LocalSandbox:
                 limits.remove()
             if output_cap is not None:
                 output_cap.release()
+            if handover is not None:
+                handover.close()
             shutil.rmtree(stage, ignore_errors=True)
             os.close(status_r)
             raise
@@ -263,6 +267,7 @@ class LocalSandbox:
             on_exit=[lambda: shutil.rmtree(stage, ignore_errors=True)],
             start_error=start_error,
             output_cap=output_cap,
+            handover=handover,
         )
 
     def run(self, spec: SandboxSpec) -> SandboxResult:

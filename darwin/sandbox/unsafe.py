@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from darwin.sandbox.base import SandboxProcess, SandboxResult, SandboxSpec, base_env
+from darwin.sandbox.base import SandboxProcess, SandboxResult, SandboxSpec, base_env, held
 from darwin.sandbox.limits import set_rlimits
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class UnsafeSandbox:
 
     def start(self, spec: SandboxSpec, *, pipe: bool = False) -> SandboxProcess:
         log.warning("UNSAFE sandbox: running untrusted code without isolation (%s)", spec.label)
+        spec, handover = held(spec)
         env = {k: self._translate(spec, v) for k, v in base_env(spec).items()}
         argv = [self._translate(spec, a) for a in spec.argv]
         if argv and argv[0] == "python":
@@ -62,7 +63,7 @@ class UnsafeSandbox:
         finally:
             if log_file is not subprocess.DEVNULL:
                 log_file.close()
-        return SandboxProcess(popen, spec, backend=self.name, isolated=False)
+        return SandboxProcess(popen, spec, backend=self.name, isolated=False, handover=handover)
 
     def run(self, spec: SandboxSpec) -> SandboxResult:
         return self.start(spec).wait()
