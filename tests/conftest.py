@@ -4,8 +4,10 @@ turn that skip into a failure."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -28,6 +30,52 @@ def require_sandbox(name: str):
         if os.environ.get(flag) == "1":
             pytest.fail(f"{name} sandbox required ({flag}=1) but unavailable: {e}")
         pytest.skip(f"no {name} sandbox here: {e}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_darwin_home(tmp_path_factory):
+    """Each pytest-xdist worker gets a DARWIN_HOME of its own: a subfolder, named after the worker,
+    of the one CI sets for the whole run (.ci/run), or of the session's temporary folder where
+    none is set. Runs, scratch folders and package layers of two workers never meet."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    base = os.environ.get("DARWIN_HOME")
+    home = (Path(base) if base else tmp_path_factory.getbasetemp() / "darwin-home") / worker
+    home.mkdir(parents=True, exist_ok=True)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DARWIN_HOME", str(home))
+    yield home
+    patch.undo()
+
+
+def processes_named(token: str) -> list[int]:
+    """Live processes on this host whose name (/proc/PID/comm) is ``token``: a test program names
+    itself so, and every process it forks inherits the name, inside a sandbox or not (the host
+    sees every pid). Zombies are dead and not counted."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() != token:
+                continue
+            stat = (comm.parent / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] not in "ZX":
+            found.append(int(comm.parent.name))
+    return found
+
+
+@contextlib.contextmanager
+def process_holding(secret: str):
+    """A real process (an orchestrator stand-in) with ``secret`` in its environment, so it shows
+    in /proc/PID/environ. (``monkeypatch.setenv`` never does: /proc shows the environment a
+    process started with, not later changes.)"""
+    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": secret, "AWS_SECRET_ACCESS_KEY": secret}
+    proc = subprocess.Popen(["sleep", "3600"], env=env, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
