@@ -1,7 +1,8 @@
 """The local sandbox, tested from inside with small hostile programs.
 
-Each property is also checked to be *detectable*: the same probe run without isolation
-(--sandbox unsafe) must see what the sandbox hides, so these tests can fail.
+Each property is also checked to be *detectable*, in the same test: the same program run without
+isolation (--sandbox unsafe), or through a sandbox with a deliberate hole, must make the very
+detection used on the sandboxed run fire, so these tests can fail.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from darwin.evaluation.data import corpus_path, load_dataset
-from darwin.evaluation.training import train
-from darwin.sandbox import Outcome
+from darwin.evaluation.training import Extras, train
+from darwin.sandbox import PKG_DIR, Outcome
 from darwin.sandbox.unsafe import UnsafeSandbox
-from tests.conftest import PROGRAMS, HostListener, host_ip
+from tests.conftest import PROGRAMS, HostListener, host_ip, process_holding, processes_named
 
 pytestmark = pytest.mark.sandbox
 
@@ -46,17 +47,21 @@ def _fill(template: str, **values: str) -> str:
     return template
 
 
-def _run_probe(box, tmp_path, tiny, monkeypatch, search_root: str) -> tuple[dict, HostListener]:
+def _run_probe(box, tmp_path, budget, monkeypatch, search_root: str,
+               extras: Extras | None = None) -> tuple[dict, HostListener]:
     secret = f"sk-canary-{uuid.uuid4().hex}"
+    # The orchestrator's own environment (what a sandbox must not inherit)...
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     home_file = Path.home() / f".darwin-test-canary-{uuid.uuid4().hex[:8]}"
     home_file.write_text(secret)
     listener = HostListener()
     val_c, test_c = _canaries()
-    host_dir = tmp_path / "host-dir"
-    host_dir.mkdir()
-    program = tmp_path / "probe.py"
+    work = tmp_path / f"probe-{uuid.uuid4().hex[:6]}"
+    host_dir = work / "host-dir"
+    host_dir.mkdir(parents=True)
+    tag = uuid.uuid4().hex[:8]
+    program = work / "probe.py"
     program.write_text(
         _fill(
             (PROGRAMS / "probe.py").read_text(),
@@ -68,18 +73,27 @@ def _run_probe(box, tmp_path, tiny, monkeypatch, search_root: str) -> tuple[dict
             HOST_IP=host_ip(),
             HOST_DIR=str(host_dir),
             SEARCH_ROOT=search_root,
+            TAG=tag,
         )
     )
-    try:
-        result = train(program, tiny, 0, tmp_path / "work", box)
+    try:  # ...and another process's, readable through /proc where processes can see each other
+        with process_holding(secret):
+            result = train(program, budget, 0, work / "run", box, extras=extras or Extras())
     finally:
         home_file.unlink()
+        for outside in ("/usr", "/etc", "/"):  # what the probe wrote unsandboxed, as root
+            Path(outside, f"evil-{tag}").unlink(missing_ok=True)
         time.sleep(0.3)
         listener.close()
     assert result.outcome is Outcome.ok, result.log_tail()
     report = json.loads((result.out_dir / "result.json").read_text())
-    report["host_dir_written"] = (host_dir / "evil").exists()
+    report["host_dir_written"] = (host_dir / f"evil-{tag}").exists()
     return report, listener
+
+
+def _corpus_found(report: dict) -> list[str]:
+    name = corpus_path().name
+    return [f for f in report["canary_files"] if f.endswith("/" + name)]
 
 
 def test_probe_sees_nothing_it_must_not(sandbox, tmp_path, tiny, monkeypatch):
@@ -96,16 +110,23 @@ def test_probe_sees_nothing_it_must_not(sandbox, tmp_path, tiny, monkeypatch):
     assert report["wrote_outside"] == [] and not report["host_dir_written"]
     # (the host's view of the uid is checked in test_deadline_kills_everything_it_started)
 
+    # Control 1, the held-out search: the same grep from / in the same sandbox finds the corpus
+    # as soon as its folder is visible anywhere (a hole: the data folder mounted where approved
+    # packages go). Text files are searched, only binaries skipped.
+    holed, _ = _run_probe(sandbox, tmp_path, roomy, monkeypatch, search_root="/",
+                          extras=Extras(packages=corpus_path().parent))
+    assert _corpus_found(holed) and all(f.startswith(PKG_DIR + "/") for f in _corpus_found(holed)), \
+        holed["canary_files"]
 
-def test_probe_without_isolation_sees_everything(tmp_path, tiny, monkeypatch):
-    """The control: the same probe, unsandboxed, finds each thing the sandbox hides."""
-    data_dir = str(corpus_path().parent)
-    report, listener = _run_probe(UnsafeSandbox(), tmp_path, tiny, monkeypatch, data_dir)
-    assert any(f.endswith("tinyshakespeare.txt") for f in report["canary_files"])
-    assert report["planted_home_file_visible"] is True
-    assert report["secret_visible"] is False  # unsafe mode still cleans the environment...
-    assert report["loopback"] == "connected" and listener.connections >= 1
-    assert report["host_dir_written"] is True
+    # Control 2, everything else: the same probe unsandboxed finds each thing the sandbox hides,
+    # by the same checks (the secret in another process' environment through /proc included).
+    bare, listener = _run_probe(UnsafeSandbox(), tmp_path, tiny, monkeypatch,
+                                search_root=str(corpus_path().parent))
+    assert _corpus_found(bare)
+    assert bare["planted_home_file_visible"] is True
+    assert bare["secret_visible"] is True  # unsafe mode cleans its own environment: via /proc
+    assert bare["loopback"] == "connected" and listener.connections >= 1
+    assert bare["wrote_outside"] and bare["host_dir_written"] is True
 
 
 def test_program_asking_for_more_than_the_budget_gets_none(sandbox, tmp_path, tiny):
@@ -114,22 +135,6 @@ def test_program_asking_for_more_than_the_budget_gets_none(sandbox, tmp_path, ti
     got = json.loads((result.out_dir / "result.json").read_text())
     assert got == {"first_refused": True, "got": tiny.tokens, "extra_refused": True}
     assert result.tokens_served == tiny.tokens
-
-
-def _processes_with(marker: str) -> list[tuple[int, int]]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        if marker.encode() in cmd and b"bwrap" not in cmd and b"unshare" not in cmd:
-            uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-            found.append((int(pid), uid))
-    return found
 
 
 def _in_pid_namespace(ns: str) -> list[tuple[int, int]]:
@@ -151,51 +156,66 @@ def _in_pid_namespace(ns: str) -> list[tuple[int, int]]:
     return found
 
 
+def _sleeper(tmp_path: Path, **config) -> Path:
+    program = tmp_path / f"sleeper-{uuid.uuid4().hex[:6]}.py"
+    text = (PROGRAMS / "sleeper.py").read_text()
+    program.write_text(text.replace('CONFIG = json.loads("{}")',
+                                    f"CONFIG = json.loads({json.dumps(json.dumps(config))})"))
+    return program
+
+
+def _kill_all(token: str) -> None:
+    for pid in processes_named(token):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def test_deadline_kills_everything_it_started(sandbox, tmp_path, tiny):
     budget = tiny.model_copy(update={"deadline_s": 4.0})
-    program = tmp_path / f"sleeper_{uuid.uuid4().hex[:8]}.py"
-    program.write_text((PROGRAMS / "sleeper.py").read_text())
+    # It would end by itself (printing "lived to the end") well after its deadline: the sandbox
+    # must stop it before that, whatever the machine's load.
+    life_s = budget.deadline_s + 10
+    token = f"slp{uuid.uuid4().hex[:10]}"
+    program = _sleeper(tmp_path, token=token, life_s=life_s)
     seen: list[tuple[int, int]] = []
     ns_file = tmp_path / "work" / "out" / "ns.txt"
+    done = threading.Event()
 
     def watch():  # the host's view while it runs: the processes in the sandbox's PID namespace
-        for _ in range(30):
+        while not done.wait(0.1):
             if ns_file.exists() and ns_file.read_text():
                 seen.extend(_in_pid_namespace(ns_file.read_text()))
-            time.sleep(0.1)
 
     t = threading.Thread(target=watch)
     t.start()
-    started = time.monotonic()
-    result = train(program, budget, 0, tmp_path / "work", sandbox)
-    elapsed = time.monotonic() - started
-    t.join()
-    assert result.outcome is Outcome.timeout
-    assert elapsed < budget.deadline_s + 3
-    assert seen and all(uid != 0 for _, uid in seen), f"host view of sandboxed pids: {seen}"
-    heartbeat = result.out_dir / "heartbeat"
-    assert heartbeat.exists()  # the daemon did run...
-    size = heartbeat.stat().st_size
-    time.sleep(0.6)
-    assert heartbeat.stat().st_size == size  # ...and is dead now
-    assert _in_pid_namespace(ns_file.read_text()) == [], "a process of the sandbox survived"
-
-
-def test_unsafe_mode_kill_misses_a_setsid_daemon(tmp_path, tiny):
-    """The control for the test above: killpg alone lets the setsid grandchild live on."""
-    budget = tiny.model_copy(update={"deadline_s": 2.0})
-    result = train(PROGRAMS / "sleeper.py", budget, 0, tmp_path / "work", UnsafeSandbox())
-    assert result.outcome is Outcome.timeout
-    heartbeat = result.out_dir / "heartbeat"
-    size = heartbeat.stat().st_size
-    time.sleep(0.5)
     try:
-        assert heartbeat.stat().st_size > size  # still beating: it escaped
-    finally:  # the escaped daemon runs the copy of the program in the run's folder
-        marker = str(tmp_path / "work" / "program")
-        for pid, _ in _processes_with(marker):
-            os.kill(pid, 9)
-        for _ in range(50):
-            if not _processes_with(marker):
-                break
-            time.sleep(0.05)
+        result = train(program, budget, 0, tmp_path / "work", sandbox)
+    finally:
+        done.set()
+        t.join()
+        left = processes_named(token)
+        _kill_all(token)
+    assert result.outcome is Outcome.timeout
+    assert budget.deadline_s <= result.wall_s < life_s  # stopped by the deadline, not its own end
+    assert "lived to the end" not in result.log_tail()
+    # The same scan that must find nothing afterwards found the sandbox's processes while it ran
+    # (its own control), and none ran as root on the host.
+    assert seen and all(uid != 0 for _, uid in seen), f"host view of sandboxed pids: {seen}"
+    assert (result.out_dir / "heartbeat").exists()  # the daemon did run...
+    assert _in_pid_namespace(ns_file.read_text()) == [], "a process of the sandbox survived"
+    assert left == [], f"the daemon survived the sandbox: {left}"  # ...and is dead now
+
+    # The control for the name scan: unsandboxed, killpg alone lets the setsid grandchild live
+    # on, and the scan finds it. (The heartbeat file cannot serve here: as root the sandbox's
+    # output folder is a tmpfs copied back at the end, out of a survivor's reach.)
+    token = f"slp{uuid.uuid4().hex[:10]}"
+    control = _sleeper(tmp_path, token=token, life_s=60)
+    try:
+        bare = train(control, budget.model_copy(update={"deadline_s": 2.0}), 0,
+                     tmp_path / "bare", UnsafeSandbox())
+        assert bare.outcome is Outcome.timeout
+        assert processes_named(token), "the unsandboxed daemon was not found by its name"
+    finally:
+        _kill_all(token)

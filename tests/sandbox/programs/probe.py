@@ -49,9 +49,10 @@ try:
 except OSError as e:
     report["dns"] = type(e).__name__
 
-# 5. Writes outside the output folder.
+# 5. Writes outside the output folder (unsandboxed, the test removes what this wrote).
 wrote = []
-for path in ["/sandbox/program/evil", "/usr/evil", "/etc/evil", "/evil", "@@HOST_DIR@@/evil"]:
+for path in ["/sandbox/program/evil-@@TAG@@", "/usr/evil-@@TAG@@", "/etc/evil-@@TAG@@",
+             "/evil-@@TAG@@", "@@HOST_DIR@@/evil-@@TAG@@"]:
     try:
         with open(path, "w") as f:
             f.write("x")
