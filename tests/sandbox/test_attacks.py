@@ -2,8 +2,10 @@
 
 Each attack runs through the real training path (token server, sandbox, deadline) on each backend
 and must end in a typed outcome with the host unchanged and no process left. Each also runs once
-*unsandboxed* (a plain subprocess with our environment, as a careless harness would run it) and must
-succeed there: proof that the check can fail.
+*unsandboxed* (a plain subprocess with our environment, as a careless harness would run it): there
+it must succeed, and every detection a sandboxed run of it is checked with must fire (``detect``
+and ``FIRES``). A sandboxed check whose detection no control makes fire is refused
+(test_every_detection_has_a_control).
 
 Set DARWIN_ATTACK_REPORT=path to get the table (blocked, outcome, kill-to-nothing-left) as JSON lines.
 """
@@ -29,13 +31,14 @@ from darwin.evaluation.data import corpus_path
 from darwin.evaluation.failures import Rejected
 from darwin.evaluation.outputs import collect_outputs
 from darwin.evaluation.training import runtime_dir, train
-from tests.conftest import HostListener, host_ip
+from tests.conftest import HostListener, host_ip, process_holding, processes_named
 
 ATTACKS = Path(__file__).parent / "attacks"
 # Small caps so the suite is quick; the mechanisms are the ones every budget uses.
 BUDGET = get_budget("tiny").model_copy(update={
     "deadline_s": 3.0, "memory_mb": 512, "max_pids": 64, "max_file_mb": 64, "max_out_mb": 128})
 BARE_TIMEOUT_S = 60
+PWN = f"pwn-{uuid.uuid4().hex[:8]}.py"  # what write_outside leaves in the runtime and torch
 
 pytestmark = pytest.mark.sandbox
 
@@ -49,6 +52,7 @@ class Host:
     canary: str
     secrets: dict[str, Path] = field(default_factory=dict)
     decoy: Path | None = None
+    holder: subprocess.Popen | None = None  # a process with the canary in its real environment
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +73,16 @@ def host(tmp_path_factory):
     ip = host_ip()
     assert not ip.startswith("127."), "this host has no external address to attack"
     listener = HostListener()
-    h = Host(base=base, listener=listener, ip=ip, canary=canary, secrets=planted,
-             decoy=decoy)
-    yield h
+    with process_holding(canary) as holder:
+        yield Host(base=base, listener=listener, ip=ip, canary=canary, secrets=planted,
+                   decoy=decoy, holder=holder)
     listener.close()
 
 
 @pytest.fixture()
 def canary_env(host, monkeypatch):
-    """The orchestrator holds secrets in its environment, as a real one would."""
+    """The orchestrator holds secrets in its environment, as a real one would (os.environ only:
+    /proc/PID/environ of this process never shows them; ``host.holder``'s does)."""
     for key in ("OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_AUTH_STRING"):
         monkeypatch.setenv(key, host.canary)
 
@@ -89,18 +94,6 @@ def tree_hash(root: Path) -> str:
         if p.is_file() and not p.is_symlink():
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def survivors(token: str) -> list[int]:
-    """Processes on this host still carrying the attack's name (our processes are all visible)."""
-    found = []
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if comm.read_text().strip() == token:
-                found.append(int(comm.parent.name))
-        except OSError:
-            pass
-    return found
 
 
 def rss_mb() -> float:
@@ -138,16 +131,20 @@ def config(name: str, host: Host, run: Path, sandboxed: bool) -> dict:
                                        os.path.expanduser("~/.aws/credentials")]},
         "read_prefect_db": {"paths": [str(host.secrets["prefect_db"]),
                                       os.path.expanduser("~/.prefect/prefect.db")]},
-        "write_outside": {"targets": [str(host.decoy / "pwn.py")] + ([
-            "/sandbox/lib/pwn.py", "/sandbox/program/pwn.py", "/sandbox/pwn.py",
-            f"{runtime_dir()}/pwn.py", f"{torch_dir()}/pwn.py", "/etc/pwn", "/usr/pwn"]
-            if sandboxed else [])},
+        # The host paths effect() inspects are targets everywhere (the control writes them too,
+        # and the test removes them at once); sandbox and system paths only inside a sandbox.
+        "write_outside": {"targets": [str(host.decoy / "pwn.py"), str(runtime_dir() / PWN),
+                                      str(torch_dir() / PWN)] + ([
+            f"/sandbox/lib/{PWN}", f"/sandbox/program/{PWN}", f"/sandbox/{PWN}", "/etc/pwn",
+            "/usr/pwn"] if sandboxed else [])},
         "fork_bomb": {"count": 2 * BUDGET.max_pids, "hold_s": 20},
-        "daemon": {"live_s": 4},
-        "busy_loop": {"spin_s": 2 * BUDGET.deadline_s},
+        "daemon": {"live_s": 60},  # found by its name long before; killed by the test
+        # It spins well past the deadline and prints when done: a sandbox must stop it before
+        # (an ordering, whatever Docker's kill costs on a loaded machine: 1.1 s seen).
+        "busy_loop": {"spin_s": BUDGET.deadline_s + 5},
         "memory_hog": {"mb": 2 * BUDGET.memory_mb},
         "disk_filler": {"mb": 2 * BUDGET.max_out_mb},
-        "log_flood": {"mb": 1024},
+        "log_flood": {"mb": 4 * BUDGET.max_file_mb},
         "kill_parent": {"victim_pid": 0},  # filled in per run
         "link_out": {"secret": str(host.secrets["credentials"])},
     }[name]
@@ -183,6 +180,7 @@ class Ran:
     cleanup_s: float = 0.0
     failure: str | None = None  # the trusted collector's verdict (link_out)
     parent_killed: bool = False
+    held: bytes = b""  # what a careless harness kept in memory (the log_flood control)
 
 
 def run_sandboxed(box, program: Path, run: Path) -> Ran:
@@ -191,26 +189,34 @@ def run_sandboxed(box, program: Path, run: Path) -> Ran:
     return ran
 
 
-def run_bare(program: Path, run: Path, wrap_parent: bool = False) -> Ran:
-    """Unsandboxed, as a careless harness runs it: our environment, our user, host paths."""
+def run_bare(program: Path, run: Path, wrap_parent: bool = False, env: dict | None = None,
+             capture: bool = False) -> Ran:
+    """Unsandboxed, as a careless harness runs it: our environment (or ``env``), our user, host
+    paths; with ``capture``, its output read into our memory before it is written to the log."""
     out = run / "out"
     out.mkdir(parents=True)
     log = run / "train.log"
     argv = [sys.executable, str(program)]
     if wrap_parent:  # a sacrificial parent, so killing it harms nothing here
         argv = ["/bin/sh", "-c", f"{sys.executable} {program}; sleep 30"]
+    env = {**(os.environ if env is None else env), "DARWIN_OUT_DIR": str(out)}
     started = time.monotonic()
+    held = b""
     with open(log, "wb") as f:
-        p = subprocess.Popen(argv, cwd=out, env={**os.environ, "DARWIN_OUT_DIR": str(out)},
-                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(argv, cwd=out, env=env, stdout=subprocess.PIPE if capture else f,
+                             stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            if capture:
+                held, _ = p.communicate(timeout=BARE_TIMEOUT_S)
+                f.write(held)
             rc = p.wait(timeout=BARE_TIMEOUT_S)
         finally:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    return Ran("exited", rc, time.monotonic() - started, out, log, parent_killed=rc == -9)
+    return Ran("exited", rc, time.monotonic() - started, out, log, parent_killed=rc == -9,
+               held=held)
 
 
 def taken(ran: Ran) -> str:
@@ -234,12 +240,13 @@ def effect(name: str, cfg: dict, host: Host, ran: Ran, extra: dict) -> bool:
     if name.startswith("read_"):
         return host.canary in taken(ran)
     if name == "write_outside":
-        return any(host.decoy.iterdir()) or extra["runtime_hash"] != tree_hash(runtime_dir()) \
-            or (torch_dir() / "pwn.py").exists()
+        return any(host.decoy.iterdir()) or runtime_changed(extra) or (torch_dir() / PWN).exists()
     if name == "fork_bomb":
         return f"forked {cfg['count']}" in taken(ran)
     if name == "daemon":
-        beat = ran.out / "heartbeat"
+        if extra["left"]:  # alive after the run ended, found by its name
+            return True
+        beat = ran.out / "heartbeat"  # (as root a sandbox's outputs are out of its reach by then)
         if not beat.exists():
             return False
         before = beat.read_text()
@@ -263,6 +270,62 @@ def effect(name: str, cfg: dict, host: Host, ran: Ran, extra: dict) -> bool:
         return (model.is_symlink() and host.canary in model.read_text()) or (
             code.exists() and code.stat().st_nlink > 1 and host.canary in code.read_text())
     raise AssertionError(name)
+
+
+def runtime_changed(extra: dict) -> bool:
+    return tree_hash(runtime_dir()) != extra["runtime_hash"]
+
+
+def detect(name: str, cfg: dict, host: Host, ran: Ran, extra: dict) -> dict[str, bool]:
+    """Every detection a sandboxed run is checked with, each True when it saw the attack (or a
+    bound) get through. A sandboxed run must leave all of them False."""
+    found = {
+        "effect": effect(name, cfg, host, ran, extra),
+        "survivor": bool(extra["left"]),  # a process named as the attack, after the run
+        "runtime_changed": runtime_changed(extra),
+        "canary_taken": host.canary in taken(ran),
+    }
+    if name == "busy_loop":  # it ran to its own end: nothing stopped it
+        found["not_stopped"] = ran.wall_s >= cfg["spin_s"] or "spun to the end" in taken(ran)
+    if name == "log_flood":
+        found["log_over_cap"] = ran.log.stat().st_size > BUDGET.max_file_mb << 20
+        found["orchestrator_buffered"] = extra["rss_grown_mb"] >= 100
+    if name == "disk_filler" and os.geteuid() == 0:
+        # As root the output folder is a tmpfs of exactly max_out_mb; without root the cap is a
+        # poll, late by whatever one poll lets through (the outcome is still checked).
+        found["out_over_cap"] = folder_mb(ran.out) > BUDGET.max_out_mb
+    if name == "write_outside":
+        found["decoy_written"] = any(host.decoy.iterdir())
+        found["torch_written"] = (torch_dir() / PWN).exists()
+    if name == "steal_env":  # found through another process' /proc/PID/environ
+        found["read_other_environ"] = \
+            f"/proc/{host.holder.pid}/environ: OPENAI_API_KEY={host.canary}" in taken(ran)
+    return found
+
+
+# What each unsandboxed control must make fire ("effect" for all: the attack worked).
+FIRES = {
+    "daemon": {"survivor"},
+    "steal_env": {"canary_taken", "read_other_environ"},
+    "read_other_candidate": {"canary_taken"},
+    "read_credentials": {"canary_taken"},
+    "read_prefect_db": {"canary_taken"},
+    "link_out": {"canary_taken"},
+    "write_outside": {"runtime_changed", "decoy_written", "torch_written"},
+    "busy_loop": {"not_stopped"},
+    "log_flood": {"log_over_cap", "orchestrator_buffered"},
+    "disk_filler": {"out_over_cap"} if os.geteuid() == 0 else set(),
+}
+
+
+def test_every_detection_has_a_control():
+    """Each detection the sandboxed runs rely on is made to fire by at least one control."""
+    fired = {"effect"}.union(*FIRES.values())
+    checked = {"effect", "survivor", "runtime_changed", "canary_taken", "not_stopped",
+               "log_over_cap", "orchestrator_buffered", "decoy_written", "torch_written",
+               "read_other_environ"} | ({"out_over_cap"} if os.geteuid() == 0 else set())
+    assert checked <= fired, checked - fired
+    assert set(FIRES) <= set(NAMES)
 
 
 # The typed outcome each attack must end in under a sandbox.
@@ -299,7 +362,7 @@ def test_attack(name, runner, host, canary_env, tmp_path, request):
     sandboxed = box is not None
     run = host.base / f"{name}-{kind}-{uuid.uuid4().hex[:6]}"
     run.mkdir()
-    request.addfinalizer(lambda: shutil.rmtree(run, ignore_errors=True))  # up to a GB of flood
+    request.addfinalizer(lambda: shutil.rmtree(run, ignore_errors=True))
     cfg = config(name, host, run, sandboxed)
     extra: dict = {"runtime_hash": tree_hash(runtime_dir())}
     victim = None
@@ -318,43 +381,41 @@ def test_attack(name, runner, host, canary_env, tmp_path, request):
                     collect_outputs(ran.out, extra["collected"])
                 except Rejected as r:
                     ran.failure = r.failure.value
+        elif name == "steal_env":  # without the canary in its own environment: only /proc has it
+            clean = {k: v for k, v in os.environ.items() if host.canary not in v}
+            ran = run_bare(program, run, env=clean)
         else:
-            ran = run_bare(program, run, wrap_parent=name == "kill_parent")
-        left = survivors(cfg["token"])
-        worked = effect(name, cfg, host, ran, extra)
+            ran = run_bare(program, run, wrap_parent=name == "kill_parent",
+                           capture=name == "log_flood")
+        extra["left"] = processes_named(cfg["token"])
+        extra["rss_grown_mb"] = rss_mb() - rss_before
+        ran.held = b""
+        found = detect(name, cfg, host, ran, extra)
     finally:
         if victim is not None:
             victim.kill()
             victim.wait()
-        for pid in survivors(cfg["token"]):  # the unsandboxed daemon / fork bomb
+        for pid in processes_named(cfg["token"]):  # the unsandboxed daemon / fork bomb
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for p in (host.decoy / "pwn.py", torch_dir() / "pwn.py", runtime_dir() / "pwn.py"):
+        for p in (host.decoy / "pwn.py", torch_dir() / PWN, runtime_dir() / PWN):
             p.unlink(missing_ok=True)
 
     if not sandboxed:
-        assert worked, f"{name} did not work even unsandboxed, so the test proves nothing:\n" \
-            + taken(ran)[-2000:]
+        must = {"effect"} | FIRES.get(name, set())
+        silent = sorted(d for d in must if not found[d])
+        assert not silent, f"{name} unsandboxed: {silent} did not fire, so the sandboxed " \
+            "checks prove nothing:\n" + taken(ran)[-2000:]
         return
     verdict = ran.failure or ran.outcome
-    report_row({"backend": kind, "attack": name, "blocked": not worked, "outcome": verdict,
-                "returncode": ran.returncode, "wall_s": round(ran.wall_s, 2),
-                "cleanup_s": round(ran.cleanup_s, 3), "survivors": len(left),
+    report_row({"backend": kind, "attack": name, "blocked": not found["effect"],
+                "outcome": verdict, "returncode": ran.returncode, "wall_s": round(ran.wall_s, 2),
+                "cleanup_s": round(ran.cleanup_s, 3), "survivors": len(extra["left"]),
                 "log_mb": round(ran.log.stat().st_size / 2**20, 1)})
-    assert not worked, f"{name} got through the {kind} sandbox:\n" + taken(ran)[-2000:]
-    assert left == [], f"{name}: processes left after the {kind} sandbox ended: {left}"
+    fired = sorted(d for d, hit in found.items() if hit)
+    assert not fired, f"{name} got through the {kind} sandbox ({fired}):\n" + taken(ran)[-2000:]
     assert verdict in EXPECTED.get(name, {"crash"}), (name, verdict, taken(ran)[-1000:])
-    assert tree_hash(runtime_dir()) == extra["runtime_hash"]
-    assert host.canary not in taken(ran)
-    if name == "busy_loop":
-        # Docker's wall time ends when its kill API call returns: on a loaded 2-core machine that
-        # call alone took 1.1 s once (wall 4.12 s for a 3 s deadline), so Docker gets 2 s of slack.
-        slack = 2.0 if kind == "docker" else 1.0
-        assert ran.wall_s < BUDGET.deadline_s + slack and ran.cleanup_s < 5.0
-    if name == "log_flood":
-        assert ran.log.stat().st_size <= BUDGET.max_file_mb << 20
-        assert rss_mb() - rss_before < 100, "the orchestrator buffered the flood"
-    if name == "disk_filler":
-        assert folder_mb(ran.out) < BUDGET.max_out_mb + 256
+    if name == "busy_loop":  # and it was not stopped before its deadline
+        assert ran.wall_s >= BUDGET.deadline_s, ran.wall_s

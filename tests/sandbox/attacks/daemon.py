@@ -1,4 +1,5 @@
-# Double fork + setsid: a daemon meant to outlive the run, writing heartbeats where we can see them.
+# Double fork + setsid: a daemon meant to outlive the run (the host finds it by its name, which it
+# inherits), writing heartbeats into the output folder.
 import os
 import time
 

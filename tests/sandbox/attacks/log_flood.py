@@ -1,4 +1,4 @@
-# Flood stdout with a gigabyte of text.
+# Flood stdout with far more text than the log may hold.
 import sys
 
 line = ("x" * 1023 + "\n").encode()
