@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -140,12 +139,15 @@ def test_scoring_through_docker_agrees_with_bubblewrap(program, docker_sandbox, 
 
 
 def test_sandbox_check_and_offline_build_from_the_cli(docker_sandbox):
-    started = time.monotonic()
-    built = subprocess.run([sys.executable, "-m", "darwin.cli", "sandbox", "build", "--offline",
-                            "--json"], capture_output=True, text=True)
+    # "Offline" shown by what it needs and makes, not by a stopwatch: as root the build runs in a
+    # network namespace of its own (no network at all; the daemon's unix socket still answers),
+    # and the image holds mount points only (a download would weigh hundreds of MB).
+    isolate = ["unshare", "--net", "--"] if os.geteuid() == 0 else []
+    built = subprocess.run([*isolate, sys.executable, "-m", "darwin.cli", "sandbox", "build",
+                            "--offline", "--json"], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     row = json.loads(built.stdout)
-    assert row["runtime"] == "host" and time.monotonic() - started < 30
+    assert row["runtime"] == "host" and row["size_mb"] < 1, row
     check = subprocess.run([sys.executable, "-m", "darwin.cli", "sandbox", "check", "--json"],
                            capture_output=True, text=True)
     rows = {r["backend"]: r for r in json.loads(check.stdout)}
