@@ -1,5 +1,10 @@
 """The evolution engine end to end: `darwin run` against a real Prefect server, resume after
-kill -9, lessons reaching the next generation's prompts."""
+kill -9, lessons reaching the next generation's prompts.
+
+Both sandbox backends run it end to end: the reference run, the lessons run and the export take
+`auto` (Docker where a daemon answers, as in CI), while the killed-and-resumed run, the user's
+nanoGPT fork and Ctrl-C are forced onto the local (bubblewrap) backend; the resumed local run must
+end exactly as the reference run did."""
 
 from __future__ import annotations
 
@@ -21,10 +26,22 @@ SMALL = ["run", "--budget", "tiny", "--generations", "2", "--population", "2", "
          "--children", "2", "--seeds", "2", "--reruns", "1", "--repair-tries", "1"]
 
 
-def _env(prefect_server, home: Path, **extra: str) -> dict:
+def _env(prefect_server, home: Path, sandbox: str = "auto", **extra: str) -> dict:
     env = {**os.environ, "DARWIN_HOME": str(home), "PREFECT_API_URL": prefect_server["url"],
-           "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "", **extra}
+           "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "",
+           "DARWIN_SANDBOX": sandbox, **extra}
     return env
+
+
+def _auto_backend() -> str:
+    """What `auto` picks here (Docker where a daemon answers, else local)."""
+    from darwin.sandbox import get_sandbox
+
+    return get_sandbox("auto").name
+
+
+def _ran_on(store: RunStore) -> str:
+    return store.meta()["environment"]["sandbox"]
 
 
 def _darwin(args, env, timeout=900) -> subprocess.CompletedProcess:
@@ -99,24 +116,34 @@ def _flow_run_states(prefect_server, flow_run_id: str) -> list[str]:
         return [s["type"] for s in sorted(json.loads(r.read()), key=lambda s: s["timestamp"])]
 
 
-def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_server, tmp_path):
+def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_server, sandbox,
+                                                     tmp_path):
+    """On the local backend (the reference run took `auto`): killed in generation 2, resumed,
+    it ends exactly as the uninterrupted run."""
     ref_home, ref_summary = reference_run
     home = tmp_path / "killed"
-    env = _env(prefect_server, home)
+    env = _env(prefect_server, home, sandbox="local")
+    err = open(tmp_path / "stderr.txt", "w+b")
     proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator", "offline",
-                             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--json"], env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 600
     store = None
-    while time.monotonic() < deadline:  # wait until generation 2 has a persisted, trained child
+    while True:  # wait until generation 2 has a persisted, trained child
         if (home / "runs").exists() and list_runs(home / "runs"):
             store = _store(home)
             if any(e.candidate_id.startswith("g002") for e in store.evaluations()):
                 break
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            err.seek(0)
+            pytest.fail("no trained child of generation 2 while the run lived (exit "
+                        f"{proc.returncode}):\n" + err.read().decode(errors="replace")[-2000:])
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert store is not None and store.head() == 1
+    err.close()
+    assert store.head() == 1 and _ran_on(store) == "local"
     before = {p: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
     cands_before = {p.name for p in (Path(store.root) / "candidates").iterdir()}
 
@@ -167,14 +194,16 @@ def test_bad_settings_fail_before_any_work(args, words, tmp_path, prefect_server
 
 
 def test_evolves_a_users_nanogpt_fork(prefect_server, sandbox, tmp_path):
+    """On the local backend: a generation of edits of a user's program, trained and scored."""
     from tests.conftest import PROGRAMS
 
     fork = PROGRAMS / "nanogpt_fork.py"
     r = _darwin(["run", "--seed-program", str(fork), "--budget", "tiny", "--generations", "1",
                  "--population", "2", "--keep", "1", "--children", "2", "--seeds", "2",
-                 "--mutator", "offline", "--json"], _env(prefect_server, tmp_path))
+                 "--mutator", "offline", "--json"], _env(prefect_server, tmp_path, sandbox="local"))
     assert r.returncode == 0, r.stderr[-3000:]
     store = _store(tmp_path)
+    assert _ran_on(store) == "local"
     assert store.code(store.candidate("seed").code_sha) == fork.read_text()
     children = store.generation(1).children
     assert all(store.candidate(c).diff for c in children)  # real edits of the user's program
@@ -278,7 +307,7 @@ def test_the_run_ends_with_a_report(reference_run):
     assert f"Best program: {summary['best']}" in html
     assert "Test split (never used for selection)" in html and "Not measured yet" not in html
     env = store.meta()["environment"]
-    assert env["sandbox"] in ("docker", "local") and len(env["dataset_sha256"]) == 64
+    assert env["sandbox"] == _auto_backend() and len(env["dataset_sha256"]) == 64
     assert env["packages"]["torch"] and env["device"] == "cpu"
     # What the figures are drawn from: each training's curve, stamped by us as we read it.
     seed_run = store.evaluation("seed", 0)
@@ -309,23 +338,99 @@ def test_reading_a_run_back(reference_run, prefect_server):
     assert missing.returncode == 2 and "no candidate 'g999-c00'" in missing.stderr
 
 
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _tree(root: int) -> dict[int, int]:
+    """``root`` and its live descendants: pid -> start time (a pid reused later is not them)."""
+    stats = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _stat(int(e)))}
+    children: dict[int, list[int]] = {}
+    for pid, (state, ppid, _) in stats.items():
+        if state not in "ZX":
+            children.setdefault(ppid, []).append(pid)
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            tree[pid] = stats[pid][2]
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def _alive(procs: dict[int, int]) -> list[int]:
+    return [pid for pid, start in procs.items()
+            if (st := _stat(pid)) and st[2] == start and st[0] not in "ZX"]
+
+
+def _sandboxed(pids) -> list[int]:
+    """Those in a PID namespace other than ours: the sandboxed programs."""
+    ours = os.readlink("/proc/self/ns/pid")
+    found = []
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != ours:
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(prefect_server, sandbox, tmp_path):
-    env = _env(prefect_server, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator", "offline"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """On the local backend: Ctrl-C while a sandbox trains leaves nothing running."""
+    env = _env(prefect_server, tmp_path, sandbox="local")
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator",
+                                 "offline"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    seen: dict[int, int] = {}  # everything the run started, as we saw it
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until generation 0 is committed
-        if (tmp_path / "runs").exists() and list_runs(tmp_path / "runs"):
-            if _store(tmp_path).head() is not None:
-                break
-        time.sleep(0.2)
+    while True:  # until generation 0 is committed and a sandbox of generation 1 is running
+        tree = _tree(proc.pid)
+        seen.update(tree)
+        if (_sandboxed(tree) and (tmp_path / "runs").exists() and list_runs(tmp_path / "runs")
+                and _store(tmp_path).head() is not None):
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no sandbox training after generation 0 (exit {proc.returncode}):\n"
+                        + err_path.read_text(errors="replace")[-2000:])
+        time.sleep(0.1)
+    # (The scan that must find nothing at the end has just found a live sandbox: its control.)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    stop_by = time.monotonic() + 120
+    while proc.poll() is None:  # whatever it starts while stopping counts too
+        seen.update(_tree(proc.pid))
+        if time.monotonic() > stop_by:
+            proc.kill()
+            proc.wait()
+            pytest.fail("darwin run did not stop within 120 s of Ctrl-C")
+        time.sleep(0.1)
+    err = err_path.read_text(errors="replace")
     assert proc.returncode == 130, err[-2000:]
     store = _store(tmp_path)
     assert f"darwin run --resume {store.run_id}" in err
     assert "Traceback" not in err
     assert store.head() is not None  # the committed generation is intact and resumable
+    assert _ran_on(store) == "local"
+    gone_by = time.monotonic() + 10  # the kernel may take a moment to tear a namespace down
+    while (left := _alive(seen)) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not left, "left running after Ctrl-C: " + ", ".join(map(_describe, left))
+
+
+def _describe(pid: int) -> str:
+    try:
+        return f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:100]!r}"
+    except OSError:
+        return f"{pid} (gone)"
 
 
 def test_a_generation_shows_the_cards_steps_as_tasks(reference_run, prefect_server):
