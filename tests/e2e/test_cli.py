@@ -60,19 +60,29 @@ def test_sandbox_check_reports_an_isolating_backend(sandbox, tmp_path):
 
 @pytest.mark.sandbox
 def test_score_and_baseline_agree_on_the_seed(sandbox, tmp_path):
+    """`baseline` on the default backend (auto: Docker where a daemon answers, as in CI) and
+    `score` forced onto the local one: both end to end through the CLI, with the same number."""
     from darwin.evaluation.training import seed_program
+    from darwin.sandbox import get_sandbox
 
     base = darwin("baseline", "--budget", "tiny", "--seeds", "1", "--seed", "3", "--json",
-                  home=tmp_path)
+                  home=tmp_path, env={"DARWIN_SANDBOX": "auto"})
     assert base.returncode == 0, base.stderr
     scored = darwin("score", str(seed_program()), "--budget", "tiny", "--seed", "3", "--json",
-                    home=tmp_path)
+                    "--sandbox", "local", home=tmp_path)
     assert scored.returncode == 0, scored.stderr
     b = json.loads(base.stdout)  # --json: nothing but JSON on stdout
     s = json.loads(scored.stdout)
+    assert b["runs"][0]["sandbox"] == get_sandbox("auto").name and s["sandbox"] == "local"
     assert b["runs"][0]["status"] == s["status"] == "ok"
     assert b["runs"][0]["val_loss"] == s["val_loss"]  # same program, seed, budget: same number
-    assert b["summary"]["ok"] == 1 and b["runs"][0]["isolated"] is True
+    assert b["summary"]["ok"] == 1 and b["runs"][0]["isolated"] is True and s["isolated"] is True
+
+
+def test_each_worker_has_a_darwin_home_of_its_own():
+    """tests/conftest.py: two test workers never share runs, scratch folders or layers."""
+    home = Path(os.environ["DARWIN_HOME"])
+    assert home.name == os.environ.get("PYTEST_XDIST_WORKER", "main") and home.is_dir()
 
 
 def test_mutate_without_a_key_names_the_variable(tmp_path):
