@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -272,6 +273,15 @@ def effect(name: str, cfg: dict, host: Host, ran: Ran, extra: dict) -> bool:
     raise AssertionError(name)
 
 
+def arrived(host: Host, cfg: dict, ran: Ran) -> None:
+    """Let the listener's threads catch up (they may lag on a loaded machine): until the token
+    is in, where the program says it got through, else a short grace for what it did not say."""
+    until = time.monotonic() + (10 if re.search(r"^(connected|query sent)$", taken(ran), re.M)
+                                else 0.3)
+    while cfg["token"].encode() not in host.listener.received and time.monotonic() < until:
+        time.sleep(0.05)
+
+
 def runtime_changed(extra: dict) -> bool:
     return tree_hash(runtime_dir()) != extra["runtime_hash"]
 
@@ -387,6 +397,8 @@ def test_attack(name, runner, host, canary_env, tmp_path, request):
         else:
             ran = run_bare(program, run, wrap_parent=name == "kill_parent",
                            capture=name == "log_flood")
+        if name in ("net_loopback", "net_external", "dns_lookup"):
+            arrived(host, cfg, ran)
         extra["left"] = processes_named(cfg["token"])
         extra["rss_grown_mb"] = rss_mb() - rss_before
         ran.held = b""

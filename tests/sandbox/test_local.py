@@ -79,14 +79,20 @@ def _run_probe(box, tmp_path, budget, monkeypatch, search_root: str,
     try:  # ...and another process's, readable through /proc where processes can see each other
         with process_holding(secret):
             result = train(program, budget, 0, work / "run", box, extras=extras or Extras())
+        assert result.outcome is Outcome.ok, result.log_tail()
+        report = json.loads((result.out_dir / "result.json").read_text())
+        # Every connection the probe says it made must reach the listener's count (its thread
+        # may lag on a loaded machine); a short grace for any it did not report.
+        made = [report[k] for k in ("loopback", "external")].count("connected")
+        until = time.monotonic() + 10
+        while listener.connections < made and time.monotonic() < until:
+            time.sleep(0.05)
+        time.sleep(0.3)
     finally:
         home_file.unlink()
         for outside in ("/usr", "/etc", "/"):  # what the probe wrote unsandboxed, as root
             Path(outside, f"evil-{tag}").unlink(missing_ok=True)
-        time.sleep(0.3)
         listener.close()
-    assert result.outcome is Outcome.ok, result.log_tail()
-    report = json.loads((result.out_dir / "result.json").read_text())
     report["host_dir_written"] = (host_dir / f"evil-{tag}").exists()
     return report, listener
 
