@@ -7,7 +7,8 @@ it must succeed, and every detection a sandboxed run of it is checked with must 
 and ``FIRES``). A sandboxed check whose detection no control makes fire is refused
 (test_every_detection_has_a_control).
 
-Set DARWIN_ATTACK_REPORT=path to get the table (blocked, outcome, kill-to-nothing-left) as JSON lines.
+Set DARWIN_ATTACK_REPORT=path to get the table (blocked, outcome, kill-to-nothing-left; for each
+control, the detections it made fire) as JSON lines.
 """
 
 from __future__ import annotations
@@ -415,7 +416,9 @@ def test_attack(name, runner, host, canary_env, tmp_path, request):
         for p in (host.decoy / "pwn.py", torch_dir() / PWN, runtime_dir() / PWN):
             p.unlink(missing_ok=True)
 
+    fired = sorted(d for d, hit in found.items() if hit)
     if not sandboxed:
+        report_row({"backend": kind, "attack": name, "control_fired": fired})
         must = {"effect"} | FIRES.get(name, set())
         silent = sorted(d for d in must if not found[d])
         assert not silent, f"{name} unsandboxed: {silent} did not fire, so the sandboxed " \
@@ -426,7 +429,6 @@ def test_attack(name, runner, host, canary_env, tmp_path, request):
                 "outcome": verdict, "returncode": ran.returncode, "wall_s": round(ran.wall_s, 2),
                 "cleanup_s": round(ran.cleanup_s, 3), "survivors": len(extra["left"]),
                 "log_mb": round(ran.log.stat().st_size / 2**20, 1)})
-    fired = sorted(d for d, hit in found.items() if hit)
     assert not fired, f"{name} got through the {kind} sandbox ({fired}):\n" + taken(ran)[-2000:]
     assert verdict in EXPECTED.get(name, {"crash"}), (name, verdict, taken(ran)[-1000:])
     if name == "busy_loop":  # and it was not stopped before its deadline
