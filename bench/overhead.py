@@ -53,7 +53,9 @@ def main() -> None:
             assert r.ok, r.log_tail()
             walls["bare"].append(time.monotonic() - started)
             for mode, warm in (("flow", "off"), ("flow, warm", "on")):
-                os.environ["DARWIN_WARM"] = warm  # read by the next run's engine
+                # Read by the next run's engine; a home of its own, so no training cache hit.
+                os.environ["DARWIN_WARM"] = warm
+                os.environ["DARWIN_HOME"] = str(home / f"{name}-{rep}-{warm}")
                 wall, (ev,), _ = through_flow(name, [seed])
                 walls[mode].append(wall)
                 parts[mode].append((ev.train_wall_s, ev.eval_wall_s, ev.queue_wait_s))

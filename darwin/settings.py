@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         "4 on a GPU, fewer if memory is short)")
     warm: Literal["auto", "on", "off"] = Field(
         default="auto", description="pre-start sandboxes while children wait for a slot: auto "
-        "(on a GPU only), on, off")
+        "(on a GPU, with a core no slot uses, or at idle priority where it can be raised back), "
+        "on, off")
     llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @property

@@ -81,6 +81,9 @@ class EvaluationRecord(BaseModel):
     train_started_at: float = 0.0
     scored_at: float = 0.0
     queue_wait_s: float = 0.0
+    # Seconds its training sandbox was started ahead of the program (DARWIN_WARM): start-up
+    # hidden behind other work, not counted in train_wall_s. 0: started cold.
+    warm_s: float = 0.0
     # The losses the program printed, [step, seconds since its start, loss]: its claims, stamped
     # by the trusted side as it read each line (reports draw them, nothing scores with them).
     curve: list[list[float]] = Field(default_factory=list)

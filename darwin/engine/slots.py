@@ -108,13 +108,16 @@ def shared_pool(device: str, threads: int, n: int | None = None) -> SlotPool:
     return _pools[key]
 
 
-def warm_pays(setting: str, device: str) -> bool:
-    """Whether to pre-start sandboxes: ``on``, ``off``, or ``auto``: on a GPU, where the CPU
-    cores idle while the GPU trains and a child's start-up (interpreter, torch, CUDA context)
-    is most of its time; not on the CPU, where every core already trains a child, so the
-    start-up would only move onto a core that is busy (measured: bench/throughput.py)."""
+def warm_pays(setting: str, device: str, free_cores: int = 0, idle_ok: bool = False) -> bool:
+    """Whether to pre-start sandboxes: ``on``, ``off``, or ``auto``: yes on a GPU, where the
+    CPU cores idle while the GPU trains and a child's start-up (interpreter, torch, CUDA
+    context) is most of its time; on a CPU with cores no slot uses (--slots below the cores);
+    and where a waiting sandbox can run at idle priority (``idle_ok``: we may raise it back),
+    so that it only takes CPU no training wants. Not when every core trains a child and the
+    start-up would run at full priority: it moved onto a busy core and slowed the child
+    training there by about a second (measured: README "Speed", bench/throughput.py)."""
     if setting == "auto":
-        return device == "cuda"
+        return device == "cuda" or free_cores > 0 or idle_ok
     return setting == "on"
 
 

@@ -58,6 +58,7 @@ from darwin.mutation.lessons import aggregate, first_run_outcomes, lesson_lines
 from darwin.mutation.registry import make_mutator, mutator_modes
 from darwin.mutation.repair import repair_case
 from darwin.sandbox import Sandbox
+from darwin.sandbox.base import may_renice
 from darwin.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,8 @@ class Engine:
     @property
     def warming(self) -> bool:
         """Pre-start sandboxes while waiting for a slot (DARWIN_WARM; see README, "Speed")."""
-        return warm_pays(self.settings.warm, self.experiment.device)
+        free = len(os.sched_getaffinity(0)) - self.slots * self.budget.threads
+        return warm_pays(self.settings.warm, self.experiment.device, free, may_renice())
 
     def prestart_training(self, cid: str, seed: int) -> Prestarted | None:
         """(cid, seed)'s training sandbox, started now and waiting for its slot; None when
@@ -350,7 +352,8 @@ class Engine:
 
     def prestart_scoring(self, cid: str, seed: int) -> PrestartedScorer | None:
         """(cid, seed)'s two evaluation sandboxes, started now (trusted code only) and given
-        the model once they have a slot; None when its score needs no sandbox."""
+        the model once they have a slot and the training sandbox is gone; None when its score
+        needs no sandbox."""
         if self.store.evaluation(cid, seed) is not None:
             return None
         record = self.store.candidate(cid)
@@ -363,6 +366,7 @@ class Engine:
         return prestart_scorer(marker.parent / "run", self.budget, self.sandbox,
                                device=self.experiment.device,
                                packages=self.extras(cid).packages)
+
 
     def train(self, cid: str, seed: int, cpus: list[int] | None = None,
               prestarted: Prestarted | None = None) -> str:
@@ -431,7 +435,7 @@ class Engine:
             log_tail=tail[-3000:], isolated=d["isolated"], checks=d["checks"],
             audit_seed=d["audit_seed"], train_started_at=d["train_started_at"] or 0.0,
             scored_at=time.time(), curve=d["curve"],
-            queue_wait_s=round(self.waits.pop((cid, seed), 0.0), 3),
+            queue_wait_s=round(self.waits.pop((cid, seed), 0.0), 3), warm_s=d["warm_s"],
         )
 
     def keep_models(self, cids: list[str]) -> int:

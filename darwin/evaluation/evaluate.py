@@ -84,6 +84,7 @@ class Evaluation:
             "peak_label": self.peak_label,
             "train_wall_s": round(self.train.wall_s, 3),
             "train_started_at": self.train.started_at,
+            "warm_s": self.train.warm_s,
             "curve": self.train.curve,
             "eval_wall_s": round(s.eval_wall_s, 3) if s else None,
             "tokens_served": self.train.tokens_served,

@@ -2,7 +2,9 @@
 
 The program gets a fresh folder of its own: a read-only copy of itself, a unix socket to the token
 server, one writable output folder. Tokens are charged by the server, the deadline is enforced by
-the sandbox, and the wall time is measured here, outside anything the program controls.
+the sandbox, and the wall time is measured here, outside anything the program controls. A sandbox
+may be started ahead (``prestart``: it imports torch while earlier children train); its clock,
+like a cold one's, starts when the program does.
 """
 
 from __future__ import annotations
@@ -163,7 +165,6 @@ class Prestarted:
     proc: SandboxProcess
     dataset: object
     io_dir: Path
-    on_release: Callable[[], None] | None = None  # told once the program has its sandbox
 
     def close(self) -> None:
         """Never used: stop it and remove what it had."""
@@ -249,8 +250,6 @@ def train(
         if proc is not None and not proc.release(cpus):
             gone(proc)  # it died while it waited (ours, never the program's): start afresh
             proc = None
-        if prestarted is not None and prestarted.on_release is not None:
-            prestarted.on_release()
         if proc is None:
             proc = sandbox.start(dataclasses.replace(spec, cpus=cpus))
         started_at = time.time()

@@ -71,6 +71,10 @@ class Warm:
     imports: tuple[str, ...] = ("torch",)
     ready: bool = True  # mark readiness in the first writable mount (release waits for it)
     max_wait_s: float = 3600.0  # unreleased this long: the scheduler is gone, the sandbox exits
+    # While held it runs at idle priority (SCHED_IDLE): it takes only CPU no training wants, so
+    # it never slows a pinned child; released, it is put back to normal. Only where we may put
+    # it back (CAP_SYS_NICE, as root); elsewhere it runs at normal priority.
+    idle: bool = True
 
 
 @dataclass
@@ -285,6 +289,7 @@ class Handover:
             # The deadline runs from the release; until then only our own wait bounds it.
             deadline_s=spec.deadline_s + warm.max_wait_s)
         self.deadline_s = spec.deadline_s
+        self.idle = warm.idle and may_renice()
         self.started = time.monotonic()
 
     def is_ready(self) -> bool:
@@ -333,6 +338,39 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def may_renice() -> bool:
+    """Can we raise another process's priority (CAP_SYS_NICE: root here, whatever the uid)?"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> 23 & 1)
+    except OSError:
+        pass
+    return False
+
+
+def schedule_tree(root: int, idle: bool) -> None:
+    """Every thread of ``root``'s process tree to idle (SCHED_IDLE) or normal (SCHED_OTHER)
+    priority; threads created later inherit their creator's."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    for pid in process_tree(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+            except OSError:
+                pass
+
+
+def idle_now() -> None:
+    """In a pre-started sandbox's launcher (preexec): idle priority, inherited by everything it
+    starts."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def pin_tree(root: int, cpus: list[int]) -> None:
     """Move every thread of ``root``'s process tree onto ``cpus`` (threads created later inherit
     their creator's affinity, and a held sandbox creates none while it waits)."""
@@ -361,11 +399,16 @@ class Releasable:
     def pin(self, cpus: list[int]) -> None:  # pragma: no cover - each backend says
         raise NotImplementedError
 
+    def root_pid(self) -> int | None:  # pragma: no cover - each backend says
+        raise NotImplementedError
+
     def release(self, cpus: list[int] | None = None, ready_timeout_s: float = 600.0) -> bool:
         """Run the program now: wait until the sandbox is warm, pin it, create the go file,
         restart the clock. False when it died before (the caller starts a cold one instead)."""
         h = self.handover
         assert h is not None, "release() is for sandboxes started with spec.warm"
+        if h.idle and (root := self.root_pid()) is not None:
+            schedule_tree(root, idle=False)  # its slot is free: full speed for the rest
         until = time.monotonic() + ready_timeout_s
         while not h.is_ready() and self.alive() and time.monotonic() < until:
             time.sleep(0.02)
@@ -413,6 +456,9 @@ class SandboxProcess(Releasable):
 
     def pin(self, cpus: list[int]) -> None:
         pin_tree(self.popen.pid, cpus)
+
+    def root_pid(self) -> int | None:
+        return self.popen.pid
 
     @property
     def stdin(self) -> IO[bytes] | None:
@@ -499,4 +545,3 @@ def log_tail(path: Path | None, max_bytes: int = 4000) -> str:
         size = f.tell()
         f.seek(max(0, size - max_bytes))
         return f.read().decode("utf-8", errors="replace")
-

@@ -34,6 +34,7 @@ from darwin.sandbox.base import (
     classify,
     held,
     prepare_outputs,
+    schedule_tree,
 )
 from darwin.sandbox.image import DEFAULT_IMAGE, ensure_image, image_runtime
 from darwin.sandbox.limits import OutputCap, pid_alive, reap_stale_output_mounts
@@ -200,6 +201,16 @@ class DockerProcess(Releasable):
 
     def pin(self, cpus: list[int]) -> None:
         self.container.update(cpuset_cpus=",".join(str(c) for c in cpus))
+
+    def root_pid(self) -> int | None:
+        """The container's first process, as the host sees it."""
+        import docker
+
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return None
+        return self.container.attrs.get("State", {}).get("Pid") or None
 
     def _wait_exit(self, timeout: float) -> bool:
         import requests
@@ -404,7 +415,10 @@ class DockerSandbox:
             if spec.gpu and "gpu" in reason.lower():
                 reason += " (GPUs in Docker need the NVIDIA Container Toolkit; or --sandbox local)"
             raise SandboxInfraError(f"docker sandbox failed to start: {reason}") from None
-        return DockerProcess(client, container, attach, spec, pipe, output_cap, handover)
+        proc = DockerProcess(client, container, attach, spec, pipe, output_cap, handover)
+        if handover is not None and handover.idle and (root := proc.root_pid()) is not None:
+            schedule_tree(root, idle=True)  # Docker has no such option: set from outside
+        return proc
 
     def run(self, spec: SandboxSpec) -> SandboxResult:
         return self.start(spec).wait()

@@ -34,6 +34,7 @@ from darwin.sandbox.base import (
     SandboxUnavailable,
     base_env,
     held,
+    idle_now,
     log_tail,
     prepare_outputs,
 )
@@ -213,6 +214,8 @@ class LocalSandbox:
             )
             if cpus:
                 os.sched_setaffinity(0, cpus)
+            if handover is not None and handover.idle:
+                idle_now()
 
         # bwrap reports {"child-pid": N} on this pipe once the sandbox is up: without it, a
         # failure is ours (a launch problem), not the candidate's crash.

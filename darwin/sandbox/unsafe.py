@@ -13,7 +13,14 @@ import os
 import subprocess
 import sys
 
-from darwin.sandbox.base import SandboxProcess, SandboxResult, SandboxSpec, base_env, held
+from darwin.sandbox.base import (
+    SandboxProcess,
+    SandboxResult,
+    SandboxSpec,
+    base_env,
+    held,
+    idle_now,
+)
 from darwin.sandbox.limits import set_rlimits
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ class UnsafeSandbox:
             set_rlimits(max_file, memory_bytes=None if spec.gpu else memory, nproc=None)
             if cpus:
                 os.sched_setaffinity(0, cpus)
+            if handover is not None and handover.idle:
+                idle_now()
 
         log_file = open(spec.log_path, "wb") if spec.log_path else subprocess.DEVNULL
         try:

@@ -118,7 +118,7 @@ def crash_and_resume(home: Path, env: dict, faults: list[str], prefect_home: str
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, sandbox):
     home = tmp_path_factory.mktemp("reference")
-    r = _darwin(RUN, _env(home, home / "prefect"))
+    r = _darwin(RUN, _env(home, home / "prefect", DARWIN_WARM="off"))
     assert r.returncode == 0, r.stderr[-3000:]
     return records(_store(home)), json.loads(r.stdout)
 
@@ -132,10 +132,16 @@ def test_killed_anywhere_on_the_embedded_prefect_then_resumed(reference, tmp_pat
 
 
 def test_sigkill_on_a_real_prefect_server_then_resume(reference, prefect_server, tmp_path):
+    """On the local backend with pre-started sandboxes (the reference: `auto` backend, cold):
+    killed while sandboxes wait warm for their slots, resumed, it ends as the reference did."""
     home = tmp_path / "home"
-    env = _env(home, tmp_path / "unused", prefect_server)
+    env = _env(home, tmp_path / "unused", prefect_server, DARWIN_SANDBOX="local",
+               DARWIN_WARM="on")
     crash_and_resume(home, env, SERVER_KILLS, prefect_server["home"] + "-none")
-    assert records(_store(home)) == reference[0]
+    store = _store(home)
+    assert store.meta()["environment"]["sandbox"] == "local"
+    assert any(e.warm_s > 0 for e in store.evaluations())
+    assert records(store) == reference[0]
 
 
 def test_a_second_resume_of_a_live_run_is_refused(tmp_path, sandbox):

@@ -4,7 +4,9 @@ kill -9, lessons reaching the next generation's prompts.
 Both sandbox backends run it end to end: the reference run, the lessons run and the export take
 `auto` (Docker where a daemon answers, as in CI), while the killed-and-resumed run, the user's
 nanoGPT fork and Ctrl-C are forced onto the local (bubblewrap) backend; the resumed local run must
-end exactly as the reference run did."""
+end exactly as the reference run did. The reference run pre-starts its sandboxes (DARWIN_WARM=on)
+and the resumed one starts them cold (DARWIN_WARM=off), so that match also shows a pre-started
+child scoring exactly what a cold one scores."""
 
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def reference_run(prefect_server, sandbox, tmp_path_factory):
     generation, answered by their defaults at once: --no-review)."""
     home = tmp_path_factory.mktemp("reference")
     r = _darwin([*SMALL, "--mutator", "offline", "--review-every", "1", "--no-review", "--json"],
-                _env(prefect_server, home))
+                _env(prefect_server, home, DARWIN_WARM="on"))
     assert r.returncode == 0, r.stderr[-3000:]
     return home, json.loads(r.stdout)
 
@@ -89,6 +91,9 @@ def test_two_generations_commit_and_show_in_prefect(reference_run, prefect_serve
             assert rec.code_sha and store.code(rec.code_sha)  # persisted code for every child
             assert rec.kind and rec.parents
     assert summary["best"] == gens[2].population[0].candidate_id
+    # Every child it trained got a sandbox started ahead, through the flow's slots.
+    trained = [e for e in store.evaluations() if e.status == "ok" and not e.cached]
+    assert trained and all(e.warm_s > 0 for e in trained), [e.warm_s for e in trained]
     runs = _flow_runs(prefect_server, store.run_id)
     names = {fr["name"]: fr["state_type"] for fr in runs}
     assert names.get("gen-001") == "COMPLETED" and names.get("gen-002") == "COMPLETED"
@@ -122,7 +127,7 @@ def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_ser
     it ends exactly as the uninterrupted run."""
     ref_home, ref_summary = reference_run
     home = tmp_path / "killed"
-    env = _env(prefect_server, home, sandbox="local")
+    env = _env(prefect_server, home, sandbox="local", DARWIN_WARM="off")
     err = open(tmp_path / "stderr.txt", "w+b")
     proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator", "offline",
                              "--json"], env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -156,6 +161,7 @@ def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_ser
     assert cands_before <= {p.name for p in (Path(store.root) / "candidates").iterdir()}
     # ...and the result is the uninterrupted run's.
     assert summary["best"] == ref_summary["best"]
+    assert all(e.warm_s == 0 for e in store.evaluations())  # cold, the reference warm
     same = lambda pop: [(m["candidate_id"], m["losses"]) for m in pop]  # noqa: E731 (MFU is timing)
     assert same(summary["population"]) == same(ref_summary["population"])
     # The dead process' flow runs were marked Crashed, none is left Running.

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from darwin.engine.slots import slot_count
+from darwin.engine.slots import slot_count, warm_pays
 from darwin.errors import UserError
 from darwin.evaluation.scoring import prestart_scorer, score
 from darwin.evaluation.training import prestart, runtime_dir, seed_program, train
 from darwin.sandbox import LIB_DIR, OUT_DIR, PROGRAM_DIR, Mount, Outcome, SandboxSpec, Warm
-from darwin.sandbox.base import READY_NAME
+from darwin.sandbox.base import READY_NAME, may_renice, process_tree
 from tests.conftest import require_sandbox
 
 # Says what it saw, when it started (our clock is the host's monotonic one: same machine) and
@@ -29,7 +29,7 @@ warm = "torch" in sys.modules
 seen = {"argv": sys.argv, "path0": sys.path[0], "warm_env": sorted(k for k in os.environ
         if k.startswith("DARWIN_WARM")), "cpus": sorted(os.sched_getaffinity(0)),
         "torch_preloaded": warm, "out": sorted(os.listdir("/sandbox/out")),
-        "t": time.monotonic()}
+        "policy": os.sched_getscheduler(0), "t": time.monotonic()}
 time.sleep(0.5)
 open("/sandbox/out/seen.json", "w").write(json.dumps(seen))
 """
@@ -61,6 +61,9 @@ def test_a_held_sandbox_runs_the_program_only_when_released(backend, tmp_path):
             assert proc.alive(), (tmp_path / "log").read_text()[-2000:]
             assert time.monotonic() - started < 120, "never became warm"
             time.sleep(0.05)
+        # Held, it takes only CPU nobody else wants (where we may undo that: CAP_SYS_NICE).
+        policies = {os.sched_getscheduler(p) for p in process_tree(proc.root_pid())}
+        assert (os.SCHED_IDLE in policies) == may_renice(), policies
         # Held past the deadline as counted from its start: it must not count yet.
         time.sleep(max(0.0, deadline + 0.5 - (time.monotonic() - started)))
         assert not (tmp_path / "out" / "seen.json").exists()  # nothing of the program ran
@@ -80,6 +83,7 @@ def test_a_held_sandbox_runs_the_program_only_when_released(backend, tmp_path):
     assert seen["warm_env"] == [] and seen["out"] == []  # no trace of the warm-up left to it
     assert seen["torch_preloaded"] is True
     assert seen["cpus"] == [core]  # pinned at the release
+    assert seen["policy"] == os.SCHED_OTHER  # and back to normal priority
     assert not list(Path(tmp_path).glob("darwin-ctl-*"))
 
 
@@ -146,3 +150,10 @@ def test_darwin_run_refuses_too_many_slots_before_creating_anything(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"--slots {too_many}" in lines[0] and "use --slots" in lines[0]
     assert "Traceback" not in r.stderr and not (tmp_path / "home" / "runs").exists()
+
+
+def test_auto_warms_where_a_core_or_the_gpu_is_free():
+    assert warm_pays("auto", "cuda") and warm_pays("auto", "cpu", free_cores=1)
+    assert not warm_pays("auto", "cpu", free_cores=0)  # every core trains a child...
+    assert warm_pays("auto", "cpu", free_cores=0, idle_ok=True)  # ...unless it waits idle
+    assert warm_pays("on", "cpu") and not warm_pays("off", "cuda")
