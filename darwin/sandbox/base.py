@@ -349,10 +349,10 @@ def may_renice() -> bool:
     return False
 
 
-def schedule_tree(root: int, idle: bool) -> None:
-    """Every thread of ``root``'s process tree to idle (SCHED_IDLE) or normal (SCHED_OTHER)
-    priority; threads created later inherit their creator's."""
-    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+def _each_thread(root: int, apply: Callable[[int], None]) -> None:
+    """``apply(tid)`` to every thread of ``root``'s process tree (threads created later inherit
+    their creator's settings, and a held sandbox creates none while it waits); a thread that
+    ended meanwhile is skipped."""
     for pid in process_tree(root):
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -360,9 +360,15 @@ def schedule_tree(root: int, idle: bool) -> None:
             continue
         for tid in tids:
             try:
-                os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+                apply(int(tid))
             except OSError:
                 pass
+
+
+def schedule_tree(root: int, idle: bool) -> None:
+    """``root``'s process tree to idle (SCHED_IDLE) or normal (SCHED_OTHER) priority."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    _each_thread(root, lambda tid: os.sched_setscheduler(tid, policy, os.sched_param(0)))
 
 
 def idle_now() -> None:
@@ -372,18 +378,8 @@ def idle_now() -> None:
 
 
 def pin_tree(root: int, cpus: list[int]) -> None:
-    """Move every thread of ``root``'s process tree onto ``cpus`` (threads created later inherit
-    their creator's affinity, and a held sandbox creates none while it waits)."""
-    for pid in process_tree(root):
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                os.sched_setaffinity(int(tid), cpus)
-            except (ProcessLookupError, PermissionError, OSError):
-                pass
+    """Move ``root``'s process tree onto ``cpus``."""
+    _each_thread(root, lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 class Releasable:
