@@ -88,7 +88,7 @@ def _slot(engine, cid: str, seed: int):
     a short one lets the slot of an orchestrator killed with -9 come back within about a minute
     (an hour-long lease blocked `--resume` for that hour)."""
     asked = time.monotonic()
-    slots = shared_pool(engine.experiment.device, engine.budget.threads)
+    slots = shared_pool(engine.experiment.device, engine.budget.threads, engine.slots)
     cpus = slots.acquire()
     try:
         with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=60):
@@ -108,7 +108,7 @@ def _warm_slot(engine, cid: str, seed: int, prestart):
         with _slot(engine, cid, seed) as cpus:
             yield cpus, None
         return
-    gate = warm_gate(engine.experiment.device, engine.budget.threads)
+    gate = warm_gate(engine.experiment.device, engine.budget.threads, engine.slots)
     gate.acquire()
     gated, held = True, None
     try:

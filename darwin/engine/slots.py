@@ -125,11 +125,11 @@ _gates: dict[tuple[str, int], threading.Semaphore] = {}
 _gates_lock = threading.Lock()
 
 
-def warm_gate(device: str, threads: int) -> threading.Semaphore:
+def warm_gate(device: str, threads: int, n: int | None = None) -> threading.Semaphore:
     """How many sandboxes may wait pre-started at once in this process: one per slot, so the
     next child of each slot is warm when the slot frees and no more memory is held."""
     key = (device, threads)
     with _gates_lock:
         if key not in _gates:
-            _gates[key] = threading.Semaphore(shared_pool(device, threads).size)
+            _gates[key] = threading.Semaphore(shared_pool(device, threads, n).size)
         return _gates[key]

@@ -367,7 +367,6 @@ class Engine:
                                device=self.experiment.device,
                                packages=self.extras(cid).packages)
 
-
     def train(self, cid: str, seed: int, cpus: list[int] | None = None,
               prestarted: Prestarted | None = None) -> str:
         """Train (cid, seed) in the sandbox (``prestarted``'s, when given); its result waits in
