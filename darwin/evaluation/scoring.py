@@ -51,7 +51,7 @@ from darwin.evaluation.data import Dataset, eval_windows, load_dataset, window_s
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_safetensors_header
-from darwin.evaluation.training import gone, runtime_dir
+from darwin.evaluation.training import gone, released, runtime_dir
 from darwin.sandbox import LIB_DIR, PKG_DIR, Mount, Outcome, Sandbox, SandboxSpec, Warm
 from darwin.sandbox.base import SandboxProcess
 
@@ -345,13 +345,7 @@ class _Session:
         self.failed = False
 
     def __enter__(self) -> EvalClient:
-        if self.held is not None and self.held.release(self.cpus):
-            self.proc = self.held
-        else:
-            if self.held is not None:  # it died while it waited: ours, start afresh
-                gone(self.held)
-            self.proc = self.sandbox.start(dataclasses.replace(self.spec, cpus=self.cpus),
-                                           pipe=True)
+        self.proc = released(self.sandbox, self.spec, self.held, self.cpus, pipe=True)
         client = EvalClient(self.proc, *self.args)
         try:
             client.ready()

@@ -152,6 +152,17 @@ def gone(proc: SandboxProcess) -> None:
         log.warning("a pre-started sandbox died before its release (%s); starting afresh", e)
 
 
+def released(sandbox: Sandbox, spec: SandboxSpec, held: SandboxProcess | None,
+             cpus: list[int] | None, *, pipe: bool = False) -> SandboxProcess:
+    """``held`` released onto ``cpus`` and running its program; or, when there is none or it
+    died while it waited (ours, never the program's), ``spec`` started afresh on ``cpus``."""
+    if held is not None:
+        if held.release(cpus):
+            return held
+        gone(held)
+    return sandbox.start(dataclasses.replace(spec, cpus=cpus), pipe=pipe)
+
+
 # What a pre-started training sandbox imports before its program exists: torch, and the
 # optimizer machinery whose first use costs about a second on CPU (it imports torch._dynamo).
 TRAIN_IMPORTS = ("numpy", "torch", "torch._dynamo")
@@ -246,12 +257,7 @@ def train(
     server = TokenServer(io_dir / "data.sock", dataset.train, budget.tokens, seed,
                          sources=extras.sources)
     with server:
-        proc = prestarted.proc if prestarted is not None else None
-        if proc is not None and not proc.release(cpus):
-            gone(proc)  # it died while it waited (ours, never the program's): start afresh
-            proc = None
-        if proc is None:
-            proc = sandbox.start(dataclasses.replace(spec, cpus=cpus))
+        proc = released(sandbox, spec, prestarted.proc if prestarted else None, cpus)
         started_at = time.time()
         curve = LogCurve(log_path).__enter__()
         stop = threading.Event()
