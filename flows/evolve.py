@@ -39,12 +39,16 @@ def _generation_zero(ref: RunRef) -> GenerationRecord:
 
 @flow(name="evolve", flow_run_name="{run_id}", log_prints=True)
 def evolve(experiment: Experiment, run_id: str, store_url: str,
-           review: ReviewPolicy | None = None) -> GenerationRecord:
-    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment)
+           review: ReviewPolicy | None = None, sandbox: str | None = None,
+           slots: int | None = None) -> GenerationRecord:
+    """Generations until the plan (or a review) ends the run. ``sandbox`` and ``slots``: what
+    the run's launch chose (None: the DARWIN_* settings)."""
+    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment, sandbox=sandbox,
+                 slots=slots)
     engine = engine_for(ref)
-    slots = shared_pool(experiment.device, engine.budget.threads, engine.slots)
-    steps.ensure_slot_limit(experiment.device, slots.size)
-    runner = ThreadPoolTaskRunner(max_workers=2 * slots.size)
+    pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)
+    steps.ensure_slot_limit(experiment.device, pool.size)
+    runner = ThreadPoolTaskRunner(max_workers=2 * pool.size)
     head = engine.store.head()
     last = _generation_zero(ref) if head is None else engine.store.generation(head)
     while True:
@@ -53,8 +57,8 @@ def evolve(experiment: Experiment, run_id: str, store_url: str,
         hold_review(ref, last.generation, review or ReviewPolicy())
         if last.generation >= engine.planned_generations():  # a gate may stop or extend
             break
-        last = generation.with_options(task_runner=runner)(experiment, run_id, store_url,
-                                                           last.generation + 1)
+        last = generation.with_options(task_runner=runner)(
+            experiment, run_id, store_url, last.generation + 1, sandbox=sandbox, slots=slots)
     last = engine.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
     steps.final_test.map(unmapped(ref), final_candidates(last)).result()

@@ -54,9 +54,11 @@ def train_and_score(ref: RunRef, ids: list[str], seeds: list[int],
 
 
 @flow(name="generation", flow_run_name="gen-{gen:03d}", log_prints=True)
-def generation(experiment: Experiment, run_id: str, store_url: str, gen: int) -> GenerationRecord:
+def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
+               sandbox: str | None = None, slots: int | None = None) -> GenerationRecord:
     started_at, io_start = time.time(), asdict(io_stats())
-    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment)
+    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment, sandbox=sandbox,
+                 slots=slots)
     engine, exp = engine_for(ref), experiment
     first_seed, *more_seeds = engine.seeds()
     # The previous population as the humans left it (vetoes, pins), if they reviewed it.

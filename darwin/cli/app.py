@@ -33,22 +33,21 @@ JsonFlag = Annotated[bool, Parameter(name="--json", negative=(), help="print JSO
 
 def open_sandbox(name: str | None):
     """The chosen sandbox backend, said on stderr (loudly when it does not isolate)."""
-    from darwin.sandbox import get_sandbox
+    from darwin.sandbox import describe, get_sandbox
     from darwin.settings import get_settings
 
     chosen = name or get_settings().sandbox
     box = get_sandbox(chosen)
-    if box.name == "docker":
-        from darwin.sandbox.image import describe_runtime
-
-        err.print(f"[dim]sandbox: docker ({box.image_name}, {describe_runtime(box.runtime_kind)})[/]")
-    elif box.name == "local":
-        err.print("[dim]sandbox: local (bubblewrap)"
-                  + (", no Docker daemon answered" if chosen == "auto" else "") + "[/]")
-    if not box.isolated:
-        err.print(
-            "[bold red]UNSAFE:[/] untrusted code runs WITHOUT isolation (--sandbox unsafe); "
-            "results are marked isolated=false"
-        )
+    for line in describe(box, chosen):
+        say(line)
     return box
 
+
+def say(line: str) -> None:
+    """A line of a run's progress on stderr: plain text (it may quote names a candidate chose),
+    loud when it warns that nothing isolates."""
+    if line.startswith("UNSAFE:"):
+        err.print(line, style="bold red", markup=False, highlight=False)
+    else:
+        err.print(line, style="dim" if line.startswith("sandbox:") else None, markup=False,
+                  highlight=False)

@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from darwin.cli.app import JsonFlag, app, err, open_sandbox, out
-from darwin.errors import StorageError
+from darwin.cli.app import JsonFlag, app, err, out, say
 
 
 @app.command
@@ -85,97 +84,31 @@ def run(
     review_timeout
         Seconds a review waits before its defaults apply.
     """
-    from darwin.engine import watchdog
     from darwin.engine.experiment import make_experiment
-    from darwin.engine.runs import (
-        claim_run,
-        create_run,
-        open_for_resume,
-        reap_leftovers,
-        run_summary,
-    )
-    from darwin.engine.slots import slot_count
-    from darwin.evaluation.budgets import get_budget
-    from darwin.evaluation.data import load_dataset
-    from darwin.evaluation.hardware import check_device
-    from darwin.flows.admin import quiet_prefect
-    from darwin.mutation.registry import make_mutator
-    from darwin.settings import get_settings
+    from darwin.engine.reviews import make_policy
+    from darwin.flows.admin import hide_reported_errors, quiet_prefect
+    from darwin.flows.launch import Start, launch
 
     quiet_prefect()
-    settings = get_settings()
-    policy = _review_policy(review, review_every, review_timeout)
-    if sandbox:
-        os.environ["DARWIN_SANDBOX"] = sandbox
-    if slots is not None:
-        os.environ["DARWIN_SLOTS"] = str(slots)  # the engine, in this process, reads it
-        settings = get_settings()
-    url = settings.store_url
-    opened = open_for_resume(url, resume) if resume else None
-    claim = None
-    if opened is not None:
-        claim = claim_run(opened.store)  # a second --resume of a live run stops here, in one line
-    experiment = opened.experiment if opened else make_experiment(
+    # Nobody can answer a run on the embedded Prefect whose stdin is not a terminal: it applies
+    # the defaults at once, as --no-review does.
+    asks = review and (bool(os.environ.get("PREFECT_API_URL")) or sys.stdin.isatty())
+    policy = make_policy(asks, review_every, review_timeout)
+    experiment = None if resume else make_experiment(
         budget=budget, generations=generations, population=population, keep=keep,
         children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
         repair_tries=repair_tries, memory=memory, device=device,
         seed_program=str(seed_program) if seed_program else None)
-    check_device(experiment.device)
-    budget_ = get_budget(experiment.budget)
-    n_slots = slot_count(experiment.device, budget_.threads, budget_.memory_mb, settings.slots)
-    load_dataset()
-    box = open_sandbox(sandbox)  # refuse early when nothing isolates
-    chosen = make_mutator(experiment.mutator, settings.llm)
-    if not chosen.uses_llm:
-        err.print(f"mutator: [bold]{chosen.name}[/] (the offline catalogue, no LLM)"
-                  + (": no OPENAI_API_KEY is set" if experiment.mutator == "auto" else ""))
-    if opened is None:
-        from darwin.engine.runs import environment
-        from darwin.evaluation.training import seed_program as stock
-
-        opened = create_run(url, experiment, Path(seed_program) if seed_program else stock(),
-                            environment(box.name, experiment.device))
-        claim = claim_run(opened.store)
-    run_id, store = opened.run_id, opened.store
-    reaped = {what: n for what, n in reap_leftovers().items() if n}
-    if reaped:
-        err.print("removed what a crashed run left: "
-                  + ", ".join(f"{n} {what}" for what, n in reaped.items()))
-    watchdog.start()  # if this process dies, whatever it started dies with it
-    head = store.head()
-    err.print(f"run [bold]{run_id}[/] ("
-              + ("new" if not opened.resumed else "resumed: nothing committed yet" if head is None
-                 else f"resumed after generation {head}")
-              + f"); resume with: darwin run --resume {run_id}")
-    from darwin.cli.review import TerminalReviewer
-    from darwin.flows.admin import hide_reported_errors, mark_stale_runs_crashed, run_context
-    from darwin.flows.evolve import evolve
-    from darwin.flows.review import set_local_reviewer
-    from darwin.reports.progress import LiveProgress
-
-    if opened.resumed:
-        mark_stale_runs_crashed(run_id)
     hide_reported_errors()
-    try:
-        with LiveProgress(store, experiment, n_slots, err, enabled=err.is_terminal) as live, \
-                run_context(run_id, experiment.budget, url):
-            _stop_on_signals(store, run_id, live, claim)
-            if policy.mode == "ask":
-                set_local_reviewer(TerminalReviewer(run_id, live, sys.stdin.isatty()))
-            last = evolve(experiment, run_id, url, review=policy)
-    except StorageError as e:  # the store stayed down: what was committed stays committed
-        raise StorageError(f"{e}; continue with: darwin run --resume {run_id}") from None
-    summary = run_summary(store, last)
-    # Redrawn with the test split in it (the last generation's report lacked it).
-    from darwin.reports.page import write_run_report
-
-    made = write_run_report(store, lambda words: err.print(words, style="yellow", markup=False))
-    summary["report"] = str(made.path) if made else None
+    start = Start(experiment=experiment, resume=resume, sandbox=sandbox, slots=slots,
+                  review=policy)
+    summary = launch(start, say, attend=_attend_terminal(policy))
     if json_:
         print(json.dumps(summary, indent=2))
         return
     from darwin.cli.read import leaderboard
 
+    run_id = summary["run_id"]
     leaderboard(run_id)
     verdict = ("[green]beyond the noise[/]" if summary["beyond_noise"]
                else "[yellow]within the noise[/]")
@@ -198,20 +131,25 @@ def run(
         out.print(f"report: {summary['report']}")
 
 
+def _attend_terminal(policy):
+    """What a terminal adds around the evolve flow: the live display, Ctrl-C / SIGTERM that
+    stop the run resumably, and the terminal's own reviewer."""
+    import contextlib
 
-def _review_policy(review: bool, every: int, timeout_s: float):
-    """How this invocation asks people: nobody can answer a run on the embedded Prefect whose
-    stdin is not a terminal, so it applies the defaults at once, as --no-review does."""
-    from darwin.engine.reviews import ReviewPolicy
-    from darwin.errors import UserError
+    @contextlib.contextmanager
+    def attend(run):
+        from darwin.cli.review import TerminalReviewer
+        from darwin.flows.review import set_local_reviewer
+        from darwin.reports.progress import LiveProgress
 
-    if every < 0:
-        raise UserError(f"invalid --review-every: {every}; give N >= 1, or 0 for no gates")
-    if not timeout_s > 0:
-        raise UserError(f"invalid --review-timeout: {timeout_s}; give the seconds a review "
-                        "waits, for example 900")
-    asks = review and (bool(os.environ.get("PREFECT_API_URL")) or sys.stdin.isatty())
-    return ReviewPolicy(mode="ask" if asks else "defaults", every=every, timeout_s=timeout_s)
+        with LiveProgress(run.store, run.experiment, run.slots, err,
+                          enabled=err.is_terminal) as live:
+            _stop_on_signals(run.store, run.run_id, live, run.claim)
+            if policy.mode == "ask":
+                set_local_reviewer(TerminalReviewer(run.run_id, live, sys.stdin.isatty()))
+            yield live
+
+    return attend
 
 
 def _stop_on_signals(store, run_id: str, live, claim) -> None:

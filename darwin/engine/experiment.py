@@ -4,6 +4,8 @@ they come from DARWIN_* variables, and secrets are never flow parameters."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -86,3 +88,43 @@ def make_experiment(**values) -> Experiment:
         if not field and ": " in message:  # cross-field checks name their field first
             field, message = message.split(": ", 1)
         raise UserError(f"invalid --{(field or 'settings').replace('_', '-')}: {message}") from None
+
+
+def read_experiment(path: str | Path) -> Experiment:
+    """An experiment file: JSON with the `darwin run` settings (budget, generations, population,
+    keep, children, mutator, seeds, seed, ...); what is left out takes its default."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"experiment file {path} not found (it is read from the checkout the "
+                        "deployment's pull step moved to)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"experiment file {path} is not JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"experiment file {path}: give a JSON object of settings, "
+                        'for example {"budget": "tiny", "generations": 1}')
+    try:
+        return make_experiment(**values)
+    except UserError as e:  # it names the `darwin run` flag; here it is the file's field
+        raise UserError(f"experiment file {path}: {str(e).replace('--', '', 1)}") from None
+
+
+def continued(experiment: Experiment, head: int | None, reviews: list, more: int,
+              run_id: str) -> Experiment:
+    """``experiment`` with exactly ``more`` generations after the last committed one (a run
+    with nothing committed resumes as planned); earlier gates no longer set its length. A gate
+    that stopped the run is a person's word: a schedule does not overrule it. ``reviews`` are
+    the run's ReviewRecords."""
+    if more < 1:
+        raise UserError(f"invalid more_generations: {more}; give 1 or more")
+    if head is None:
+        return experiment
+    answered = [r for r in reviews if r.answer is not None and r.gate and not r.defaults_applied
+                and r.generation > (experiment.continued_after or -1)]
+    last = max(answered, key=lambda r: r.generation, default=None)
+    if last is not None and (last.answer.stop or last.answer.remaining == 0):
+        raise UserError(f"run {run_id} was stopped by its review gate after generation "
+                        f"{last.generation} ({last.answer.via}): a schedule does not overrule "
+                        "it; start a new run from its best instead")
+    return experiment.model_copy(update={"generations": head + more, "continued_after": head})

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from darwin.errors import UserError
 from darwin.memory.records import (
     AskedRequest,
     CandidateRecord,
@@ -42,6 +43,17 @@ class ReviewPolicy(BaseModel):
                              description="seconds a pause waits before its defaults apply")
     poll_s: float = Field(default=2.0, gt=0, description="how often a paused run looks for an answer")
 
+
+
+def make_policy(asks: bool, every: int, timeout_s: float) -> ReviewPolicy:
+    """How a run asks people, or one line naming the setting and the fix (as `darwin run`'s
+    flags: ``invalid --review-every: ...``). ``asks``: False applies the defaults at once."""
+    if every < 0:
+        raise UserError(f"invalid --review-every: {every}; give N >= 1, or 0 for no gates")
+    if not timeout_s > 0 or timeout_s == float("inf"):
+        raise UserError(f"invalid --review-timeout: {timeout_s}; give the seconds a review "
+                        "waits, for example 900")
+    return ReviewPolicy(mode="ask" if asks else "defaults", every=every, timeout_s=timeout_s)
 
 # -- what to ask --------------------------------------------------------------------------------
 def request_key(kind: str, detail: str) -> str:

@@ -707,6 +707,8 @@ class RunRef(BaseModel):
     run_id: str
     store_url: str
     experiment: Experiment
+    sandbox: str | None = None  # the backend the run's launch chose; None: DARWIN_SANDBOX
+    slots: int | None = None  # children trained at once; None: DARWIN_SLOTS or the machine's
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -719,14 +721,19 @@ def engine_for(ref: RunRef) -> Engine:
     key = ref.model_dump_json()
     with _ENGINES_LOCK:
         if key not in _ENGINES:
-            _ENGINES[key] = build_engine(ref.run_id, ref.store_url, ref.experiment)
+            _ENGINES[key] = build_engine(ref.run_id, ref.store_url, ref.experiment,
+                                         ref.sandbox, ref.slots)
         return _ENGINES[key]
 
 
-def build_engine(run_id: str, store_url: str, experiment: Experiment) -> Engine:
+def build_engine(run_id: str, store_url: str, experiment: Experiment, sandbox: str | None = None,
+                 slots: int | None = None) -> Engine:
     """The engine for a run, from what a flow parameter can carry (ids, a URL, the settings)."""
     from darwin.sandbox import get_sandbox
     from darwin.settings import get_settings
 
     settings = get_settings()
-    return Engine(RunStore(store_url, run_id), experiment, settings, get_sandbox(settings.sandbox))
+    if slots is not None:
+        settings = settings.model_copy(update={"slots": slots})
+    return Engine(RunStore(store_url, run_id), experiment, settings,
+                  get_sandbox(sandbox or settings.sandbox))

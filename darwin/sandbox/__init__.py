@@ -41,6 +41,7 @@ __all__ = [
     "SandboxSpec",
     "SandboxUnavailable",
     "Warm",
+    "describe",
     "get_sandbox",
     "log_tail",
 ]
@@ -78,3 +79,20 @@ def get_sandbox(name: str = "auto", *, image: str | None = None) -> Sandbox:
     except SandboxUnavailable as e:  # auto, and neither backend works: say both reasons
         raise SandboxUnavailable(f"no sandbox here. Docker: {docker_reason}. bubblewrap: {e}") \
             from None
+
+
+def describe(box: Sandbox, chosen: str) -> list[str]:
+    """What a run says about its sandbox: the backend, and a loud line when it does not
+    isolate (``chosen``: the name asked for, e.g. auto)."""
+    lines = []
+    if box.name == "docker":
+        from darwin.sandbox.image import describe_runtime
+
+        lines.append(f"sandbox: docker ({box.image_name}, {describe_runtime(box.runtime_kind)})")
+    elif box.name == "local":
+        lines.append("sandbox: local (bubblewrap)"
+                     + (", no Docker daemon answered" if chosen == "auto" else ""))
+    if not box.isolated:
+        lines.append("UNSAFE: untrusted code runs WITHOUT isolation (--sandbox unsafe); "
+                     "results are marked isolated=false")
+    return lines

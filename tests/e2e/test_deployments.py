@@ -144,6 +144,34 @@ def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_i
                        text=True, capture_output=True, timeout=60)
     assert json.loads(r.stdout)[0]["generations"] == "2 (continued)"
 
+    # `darwin run` with the experiment file's settings goes through the same lifecycle
+    # (flows/launch.py) and records the same settings.
+    spec = json.loads((ROOT / "deployments" / "experiments" / "tiny.json").read_text())
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in spec.items()]
+    cli_env = {**env, "DARWIN_HOME": str(home / "cli")}
+    cli_env.pop("PREFECT_API_URL")  # the embedded Prefect, as a user's first run
+    r = subprocess.run([sys.executable, "-m", "darwin.cli", "run", *flags, "--no-review"],
+                       env=cli_env, text=True, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (cli_run,) = list_runs(home / "cli" / "runs")
+    deployed, by_cli = store.meta(), RunStore(home / "cli" / "runs", cli_run).meta()
+    assert deployed["experiment"] == by_cli["experiment"]
+    for key in ("sandbox", "device", "dataset_sha256", "packages"):
+        assert deployed["environment"][key] == by_cli["environment"][key], key
+
+
+def test_a_bad_parameter_fails_the_deployed_run_in_one_line(worker, prefect_server):
+    """The deployed flow refuses what `darwin run` refuses, in the same words (naming the
+    parameter), as the flow run's state message instead of a traceback."""
+    home, env = worker
+    r = _run(env, "darwin/tiny", "review_timeout=0")
+    assert "Failed" in r.stdout, r.stdout[-2000:]
+    found = _api(prefect_server, "/flow_runs/filter", {"flow_runs": {"state": {
+        "type": {"any_": ["FAILED"]}}}})
+    messages = [fr["state"]["message"] for fr in found]
+    assert "invalid review_timeout: 0.0; give the seconds a review waits, for example 900" \
+        in messages, messages
+
 
 def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
     env = _env(prefect_server, tmp_path)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from darwin.engine.experiment import make_experiment
+from darwin.engine.experiment import continued, make_experiment, read_experiment
 from darwin.engine.reviews import planned_generations
 from darwin.errors import UserError
-from darwin.flows.deployed import continued, read_experiment
 from darwin.memory.records import ReviewAnswer, ReviewRecord
 
 
@@ -52,3 +51,20 @@ def test_earlier_gates_no_longer_set_the_length_but_a_stop_holds():
     for stop in (gate(2, stop=True), gate(2, remaining=0)):
         with pytest.raises(UserError, match="stopped by its review gate after generation 2"):
             continued(exp, 2, [*said, stop], 1, "r")
+
+
+def test_the_review_policy_is_checked_once_for_every_entry_point():
+    from darwin.engine.reviews import make_policy
+    from darwin.flows.deployed import _as_parameter
+
+    assert make_policy(True, 2, 60).model_dump()["mode"] == "ask"
+    assert make_policy(False, 0, 60).mode == "defaults"
+    for every, timeout, words in [(-1, 60, "invalid --review-every: -1"),
+                                  (0, 0, "invalid --review-timeout: 0"),
+                                  (0, float("inf"), "invalid --review-timeout: inf")]:
+        with pytest.raises(UserError, match=words) as e:
+            make_policy(True, every, timeout)
+    # the deployed flow names its parameter, not the flag
+    assert _as_parameter(str(e.value)).startswith("invalid review_timeout: inf; give")
+    assert _as_parameter("x; continue with: darwin run --resume r") == \
+        "x; continue with: darwin run --resume r"

@@ -1,0 +1,158 @@
+"""One run's lifecycle, whatever starts it: `darwin run` (a terminal), a deployment (a schedule,
+the UI's Run button), and any later entry point. Each entry turns its own input into a `Start`,
+and this module does the rest in one order:
+
+    check the review policy, open (new) or find (resume / continue) the run, check the device,
+    size the slots, choose the sandbox, make the mutator, create the run, claim it, reap what
+    crashed runs left, start the watchdog, mark the dead orchestrator's flow runs crashed,
+    evolve, release the claim, sum up and draw the report.
+
+What stays with the entry point: how it prints (``say``), and what it wraps around the evolve
+flow (``attend``: the terminal's live display, signal handlers and reviewer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from darwin.engine.experiment import Experiment, continued, make_experiment
+from darwin.engine.reviews import ReviewPolicy
+from darwin.errors import StorageError
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Start:
+    """What to run. A new run: ``experiment`` (None: the defaults).
+    An existing one: ``resume`` (its id); with ``more_generations`` it continues for exactly
+    that many generations after its last committed one (a deployment's "evolve a bit more")."""
+
+    experiment: Experiment | None = None  # its seed_program: the program to evolve
+    resume: str | None = None
+    more_generations: int | None = None
+    sandbox: str | None = None  # a backend name; None: $DARWIN_SANDBOX or auto
+    slots: int | None = None  # None: $DARWIN_SLOTS or what the machine holds
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)
+
+
+@dataclass
+class Launched:
+    """A run that is ready to evolve, as the entry point's ``attend`` sees it."""
+
+    run_id: str
+    store: Any  # darwin.memory.store.RunStore
+    experiment: Experiment
+    resumed: bool
+    slots: int
+    sandbox: str
+    claim: Any  # darwin.engine.runs.RunClaim | RemoteClaim
+    store_url: str
+
+
+def launch(start: Start, say: Say,
+           attend: Callable[[Launched], contextlib.AbstractContextManager] | None = None
+           ) -> dict:
+    """Run ``start`` to its end and return the run's summary (``report``: the page's path)."""
+    run = open_run(start, say)
+    try:
+        last = _evolve(run, start.review, attend)
+    finally:
+        run.claim.release()  # on S3, another machine may resume at once
+    from darwin.engine.runs import run_summary
+    from darwin.reports.page import write_run_report
+
+    summary = run_summary(run.store, last)
+    made = write_run_report(run.store, say)  # with the test split, which the last gen lacked
+    summary["report"] = str(made.path) if made else None
+    return summary
+
+
+def open_run(start: Start, say: Say) -> Launched:
+    """Everything before evolving: each refusal is one line, made before anything is created
+    where it can be (a bad device, too many slots, no sandbox, no mutator)."""
+    from darwin.engine import watchdog
+    from darwin.engine.runs import claim_run, create_run, environment, open_for_resume
+    from darwin.engine.slots import slot_count
+    from darwin.evaluation.budgets import get_budget
+    from darwin.evaluation.data import load_dataset
+    from darwin.evaluation.hardware import check_device
+    from darwin.evaluation.training import seed_program
+    from darwin.mutation.registry import make_mutator
+    from darwin.sandbox import describe, get_sandbox
+    from darwin.settings import get_settings
+
+    settings = get_settings()
+    url = settings.store_url
+    opened = claim = None
+    if start.resume:
+        opened = open_for_resume(url, start.resume)
+        claim = claim_run(opened.store)  # a second resume of a live run stops here, in one line
+    try:
+        if opened is None:
+            experiment = start.experiment or make_experiment()
+        elif start.more_generations is not None:
+            experiment = continued(opened.experiment, opened.store.head(),
+                                   opened.store.reviews(), start.more_generations,
+                                   opened.run_id)
+        else:
+            experiment = opened.experiment
+        check_device(experiment.device)
+        budget = get_budget(experiment.budget)
+        slots = slot_count(experiment.device, budget.threads, budget.memory_mb,
+                           start.slots if start.slots is not None else settings.slots)
+        load_dataset()
+        chosen = start.sandbox or settings.sandbox
+        box = get_sandbox(chosen)  # refuses, in one line, where nothing isolates
+        for line in describe(box, chosen):
+            say(line)
+        mutator = make_mutator(experiment.mutator, settings.llm)
+        if not mutator.uses_llm:
+            say(f"mutator: {mutator.name} (the offline catalogue, no LLM)"
+                + (": no OPENAI_API_KEY is set" if experiment.mutator == "auto" else ""))
+        if opened is None:
+            source = (Path(experiment.seed_program) if experiment.seed_program
+                      else seed_program())
+            opened = create_run(url, experiment, source, environment(box.name, experiment.device))
+            claim = claim_run(opened.store)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    from darwin.engine.runs import reap_leftovers
+
+    reaped = {what: n for what, n in reap_leftovers().items() if n}
+    if reaped:
+        say("removed what a crashed run left: "
+            + ", ".join(f"{n} {what}" for what, n in reaped.items()))
+    watchdog.start()  # if this process dies, whatever it started dies with it
+    head = opened.store.head()
+    state = ("new" if not opened.resumed else "resumed: nothing committed yet" if head is None
+             else f"resumed after generation {head}")
+    if start.more_generations is not None and opened.resumed:
+        state += f", continued for {start.more_generations} more, up to {experiment.generations}"
+    say(f"run {opened.run_id} ({state}); store {url}; resume with: "
+        f"darwin run --resume {opened.run_id}")
+    if opened.resumed:
+        from darwin.flows.admin import mark_stale_runs_crashed
+
+        mark_stale_runs_crashed(opened.run_id)
+    return Launched(opened.run_id, opened.store, experiment, opened.resumed, slots, box.name,
+                    claim, url)
+
+
+def _evolve(run: Launched, review: ReviewPolicy, attend) -> Any:
+    from darwin.flows.admin import run_context
+    from darwin.flows.evolve import evolve
+
+    try:
+        with (attend(run) if attend else contextlib.nullcontext()), \
+                run_context(run.run_id, run.experiment.budget, run.store_url):
+            return evolve(run.experiment, run.run_id, run.store_url, review=review,
+                          sandbox=run.sandbox, slots=run.slots)
+    except StorageError as e:  # the store stayed down: what was committed stays committed
+        raise StorageError(f"{e}; continue with: darwin run --resume {run.run_id}") from None
