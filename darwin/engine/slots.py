@@ -115,7 +115,7 @@ def warm_pays(setting: str, device: str, free_cores: int = 0, idle_ok: bool = Fa
     and where a waiting sandbox can run at idle priority (``idle_ok``: we may raise it back),
     so that it only takes CPU no training wants. Not when every core trains a child and the
     start-up would run at full priority: it moved onto a busy core and slowed the child
-    training there by about a second (measured: README "Speed", bench/throughput.py)."""
+    training there by about a second (measured: bench/README.md, bench/throughput.py)."""
     if setting == "auto":
         return device == "cuda" or free_cores > 0 or idle_ok
     return setting == "on"

@@ -1,4 +1,4 @@
-"""Budgets: what every child gets, identical for all (README.md, "How a score stays honest").
+"""Budgets: what every child gets, identical for all (docs/scoring.md).
 
 A budget is a number of training tokens served by the trusted side, a wall-clock deadline enforced
 from outside, and a fixed evaluation context length every model must accept. How a program spends
