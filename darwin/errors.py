@@ -39,6 +39,11 @@ class SandboxError(DarwinError):
 
 
 class LLMError(DarwinError):
-    """The LLM could not be used; subclasses and ``kind`` say why."""
+    """One failed use of the LLM; ``kind`` (an ``llm.client.LLMFailure``) is the typed reason a
+    mutation records."""
 
     exit_code = 5
+
+    def __init__(self, kind, detail: str):
+        super().__init__(f"{getattr(kind, 'value', kind)}: {detail}")
+        self.kind, self.detail = kind, detail

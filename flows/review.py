@@ -3,13 +3,14 @@
 After a generation commits, the evolve flow holds the review the core says is due
 (``Engine.review_due``): it pauses for typed input whose form is built for this pause (request
 ids and candidates are ``Literal`` choices, so the server itself refuses unknown ones), pre-filled
-with the stated defaults, under a markdown page the UI shows above the form.
+with the stated defaults, with a markdown description of what is being decided (the form's
+``_description``; the run's log and `darwin review` show the same words).
 
 A person answers in the Prefect UI, with ``darwin review`` (the run records the API URL and the
 flow run to resume in its REVIEW pointer), through the API, or in the terminal running
 ``darwin run`` (a ``LocalReviewer`` the CLI registers). If nobody answers in time, a watchdog
 thread resumes the run with the defaults shortly before Prefect's own pause timeout, which would
-fail the run (../shared/notes/prefect-pause.md): the history stays Paused -> Running, and the
+fail the run (Prefect 3 fails a pause that times out): the history stays Paused -> Running, and the
 record says "defaults applied, nobody answered". The first answer the server accepts wins.
 
 An answer the schema accepts but that makes no sense (a dataset file that does not exist, a

@@ -5,7 +5,7 @@
     read.py       darwin runs | leaderboard | show read runs back
     report.py     darwin report                    figures and an HTML page of a run (or runs)
     serve.py      darwin serve                     a scheduled deployment served by this process
-    evaluate.py   darwin baseline | score          train and score one program on N seeds
+    score.py      darwin baseline | score          train and score one program on N seeds
     mutate.py     darwin mutate                    one mutation, written as a child
     sandbox.py    darwin sandbox check | build     the sandbox and its Docker image
     dev.py        darwin dev llm-server            a local OpenAI-compatible server
@@ -17,13 +17,13 @@ import sys
 
 from darwin.cli import (  # noqa: F401 - registration
     dev,
-    evaluate,
     mutate,
     read,
     report,
     review,
     run,
     sandbox,
+    score,
     serve,
 )
 from darwin.cli.app import app, err

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from darwin.errors import UserError
 
-Budget = Literal["tiny", "cpu", "paper"]  # the keys of evaluation.budgets.BUDGETS
+BudgetName = Literal["tiny", "cpu", "paper"]  # the keys of evaluation.budgets.BUDGETS
 MutatorName = Literal["auto", "openai", "offline", "random"]
 Device = Literal["cpu", "cuda"]
 
@@ -26,7 +26,7 @@ def _one_of(kind: Any, value: object) -> object:
 
 class Experiment(BaseModel):
     # Choices are Literal types, so the Prefect UI's run form offers them as a list.
-    budget: Budget = Field(default="cpu", description="tiny | cpu | paper")
+    budget: BudgetName = Field(default="cpu", description="tiny | cpu | paper")
     generations: int = Field(default=3, ge=1, description="generations after the seed's")
     population: int = Field(default=4, ge=1, description="members kept after each generation")
     keep: int = Field(default=2, ge=1, description="elites that only a clearly better child displaces")
@@ -53,7 +53,7 @@ class Experiment(BaseModel):
     @field_validator("budget", mode="before")
     @classmethod
     def _budget(cls, value: object) -> object:
-        return _one_of(Budget, value)
+        return _one_of(BudgetName, value)
 
     @field_validator("mutator", mode="before")
     @classmethod

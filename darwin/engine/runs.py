@@ -1,5 +1,5 @@
-"""Starting, resuming and summing up a run, free of Prefect and of printing: the CLI (and later a
-deployment) calls these, then hands the run to the evolve flow."""
+"""Starting, resuming and summing up a run, free of Prefect and of printing: the run's one
+lifecycle (flows/launch.py, whatever entry point started it) calls these around the evolve flow."""
 
 from __future__ import annotations
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import openai
 
-from darwin import errors
-from darwin.errors import UserError
+from darwin.errors import LLMError, UserError
 from darwin.llm.ledger import CostCapReached, Ledger
 from darwin.settings import LLMSettings
 
@@ -33,15 +32,6 @@ class LLMFailure(str, enum.Enum):
     bad_request = "bad_request"
     malformed = "malformed"  # the HTTP answer was not a usable chat completion
     cost_cap = "cost_cap"
-
-
-class LLMError(errors.LLMError):
-    """One failed use of the LLM; ``kind`` is the typed reason a mutation records."""
-
-    def __init__(self, kind: LLMFailure, detail: str):
-        super().__init__(f"{kind.value}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass

@@ -26,3 +26,12 @@ def test_an_unknown_choice_names_the_flag_and_the_choices(field, value, words):
     with pytest.raises(UserError) as e:
         make_experiment(**{field: value})
     assert str(e.value) == words
+
+
+def test_the_experiments_budget_names_are_the_budgets():
+    from typing import get_args
+
+    from darwin.engine.experiment import BudgetName
+    from darwin.evaluation.budgets import BUDGETS
+
+    assert set(get_args(BudgetName)) == set(BUDGETS)

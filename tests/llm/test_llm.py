@@ -9,8 +9,9 @@ import socket
 import pytest
 from pydantic import SecretStr
 
+from darwin.errors import LLMError
 from darwin.evaluation.training import seed_program
-from darwin.llm.client import LLMClient, LLMError, LLMFailure
+from darwin.llm.client import LLMClient, LLMFailure
 from darwin.llm.devserver import count_tokens
 from darwin.mutation.base import FailureNote, MutationContext
 from darwin.mutation.llm_mutator import LLMMutator

@@ -27,7 +27,7 @@ def _progress(quiet: bool):
     )
 
 
-def _evaluate_many(program: Path, budget_name: str, seeds: list[int], device: str,
+def _measure(program: Path, budget_name: str, seeds: list[int], device: str,
                    sandbox: str | None, quiet: bool) -> list:
     from darwin.engine.measure import check_inputs, measure, scratch_folder
     from darwin.evaluation.budgets import get_budget
@@ -127,7 +127,7 @@ def baseline(
     from darwin.evaluation.training import seed_program
 
     program = seed_program()
-    evs = _evaluate_many(program, budget, list(range(seed, seed + seeds)), device, sandbox, json_)
+    evs = _measure(program, budget, list(range(seed, seed + seeds)), device, sandbox, json_)
     rows = [e.to_dict() for e in evs]
     summary = summarize(rows)
     if json_:
@@ -164,7 +164,7 @@ def score(
         auto | docker | local | unsafe (default: $DARWIN_SANDBOX or auto: Docker when a daemon
         answers, else local).
     """
-    (ev,) = _evaluate_many(Path(program), budget, [seed], device, sandbox, json_)
+    (ev,) = _measure(Path(program), budget, [seed], device, sandbox, json_)
     row = ev.to_dict()
     if json_:
         print(json.dumps(row, indent=2))
