@@ -1,4 +1,5 @@
-"""The shape of the house: imports only go down the layers, no import cycles, the core never
+"""The shape of the house: imports only go down the layers, across layers only through each
+package's face (the names its ``__init__`` lists in ``__all__``), no import cycles, the core never
 imports Prefect, and the code that runs inside the sandbox imports nothing of ours.
 
 The package map comes from pyproject.toml (the design card's top-level folders install under
@@ -172,3 +173,110 @@ def test_the_core_never_imports_prefect(graph):
                                                                  repr(["darwin.flows.evolve"]))],
                            capture_output=True, text=True, timeout=300)
     assert "'prefect'" in flows.stdout, flows.stderr[-2000:]
+
+
+def face_of(module: str) -> str:
+    """The package (or foundation module) whose ``__init__`` is the face of ``module``:
+    ``darwin.engine`` for ``darwin.engine.runs``, ``darwin.errors`` for itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def faces() -> dict[str, set[str]]:
+    """Each package's face: the names in its ``__all__``, read from its ``__init__`` without
+    importing it (a literal list, or ``sorted(<dict literal>)`` of lazily loaded names)."""
+    found: dict[str, set[str]] = {}
+    for name, path in source_modules().items():
+        if path.name != "__init__.py" or name.count(".") != 1:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+                found[name] = set(_names(node.value, path))
+    return found
+
+
+def _names(value: ast.expr, path: Path) -> list[str]:
+    if isinstance(value, (ast.List, ast.Tuple)):
+        return [ast.literal_eval(e) for e in value.elts]
+    if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "sorted":
+        (arg,) = value.args
+        if isinstance(arg, ast.Name):  # sorted(_FACE): the dict assigned to that name
+            tree = ast.parse(path.read_text())
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and any(
+                        isinstance(t, ast.Name) and t.id == arg.id for t in node.targets):
+                    return [ast.literal_eval(k) for k in node.value.keys]
+    raise AssertionError(f"{path}: __all__ must be a literal list or sorted(<a dict name>)")
+
+
+def face_violations(module: str, path: Path, known_faces: dict[str, set[str]]) -> list[str]:
+    """Imports of ``module`` that reach into another layer's package past its face, or name
+    something its face does not offer."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
+            targets = [(base, [a.name for a in node.names])]
+        else:
+            continue
+        for target, names in targets:
+            if not target.startswith("darwin.") or layer_of(target) == layer_of(module):
+                continue
+            face = face_of(target)
+            if face not in known_faces:
+                continue  # a foundation module (darwin.errors): the module is its own face
+            if target != face:
+                bad.append(f"{module} imports {target}: import from its face, {face}")
+            elif names and (missing := [n for n in names if n not in known_faces[face]]):
+                bad.append(f"{module} imports {', '.join(missing)} from {face}, which does "
+                           "not offer it: add it to that face's __all__")
+    return bad
+
+
+def test_every_package_has_a_face():
+    known = faces()
+    packages = {m for m, p in source_modules().items()
+                if p.name == "__init__.py" and m.count(".") == 1 and m != "darwin.seed"}
+    assert packages - set(known) == set(), f"packages without __all__: {packages - set(known)}"
+
+
+def test_imports_across_layers_go_through_faces():
+    known = faces()
+    bad = [v for m, p in sorted(source_modules().items()) for v in face_violations(m, p, known)]
+    assert not bad, "imports past a face:\n" + "\n".join(bad)
+
+
+def test_every_name_a_face_offers_exists():
+    """Each face's names import (lazily loaded ones too), so a face cannot promise a name its
+    package lost in a refactor."""
+    code = ("import importlib, json, sys\n"
+            f"faces = {{k: sorted(v) for k, v in {faces()!r}.items()}}\n"
+            "missing = [f'{f}.{n}' for f, names in faces.items()\n"
+            "           for n in names if not hasattr(importlib.import_module(f), n)]\n"
+            "print(json.dumps(missing))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_face_check_can_fire(tmp_path):
+    (tmp_path / "m.py").write_text("from darwin.memory.store import RunStore\n"
+                                   "from darwin.memory import nothing_here, RunStore\n"
+                                   "from darwin.engine.ids import parse\n")
+    known = {"darwin.memory": {"RunStore"}, "darwin.engine": {"parse"}}
+    assert face_violations("darwin.reports.m", tmp_path / "m.py", known) == [
+        "darwin.reports.m imports darwin.memory.store: import from its face, darwin.memory",
+        "darwin.reports.m imports nothing_here from darwin.memory, which does not offer it: "
+        "add it to that face's __all__",
+        "darwin.reports.m imports darwin.engine.ids: import from its face, darwin.engine"]
+    # within a layer, a module imports its siblings directly
+    assert face_violations("darwin.memory.history", tmp_path / "m.py", known) == [
+        "darwin.memory.history imports darwin.engine.ids: import from its face, darwin.engine"]

@@ -32,14 +32,9 @@ output or an exception's message (which could carry the tokens the model was sho
 
 from __future__ import annotations
 
-import builtins
-import dataclasses
-import json
 import logging
 import math
 import os
-import select
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,16 +43,20 @@ import numpy as np
 
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.data import Dataset, eval_windows, load_dataset, window_starts
+from darwin.evaluation.eval_client import (  # noqa: F401 - PrestartedScorer, prestart_scorer: re-exported
+    EvalClient,
+    EvalSession,
+    PrestartedScorer,
+    eval_spec,
+    prestart_scorer,
+)
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_safetensors_header
-from darwin.evaluation.training import gone, released, runtime_dir
-from darwin.sandbox import LIB_DIR, PKG_DIR, Mount, Outcome, Sandbox, SandboxSpec, Warm
-from darwin.sandbox.base import SandboxProcess
+from darwin.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "/sandbox/model"
 EVAL_BATCH = 32
 PROBES = 256  # at most one per window: min(PROBES, windows) probes per scoring
 TRAIN_SAMPLE = 64  # train windows scored beside the held-out ones (heldout_suspect)
@@ -70,9 +69,6 @@ TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
 # 2-sigma band or less (measured bands: tiny 0.009, cpu 0.007 (8 seeds, 400 iterations), paper
 # 0.014).
 EDGE = {"cpu": 5e-4, "cuda": 1e-3}
-MAX_FRAME = 1 << 16  # bytes of an RDY or ERR frame
-EVAL_STAGES = {"import": Failure.import_error, "weights": Failure.weights_mismatch,
-               "forward": Failure.eval_crash, "perturb": Failure.eval_crash}
 
 
 @dataclass
@@ -102,115 +98,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-class EvalClient:
-    """Speaks eval_server.py's protocol; every frame is untrusted and bounded, every read has the
-    sandbox's deadline, and anything unexpected is a typed failure."""
-
-    def __init__(self, proc: SandboxProcess, vocab_size: int, model_lines: int,
-                 keep_messages: bool = False):
-        self.proc = proc
-        self.vocab_size = vocab_size
-        self.model_lines = model_lines
-        self.keep_messages = keep_messages  # test hook only: the weakened scorer's leak
-
-    def _read(self, n: int) -> bytes:
-        out = self.proc.stdout
-        assert out is not None
-        buf = bytearray()
-        while len(buf) < n:
-            left = self.proc.remaining()
-            if left <= 0:
-                raise Rejected(Failure.eval_timeout, "evaluation passed its deadline")
-            ready, _, _ = select.select([out], [], [], left)
-            if not ready:
-                raise Rejected(Failure.eval_timeout, "evaluation passed its deadline")
-            chunk = out.read1(n - len(buf))  # type: ignore[attr-defined]
-            if not chunk:
-                raise Rejected(Failure.eval_crash, "the evaluation process died")
-            buf += chunk
-        return bytes(buf)
-
-    def _frame(self) -> bytes:
-        (n,) = struct.unpack("<I", self._read(4))
-        if n > MAX_FRAME:
-            raise Rejected(Failure.eval_crash, "protocol violation (an oversized frame)")
-        return self._read(n)
-
-    def _write(self, data: bytes) -> None:
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise Rejected(Failure.eval_crash, "the evaluation process died") from None
-
-    def _error(self) -> Rejected:
-        """An error frame, as a typed failure with only what cannot carry text: the stage, a
-        built-in exception class name and line numbers of model.py."""
-        raw = self._frame()
-        if self.keep_messages:
-            return Rejected(Failure.eval_crash, raw.decode("utf-8", "replace"))
-        try:
-            report = json.loads(raw)
-            stage = report["stage"] if report["stage"] in EVAL_STAGES else "forward"
-            name = report["error"]
-            cls = getattr(builtins, name, None) if isinstance(name, str) else None
-            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-                name = "Exception"
-            lines = [int(line) for file, line in report["frames"]
-                     if file == "model.py" and isinstance(line, int)
-                     and 0 < line <= self.model_lines][-3:]
-        except Exception:  # noqa: BLE001 - a frame we cannot read is the candidate's fault
-            return Rejected(Failure.eval_crash, "protocol violation (an unreadable error frame)")
-        where = f" at model.py line {', '.join(map(str, lines))}" if lines else ""
-        return Rejected(EVAL_STAGES[stage], f"{stage} raised {name}{where}")
-
-    def ready(self) -> None:
-        tag = self._read(4)
-        if tag == b"ERR ":
-            raise self._error()
-        if tag != b"RDY ":
-            raise Rejected(Failure.eval_crash, "protocol violation at start")
-        self._frame()  # its content is the candidate's to forge: nothing in it is used
-
-    def _logits(self, b: int, t: int) -> np.ndarray:
-        tag = self._read(4)
-        if tag == b"ERR ":
-            raise self._error()
-        if tag != b"LOG ":
-            raise Rejected(Failure.eval_crash, "protocol violation (expected logits)")
-        shape = struct.unpack("<III", self._read(12))
-        if shape != (b, t, self.vocab_size):
-            raise Rejected(Failure.invalid_logits,
-                           f"logits of the wrong shape (expected {[b, t, self.vocab_size]}: "
-                           "all positions, the full vocabulary)")
-        logits = np.frombuffer(self._read(b * t * self.vocab_size * 4), dtype="<f4")
-        if not np.isfinite(logits).all():
-            raise Rejected(Failure.invalid_logits, "logits contain NaN or infinity")
-        return logits.reshape(b, t, self.vocab_size)
-
-    @staticmethod
-    def _tokens(tokens: np.ndarray) -> bytes:
-        b, t = tokens.shape
-        return struct.pack("<II", b, t) + tokens.astype("<u2").tobytes()
-
-    def forward(self, tokens: np.ndarray) -> np.ndarray:
-        self._write(b"FWD " + self._tokens(tokens))
-        return self._logits(*tokens.shape)
-
-    def perturbed(self, name: str, seed: int, tokens: np.ndarray) -> np.ndarray:
-        encoded = name.encode()
-        self._write(b"PRT " + struct.pack("<I", len(encoded)) + encoded
-                    + struct.pack("<Q", seed) + self._tokens(tokens))
-        return self._logits(*tokens.shape)
-
-    def bye(self) -> None:
-        try:
-            self._write(b"BYE ")
-        except Rejected:
-            pass
 
 
 @dataclass(frozen=True)
@@ -272,286 +159,226 @@ def make_probes(held: list[Window], dataset: Dataset, n: int, context: int,
     return probes
 
 
-# What a pre-started evaluation sandbox imports before it is given its model.
-SCORE_IMPORTS = ("numpy", "torch", "safetensors.torch")
-
-
-def _eval_spec(name: str, model_dir: Path, workdir: Path, split: str, budget: Budget,
-               device: str, cpus: list[int] | None, packages: Path | None,
-               messages: bool) -> SandboxSpec:
-    return SandboxSpec(
-        argv=["python", f"{LIB_DIR}/eval_server.py"],
-        mounts=[Mount(model_dir, MODEL_DIR), Mount(runtime_dir(), LIB_DIR),
-                *([Mount(packages, PKG_DIR)] if packages is not None else [])],
-        env={"DARWIN_DEVICE": device, "DARWIN_MODEL_DIR": MODEL_DIR,
-             **({"PYTHONPATH": f"{LIB_DIR}:{PKG_DIR}"} if packages is not None else {}),
-             **({"DARWIN_EVAL_MESSAGES": "1"} if messages else {})},
-        cwd="/tmp", deadline_s=max(60.0, budget.deadline_s / 2), memory_mb=budget.memory_mb,
-        threads=budget.threads, cpus=cpus, gpu=device == "cuda",
-        log_path=workdir / f"eval-{split}-{name}-{os.urandom(4).hex()}.log",
-        label=f"eval-{name}:{workdir.name}")
-
-
 @dataclass
-class PrestartedScorer:
-    """Processes A and B started ahead (``prestart_scorer``): trusted code only, torch imported,
-    an empty model folder mounted. ``score`` fills the folder once the training sandbox is gone,
-    then releases A, and B only after A is gone."""
+class _Job:
+    """One scoring's inputs, as the steps below share them."""
 
+    out_dir: Path
+    budget: Budget
+    sandbox: Sandbox
+    workdir: Path
+    split: str
+    device: str
+    cpus: list[int] | None
+    program: Path | None
+    packages: Path | None
+    prestarted: PrestartedScorer | None
     model_dir: Path
-    specs: dict[str, SandboxSpec]
-    procs: dict[str, SandboxProcess]
-
-    def take(self, name: str) -> tuple[SandboxSpec, SandboxProcess | None]:
-        return self.specs[name], self.procs.pop(name, None)
-
-    def close(self) -> None:
-        """Stop what was not used (a candidate rejected before A, or no B needed)."""
-        for name, proc in list(self.procs.items()):
-            gone(proc)
-            self.specs[name].log_path.unlink(missing_ok=True)
-        self.procs.clear()
+    vocab: int = 0
+    model_lines: int = 0
 
 
-def prestart_scorer(workdir: Path, budget: Budget, sandbox: Sandbox, *, split: str = "val",
-                    device: str = "cpu", packages: Path | None = None) -> PrestartedScorer:
-    workdir = Path(workdir)
-    model_dir = workdir / f"model-{split}"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model_dir.chmod(0o755)
-    specs = {name: _eval_spec(name, model_dir, workdir, split, budget, device, None, packages,
-                              False) for name in ("a", "b")}
-    procs = {}
-    try:
-        for name, spec in specs.items():
-            procs[name] = sandbox.start(
-                dataclasses.replace(spec, warm=Warm(imports=SCORE_IMPORTS)), pipe=True)
-    except BaseException:
-        PrestartedScorer(model_dir, specs, procs).close()
-        raise
-    return PrestartedScorer(model_dir, specs, procs)
+class Scorer:
+    """The trusted scorer, one overridable method per check, run in this order by ``score``:
+    collect the outputs, scan for held-out text, A answers the held-out windows and the train
+    sample in a secret batching, B answers the probes, B's perturbations find unused tensors.
+    Nothing here is switched off for tests: a test that shows an attack getting through without
+    one check derives a weaker scorer and overrides that method (tests/evaluation/weakened.py)."""
 
+    client: type[EvalClient] = EvalClient  # speaks to the evaluation processes
 
-class _Session:
-    """One fresh evaluation sandbox, closed (and its log deleted) on exit whatever happens."""
-
-    def __init__(self, sandbox: Sandbox, spec: SandboxSpec, vocab: int, model_lines: int,
-                 keep_messages: bool, held: SandboxProcess | None = None,
-                 cpus: list[int] | None = None):
-        self.sandbox, self.spec = sandbox, spec
-        self.args = (vocab, model_lines, keep_messages)
-        self.proc: SandboxProcess | None = None
-        self.held, self.cpus = held, cpus
-        self.failed = False
-
-    def __enter__(self) -> EvalClient:
-        self.proc = released(self.sandbox, self.spec, self.held, self.cpus, pipe=True)
-        client = EvalClient(self.proc, *self.args)
+    def score(self, out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path, *,
+              split: str = "val", device: str = "cpu", cpus: list[int] | None = None,
+              program: Path | None = None, packages: Path | None = None,
+              prestarted: PrestartedScorer | None = None) -> Score:
+        """Score a finished training run's output folder on ``split`` (val, or test for
+        reports). Never raises: a candidate's fault is a typed failure; a bug of ours is
+        ``scorer_error``."""
+        result = Score(split=split)
+        started = time.monotonic()
+        workdir = Path(workdir)
+        model_dir = prestarted.model_dir if prestarted is not None else workdir / f"model-{split}"
+        job = _Job(Path(out_dir), budget, sandbox, workdir, split, device, cpus, program,
+                   packages, prestarted, model_dir)
         try:
-            client.ready()
-        except BaseException:
-            self.proc.finish(grace_s=0.0)
-            self.spec.log_path.unlink(missing_ok=True)
-            raise
-        return client
+            self._score(result, job)
+        except Rejected as r:
+            result.failure, result.detail = r.failure, r.detail
+            result.log_tail = r.detail if r.failure.stage == "eval" else ""
+        except Exception:  # noqa: BLE001 - ours, not the candidate's: logged as ours
+            log.exception("the scorer failed on %s", out_dir)
+            result.failure = Failure.scorer_error
+            result.detail = ("the scorer itself failed (a DARWIN bug, logged); the candidate is "
+                             "not at fault")
+        finally:
+            if prestarted is not None:
+                prestarted.close()
+            result.eval_wall_s = time.monotonic() - started
+        if result.failure is not None:
+            result.loss = result.perplexity = None
+        return result
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.proc is not None:
-            ok = exc_type is None
-            if ok:
-                EvalClient(self.proc, *self.args).bye()
-            ended = self.proc.finish(grace_s=5.0 if ok else 0.0)
-            if ok and ended.outcome is Outcome.oom:
-                self.spec.log_path.unlink(missing_ok=True)
-                raise Rejected(Failure.eval_crash, "evaluation ran out of memory")
-        self.spec.log_path.unlink(missing_ok=True)  # its output never leaves the scorer
-
-
-def score(
-    out_dir: Path,
-    budget: Budget,
-    sandbox: Sandbox,
-    workdir: Path,
-    *,
-    split: str = "val",
-    device: str = "cpu",
-    cpus: list[int] | None = None,
-    program: Path | None = None,
-    packages: Path | None = None,
-    prestarted: PrestartedScorer | None = None,
-    _weaken: frozenset[str] = frozenset(),
-) -> Score:
-    """Score a finished training run's output folder on ``split`` (val, or test for reports).
-
-    Never raises: a candidate's fault is a typed failure; a bug of ours is ``scorer_error``.
-    ``_weaken`` switches checks off, for tests that show an attack working without them.
-    """
-    result = Score(split=split)
-    started = time.monotonic()
-    try:
-        _score(result, Path(out_dir), budget, sandbox, Path(workdir), split, device, cpus,
-               program, _weaken, packages, prestarted)
-    except Rejected as r:
-        result.failure, result.detail = r.failure, r.detail
-        result.log_tail = r.detail if r.failure.stage == "eval" else ""
-    except Exception:  # noqa: BLE001 - ours, not the candidate's: logged as ours
-        log.exception("the scorer failed on %s", out_dir)
-        result.failure = Failure.scorer_error
-        result.detail = "the scorer itself failed (a DARWIN bug, logged); the candidate is not at fault"
-    finally:
-        if prestarted is not None:
-            prestarted.close()
-        result.eval_wall_s = time.monotonic() - started
-    if result.failure is not None:
-        result.loss = result.perplexity = None
-    return result
-
-
-def _score(result: Score, out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path,
-           split: str, device: str, cpus: list[int] | None, program: Path | None,
-           weaken: frozenset[str], packages: Path | None = None,
-           prestarted: PrestartedScorer | None = None) -> None:
-    dataset = load_dataset()
-    model_dir = prestarted.model_dir if prestarted is not None else workdir / f"model-{split}"
-    files = collect_outputs(out_dir, model_dir)
-    tensors = read_safetensors_header(model_dir / "model.safetensors")
-    result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
-    if "heldout_scan" not in weaken:
-        # The program and every file next to it (an approved file layout's extra modules).
-        beside = sorted(p for p in (workdir / "program").glob("*") if p.is_file()) \
-            if (workdir / "program").is_dir() else []
-        scanned = list(files.values()) + ([program] if program is not None else []) + beside
-        found = HeldoutIndex.of(dataset).find(scanned)
+    # -- the checks, each a method a weaker scorer may override --------------------------------
+    def scan_heldout(self, dataset: Dataset, files: list[Path]) -> None:
+        """Refuse a program or output that carries held-out text."""
+        found = HeldoutIndex.of(dataset).find(files)
         if found:
             raise Rejected(Failure.heldout_in_program, found)
-    try:
-        model_lines = (model_dir / "model.py").read_bytes().count(b"\n") + 1
-    except OSError:
-        model_lines = 0
 
-    context = budget.eval_context
-    held = [Window(w, "held", int(s)) for w, s in zip(
-        eval_windows(dataset.split(split), context, budget.val_windows),
-        window_starts(len(dataset.split(split)), context, budget.val_windows))]
-    sample = train_sample(dataset, context, TRAIN_SAMPLE)
-    seed = int.from_bytes(os.urandom(8), "little")
-    result.audit_seed = f"{seed:016x}"
-    rng = np.random.default_rng(seed)
-    probes = [] if "probes" in weaken else make_probes(held, dataset, min(PROBES, len(held)),
-                                                        context, rng)
-    by_window = {p.window: p for p in probes}
+    def probes(self, held: list[Window], dataset: Dataset, context: int,
+               rng: np.random.Generator) -> list[Probe]:
+        return make_probes(held, dataset, min(PROBES, len(held)), context, rng)
 
-    def spec(name: str) -> tuple[SandboxSpec, SandboxProcess | None]:
-        if prestarted is not None and "messages" not in weaken:
-            return prestarted.take(name)
-        return _eval_spec(name, model_dir, workdir, split, budget, device, cpus, packages,
-                          "messages" in weaken), None
+    def batches(self, items: list[Window], rng: np.random.Generator,
+                context: int) -> list[list[int]]:
+        return secret_batches(items, EVAL_BATCH, rng, context)
 
-    keep = "messages" in weaken
-    vocab = dataset.vocab_size
+    def session(self, name: str, job: _Job) -> EvalSession:
+        """Evaluation process ``name`` (a, then b once a is gone): the pre-started one if any."""
+        if job.prestarted is not None:
+            spec, held = job.prestarted.take(name)
+        else:
+            spec, held = eval_spec(name, job.model_dir, job.workdir, job.split, job.budget,
+                                   job.device, job.cpus, job.packages), None
+        return EvalSession(job.sandbox, spec, job.vocab, job.model_lines, held, job.cpus,
+                           self.client)
 
-    # Process A: the windows that count, and the train sample, in a secret batching.
-    items = held + sample
-    if "batching" in weaken:
-        batches = [list(range(i, min(i + EVAL_BATCH, len(items))))
-                   for i in range(0, len(items), EVAL_BATCH)]
-    else:
-        batches = secret_batches(items, EVAL_BATCH, rng, context)
-    # Per-window sums, added in window order: the secret batch order must not move the last bits.
-    held_sums, train_losses = np.zeros(len(held)), np.zeros(len(sample))
-    spec_a, held_a = spec("a")
-    with _Session(sandbox, spec_a, vocab, model_lines, keep, held_a, cpus) as a:
-        for batch in batches:
-            rows = np.stack([items[i].tokens for i in batch])
-            logp = log_softmax(a.forward(rows[:, :-1]))
-            picked = np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
-            for r, i in enumerate(batch):
-                if i < len(held):
-                    held_sums[i] = -math.fsum(picked[r])
-                    if i in by_window:
-                        by_window[i].a_logp = logp[r, : by_window[i].pos + 1].copy()
-                else:
-                    train_losses[i - len(held)] = -math.fsum(picked[r]) / context
-    result.tokens = len(held) * context
-    result.loss = math.fsum(held_sums) / result.tokens
-    result.perplexity = math.exp(result.loss)
-    held_losses_mean = result.loss
-    result.train_sample_loss = float(np.mean(train_losses))
+    def find_unused(self, result: Score, b: EvalClient, tensors: dict, flops_tensors: dict,
+                    rows: np.ndarray, rng: np.random.Generator, tol: float) -> None:
+        """Perturb each floating-point tensor; one that moves no log-probability is left out
+        of the FLOP count."""
+        _find_unused(result, b, tensors, flops_tensors, rows, rng, tol)
 
-    # Process B, fresh, after A is gone: the probes, then which tensors matter.
-    tol, edge_max = TOLERANCE[device], EDGE[device]
-    flops_tensors = dict(tensors)
-    if probes or "perturb" not in weaken:
-        spec_b, held_b = spec("b")
-        _check_with_b(result, probes, held, tensors, flops_tensors, sandbox, spec_b, held_b,
-                      cpus, vocab, model_lines, keep, rng, context, tol, edge_max, weaken)
-    result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values()
-                                       if len(s) >= 2)
-    if not sandbox.isolated:  # A and B could share files: the probes prove nothing
-        result.checks["verified"] = False
-        result.flags.append("unverified: scored without a sandbox (--sandbox unsafe); "
-                            "never promoted")
-    else:
-        result.checks["verified"] = bool(probes)
+    # -- the order ------------------------------------------------------------------------------
+    def _score(self, result: Score, job: _Job) -> None:
+        dataset = load_dataset()
+        files = collect_outputs(job.out_dir, job.model_dir)
+        tensors = read_safetensors_header(job.model_dir / "model.safetensors")
+        result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
+        # The program and every file next to it (an approved file layout's extra modules).
+        beside = sorted(p for p in (job.workdir / "program").glob("*") if p.is_file()) \
+            if (job.workdir / "program").is_dir() else []
+        self.scan_heldout(dataset, list(files.values())
+                          + ([job.program] if job.program is not None else []) + beside)
+        try:
+            job.model_lines = (job.model_dir / "model.py").read_bytes().count(b"\n") + 1
+        except OSError:
+            job.model_lines = 0
+        job.vocab = dataset.vocab_size
 
-    # Held-out suspicion: far better on the held-out text than on text it was trained on.
-    spread = np.std(train_losses) / math.sqrt(len(train_losses))
-    if held_losses_mean < result.train_sample_loss - max(3 * spread, 0.05):
-        result.flags.append(
-            f"heldout_suspect: {split} loss {held_losses_mean:.4f} is below the loss on a sample "
-            f"of its own training text ({result.train_sample_loss:.4f}) beyond the noise")
+        context, split = job.budget.eval_context, job.split
+        held = [Window(w, "held", int(s)) for w, s in zip(
+            eval_windows(dataset.split(split), context, job.budget.val_windows),
+            window_starts(len(dataset.split(split)), context, job.budget.val_windows))]
+        sample = train_sample(dataset, context, TRAIN_SAMPLE)
+        seed = int.from_bytes(os.urandom(8), "little")
+        result.audit_seed = f"{seed:016x}"
+        rng = np.random.default_rng(seed)
+        probes = self.probes(held, dataset, context, rng)
+        by_window = {p.window: p for p in probes}
 
+        # Process A: the windows that count, and the train sample, in a secret batching.
+        items = held + sample
+        batches = self.batches(items, rng, context)
+        # Per-window sums, added in window order: the secret batch order must not move the
+        # last bits.
+        held_sums, train_losses = np.zeros(len(held)), np.zeros(len(sample))
+        with self.session("a", job) as a:
+            for batch in batches:
+                rows = np.stack([items[i].tokens for i in batch])
+                logp = log_softmax(a.forward(rows[:, :-1]))
+                picked = np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
+                for r, i in enumerate(batch):
+                    if i < len(held):
+                        held_sums[i] = -math.fsum(picked[r])
+                        if i in by_window:
+                            by_window[i].a_logp = logp[r, : by_window[i].pos + 1].copy()
+                    else:
+                        train_losses[i - len(held)] = -math.fsum(picked[r]) / context
+        result.tokens = len(held) * context
+        result.loss = math.fsum(held_sums) / result.tokens
+        result.perplexity = math.exp(result.loss)
+        held_losses_mean = result.loss
+        result.train_sample_loss = float(np.mean(train_losses))
 
-def _check_with_b(result: Score, probes: list[Probe], held: list[Window], tensors: dict,
-                  flops_tensors: dict, sandbox: Sandbox, spec: SandboxSpec,
-                  held_b: SandboxProcess | None, cpus: list[int] | None, vocab: int,
-                  model_lines: int, keep: bool, rng: np.random.Generator, context: int,
-                  tol: float, edge_max: float, weaken: frozenset[str]) -> None:
-    rows = [Window(p.row, "held", held[p.window].start) for p in probes]
-    worst, edges = 0.0, []
-    peeked = mixed = 0  # probes that differ only at l / already before l
-    with _Session(sandbox, spec, vocab, model_lines, keep, held_b, cpus) as b:
-        first_rows = None
-        for batch in secret_batches(rows, EVAL_BATCH, rng, context):
-            tokens = np.stack([rows[i].tokens for i in batch])
-            first_rows = tokens if first_rows is None else first_rows
-            logp = log_softmax(b.forward(tokens))
-            for r, i in enumerate(batch):
-                p = probes[i]
-                assert p.a_logp is not None
-                mine = logp[r, : p.pos + 1]
-                at = float(np.max(np.abs(mine[-1] - p.a_logp[-1])))
-                before = float(np.max(np.abs(mine[:-1] - p.a_logp[:-1]))) if p.pos else 0.0
-                worst = max(worst, at, before)
-                mixed += before > tol
-                peeked += at > tol >= before
-                true_next = held[p.window].tokens[p.pos + 1]
-                edges.append(float(p.a_logp[-1, true_next] - mine[-1, true_next]))
-        if "perturb" not in weaken:
-            if first_rows is None:  # no probes (a weakened scorer): any held-out rows will do
+        # Process B, fresh, after A is gone: the probes, then which tensors matter.
+        tol, edge_max = TOLERANCE[job.device], EDGE[job.device]
+        flops_tensors = dict(tensors)
+        self._check_with_b(result, job, probes, held, tensors, flops_tensors, rng, context,
+                           tol, edge_max)
+        result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values()
+                                           if len(s) >= 2)
+        if not job.sandbox.isolated:  # A and B could share files: the probes prove nothing
+            result.checks["verified"] = False
+            result.flags.append("unverified: scored without a sandbox (--sandbox unsafe); "
+                                "never promoted")
+        else:
+            result.checks["verified"] = bool(probes)
+
+        # Held-out suspicion: far better on the held-out text than on text it was trained on.
+        spread = np.std(train_losses) / math.sqrt(len(train_losses))
+        if held_losses_mean < result.train_sample_loss - max(3 * spread, 0.05):
+            result.flags.append(
+                f"heldout_suspect: {split} loss {held_losses_mean:.4f} is below the loss on a "
+                f"sample of its own training text ({result.train_sample_loss:.4f}) beyond the "
+                "noise")
+
+    def _check_with_b(self, result: Score, job: _Job, probes: list[Probe], held: list[Window],
+                      tensors: dict, flops_tensors: dict, rng: np.random.Generator,
+                      context: int, tol: float, edge_max: float) -> None:
+        rows = [Window(p.row, "held", held[p.window].start) for p in probes]
+        worst, edges = 0.0, []
+        peeked = mixed = 0  # probes that differ only at l / already before l
+        with self.session("b", job) as b:
+            first_rows = None
+            for batch in secret_batches(rows, EVAL_BATCH, rng, context):
+                tokens = np.stack([rows[i].tokens for i in batch])
+                first_rows = tokens if first_rows is None else first_rows
+                logp = log_softmax(b.forward(tokens))
+                for r, i in enumerate(batch):
+                    p = probes[i]
+                    assert p.a_logp is not None
+                    mine = logp[r, : p.pos + 1]
+                    at = float(np.max(np.abs(mine[-1] - p.a_logp[-1])))
+                    before = float(np.max(np.abs(mine[:-1] - p.a_logp[:-1]))) if p.pos else 0.0
+                    worst = max(worst, at, before)
+                    mixed += before > tol
+                    peeked += at > tol >= before
+                    true_next = held[p.window].tokens[p.pos + 1]
+                    edges.append(float(p.a_logp[-1, true_next] - mine[-1, true_next]))
+            if first_rows is None:  # no probes (a weaker scorer's): any held-out rows will do
                 first_rows = np.stack([w.tokens[:-1] for w in held[:PERTURB_ROWS]])
-            _find_unused(result, b, tensors, flops_tensors, first_rows[:PERTURB_ROWS], rng, tol)
-    if not probes:
-        return
-    edge = float(np.mean(edges))
-    result.checks.update(probes=len(probes), tolerance=tol, max_diff=worst, epsilon=edge_max,
-                         edge=edge)
-    if worst > tol:
-        # The prefix up to l is the same input in A and B: a model that reads the next token
-        # differs at l only; one that mixes rows, remembers or is not deterministic differs
-        # before l too, on most probes.
-        if mixed > peeked:
-            raise Rejected(Failure.inconsistent_logits,
-                           f"a fresh process gave different log-probabilities for the same "
-                           f"prefix (by {worst:.3g}, tolerance {tol:g})")
-        raise Rejected(Failure.noncausal,
-                       f"log-probabilities moved when only later tokens changed (by {worst:.3g}, "
-                       f"tolerance {tol:g}): the model reads the future")
-    if edge > edge_max:
-        raise Rejected(Failure.noncausal,
-                       f"the model does better on the true next token when it can see it "
-                       f"(mean edge {edge:.3g} nats over {len(probes)} probes, at most "
-                       f"{edge_max:g})")
+            self.find_unused(result, b, tensors, flops_tensors, first_rows[:PERTURB_ROWS], rng,
+                             tol)
+        if not probes:
+            return
+        edge = float(np.mean(edges))
+        result.checks.update(probes=len(probes), tolerance=tol, max_diff=worst,
+                             epsilon=edge_max, edge=edge)
+        if worst > tol:
+            # The prefix up to l is the same input in A and B: a model that reads the next
+            # token differs at l only; one that mixes rows, remembers or is not deterministic
+            # differs before l too, on most probes.
+            if mixed > peeked:
+                raise Rejected(Failure.inconsistent_logits,
+                               f"a fresh process gave different log-probabilities for the same "
+                               f"prefix (by {worst:.3g}, tolerance {tol:g})")
+            raise Rejected(Failure.noncausal,
+                           f"log-probabilities moved when only later tokens changed (by "
+                           f"{worst:.3g}, tolerance {tol:g}): the model reads the future")
+        if edge > edge_max:
+            raise Rejected(Failure.noncausal,
+                           f"the model does better on the true next token when it can see it "
+                           f"(mean edge {edge:.3g} nats over {len(probes)} probes, at most "
+                           f"{edge_max:g})")
+
+
+TRUSTED = Scorer()
+
+
+def score(out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path, **options) -> Score:
+    """The trusted scorer's verdict on a finished training's output folder (``Scorer.score``)."""
+    return TRUSTED.score(out_dir, budget, sandbox, workdir, **options)
 
 
 def _find_unused(result: Score, b: EvalClient, tensors: dict, flops_tensors: dict,

@@ -1,7 +1,7 @@
 """Scorer v2 against output folders written to beat it, built directly (model.py + safetensors +
 config.json, no training). Each attack is blocked with its typed failure (or flag), and inside the
-same test shown to get through a scorer weakened through the private ``_weaken`` hook, so every
-check here can fail.
+same test shown to get through a scorer without that check (tests/evaluation/weakened.py), so
+every check here can fail.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 from darwin.evaluation.budgets import get_budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.failures import Failure
-from darwin.evaluation.scoring import EDGE, TOLERANCE, score
+from darwin.evaluation.scoring import EDGE, TOLERANCE, TRUSTED
+
+from .weakened import weakened
 
 pytestmark = pytest.mark.sandbox
 
@@ -126,8 +128,10 @@ def write_folder(folder: Path, source: str, tensors: dict | None = None,
     return folder
 
 
-def run(folder: Path, sandbox, tmp_path: Path, **kw):
-    return score(folder, get_budget("tiny"), sandbox, tmp_path / f"work-{len(kw)}-{id(kw)}", **kw)
+def run(folder: Path, sandbox, tmp_path: Path, weaken: tuple[str, ...] = (), **kw):
+    scorer = weakened(*weaken) if weaken else TRUSTED
+    return scorer.score(folder, get_budget("tiny"), sandbox,
+                        tmp_path / f"work-{len(weaken)}-{len(kw)}-{id(kw)}", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +154,7 @@ def test_a_model_that_reads_ahead_is_caught_by_a_fresh_process(attack, sandbox, 
     assert caught.loss is None
     # Without the second process the same folder is accepted, and (but for the row mixer,
     # which gains nothing once no two touching windows share a batch) scores far too well.
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"probes"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("probes",))
     assert weakened.ok, (weakened.failure, weakened.detail)
     if attack != "cross_row_read":
         assert weakened.loss < honest.loss - 0.1
@@ -166,7 +170,7 @@ def test_a_peek_below_the_tolerance_is_caught_by_the_edge(sandbox, tmp_path, hon
     caught = run(folder, sandbox, tmp_path)
     assert caught.failure is Failure.noncausal, (caught.failure, caught.checks)
     assert "mean edge" in caught.detail  # ...but A gains on every probe: the edge adds up
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"probes"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("probes",))
     assert weakened.ok and weakened.loss < honest.loss
 
 
@@ -202,7 +206,7 @@ def test_heldout_text_in_the_weights_is_refused(sandbox, tmp_path, honest):
     assert "float32" in caught.detail and "val" in caught.detail
     text = load_dataset().text(_heldout_tokens())
     assert text[:20] not in caught.detail  # the finding names the place, never the text
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"heldout_scan"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("heldout_scan",))
     assert weakened.ok, (weakened.failure, weakened.detail)
 
 
@@ -211,7 +215,7 @@ def test_heldout_text_in_the_model_code_is_refused(sandbox, tmp_path, honest):
     folder = write_folder(tmp_path / "out", BASE + f"\nSCRIPT = {text!r}\n")
     caught = run(folder, sandbox, tmp_path)
     assert caught.failure is Failure.heldout_in_program, caught.failure
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"heldout_scan"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("heldout_scan",))
     assert weakened.ok, weakened.detail
 
 
@@ -223,7 +227,7 @@ def test_heldout_text_in_the_training_program_is_refused(sandbox, tmp_path, hone
     assert caught.failure is Failure.heldout_in_program, caught.failure
     assert "test text" in caught.detail
     assert run(folder, sandbox, tmp_path, program=program,
-               _weaken=frozenset({"heldout_scan"})).ok
+               weaken=("heldout_scan",)).ok
 
 
 def test_an_unused_weight_pad_does_not_count_toward_flops(sandbox, tmp_path, honest):
@@ -239,7 +243,7 @@ def test_an_unused_weight_pad_does_not_count_toward_flops(sandbox, tmp_path, hon
     assert s.ok, s.detail
     assert s.unused == ["pad"] and any(f.startswith("unused_weights") for f in s.flags)
     assert s.flops_per_token == honest.flops_per_token
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"perturb"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("perturb",))
     assert weakened.flops_per_token > 10 * honest.flops_per_token
 
 
@@ -261,7 +265,7 @@ def test_forged_frames_are_a_typed_failure_and_their_text_stays_inside(sandbox, 
     caught = run(folder, sandbox, tmp_path)
     assert caught.failure is not None and caught.failure.stage == "eval", caught.failure
     assert "FORGED" not in caught.detail + caught.log_tail
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"messages"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("messages",))
     assert "FORGED-SECRET-TEXT" in weakened.detail  # trusting the frame lets its text out
 
 
@@ -277,7 +281,7 @@ def test_an_exception_message_carrying_the_input_stays_inside(sandbox, tmp_path,
     line = source.splitlines().index('    raise ValueError("INPUT " + " ".join(map(str, idx[0].tolist())))') + 1
     assert caught.detail == f"forward raised ValueError at model.py line {line}"
     assert "INPUT" not in caught.detail + caught.log_tail
-    weakened = run(folder, sandbox, tmp_path, _weaken=frozenset({"messages"}))
+    weakened = run(folder, sandbox, tmp_path, weaken=("messages",))
     assert "INPUT" in weakened.detail
 
 

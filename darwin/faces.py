@@ -1,0 +1,29 @@
+"""Package faces: what a package offers other layers, loaded on first use.
+
+Each package's ``__init__`` lists its face in ``_FACE`` (name -> the module it lives in) and
+sets ``__all__ = sorted(_FACE)`` and ``__getattr__ = lazy(__name__, _FACE)``. Other layers import
+only those names, from the package itself (tests/test_layers.py checks it); loading on first use
+keeps ``import darwin.x`` cheap (no torch, numpy or Prefect until a name that needs them is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+
+def lazy(package: str, face: dict[str, str]) -> Callable[[str], object]:
+    """The module ``__getattr__`` of ``package``: a name of its face, imported when first asked
+    for (a name that is its module's own name is that module)."""
+
+    def __getattr__(name: str) -> object:
+        where = face.get(name)
+        if where is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module = importlib.import_module(f"{package}.{where}")
+        value = module if where == name else getattr(module, name)
+        setattr(sys.modules[package], name, value)  # asked once
+        return value
+
+    return __getattr__
