@@ -148,8 +148,7 @@ def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_i
     # (flows/launch.py) and records the same settings.
     spec = json.loads((ROOT / "deployments" / "experiments" / "tiny.json").read_text())
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in spec.items()]
-    cli_env = {**env, "DARWIN_HOME": str(home / "cli")}
-    cli_env.pop("PREFECT_API_URL")  # the embedded Prefect, as a user's first run
+    cli_env = {**env, "DARWIN_HOME": str(home / "cli")}  # the same Prefect server
     r = subprocess.run([sys.executable, "-m", "darwin.cli", "run", *flags, "--no-review"],
                        env=cli_env, text=True, capture_output=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
