@@ -19,8 +19,8 @@ from darwin.engine.slots import shared_pool
 from darwin.engine.steps import RunRef, engine_for
 from darwin.flows.generation import generation, train_and_score
 from darwin.flows.review import hold_review
+from darwin.memory.blobs import io_stats
 from darwin.memory.records import GenerationRecord
-from darwin.memory.store import io_stats
 from darwin.tasks import engine as steps
 from darwin.tasks import publish as ui
 

@@ -21,8 +21,8 @@ from darwin.engine.ids import candidate_id
 from darwin.engine.policy import apply_repairs, to_repair, to_rerun
 from darwin.engine.selection import choose_parents
 from darwin.engine.steps import RunRef, engine_for
+from darwin.memory.blobs import io_stats
 from darwin.memory.records import EvaluationRecord, GenerationRecord
-from darwin.memory.store import io_stats
 from darwin.tasks import engine as steps
 from darwin.tasks import publish as ui
 

@@ -25,8 +25,8 @@ from darwin.engine.faults import checkpoint
 from darwin.engine.ids import parse
 from darwin.engine.slots import shared_pool, warm_gate
 from darwin.engine.steps import RunRef, engine_for
+from darwin.memory.blobs import IOStats, io_stats
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
-from darwin.memory.store import IOStats, io_stats
 from darwin.mutation.base import MutationContext
 from darwin.sandbox.limits import pid_alive
 
