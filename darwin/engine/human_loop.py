@@ -42,7 +42,8 @@ class HumanLoop:
         return record.model_copy(update={"population": sorted(members, key=lambda m: m.fitness)})
 
     def pinned(self, gen: int) -> list[str]:
-        """The candidates the review after generation ``gen`` pinned."""
+        """The candidates pinned by the reviews held after generations <= ``gen`` (and not
+        vetoed since)."""
         pinned, _ = hitl.pins_and_vetoes(self.run.store.reviews(), gen)
         return pinned
 
