@@ -10,17 +10,17 @@ import time
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from darwin.engine.engine import RunRef, engine_for
 from darwin.engine.experiment import make_experiment
 from darwin.engine.ids import SEED_ID
 from darwin.engine.runs import create_run
 from darwin.engine.slots import shared_pool
-from darwin.engine.steps import RunRef, engine_for
 from darwin.evaluation.training import seed_program
 from darwin.flows.admin import quiet_prefect
 from darwin.flows.generation import train_and_score
 from darwin.memory.records import EvaluationRecord
 from darwin.settings import get_settings
-from darwin.tasks import engine as steps
+from darwin.tasks import steps
 
 
 @flow(name="bench-warm-up")
@@ -44,7 +44,7 @@ def through_flow(budget: str, seeds: list[int]) -> tuple[float, list[EvaluationR
     opened = create_run(url, experiment, seed_program(), {})
     ref = RunRef(run_id=opened.run_id, store_url=url, experiment=experiment)
     engine = engine_for(ref)
-    engine.add_seed_program(engine.store.code(engine.store.meta()["seed_code_sha"]))
+    engine.candidates.add_seed_program(engine.store.code(engine.store.meta()["seed_code_sha"]))
     pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)
     steps.ensure_slot_limit(experiment.device, pool.size)
 

@@ -11,24 +11,24 @@ from dataclasses import asdict
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from darwin.engine.engine import RunRef, engine_for
 from darwin.engine.experiment import Experiment
 from darwin.engine.ids import SEED_ID
 from darwin.engine.policy import final_candidates, generation_zero
 from darwin.engine.reviews import ReviewPolicy
 from darwin.engine.slots import shared_pool
-from darwin.engine.steps import RunRef, engine_for
 from darwin.flows.generation import generation, train_and_score
 from darwin.flows.review import hold_review
+from darwin.memory.blobs import io_stats
 from darwin.memory.records import GenerationRecord
-from darwin.memory.store import io_stats
-from darwin.tasks import engine as steps
 from darwin.tasks import publish as ui
+from darwin.tasks import steps
 
 
 def _generation_zero(ref: RunRef) -> GenerationRecord:
     started, io_start = time.monotonic(), asdict(io_stats())
     engine = engine_for(ref)
-    engine.add_seed_program(engine.store.code(engine.store.meta()["seed_code_sha"]))
+    engine.candidates.add_seed_program(engine.store.code(engine.store.meta()["seed_code_sha"]))
     seeds = engine.seeds()[: ref.experiment.seeds]
     evals = train_and_score(ref, [SEED_ID] * len(seeds), seeds)
     record = generation_zero(ref.run_id, evals, time.monotonic() - started)
@@ -55,11 +55,11 @@ def evolve(experiment: Experiment, run_id: str, store_url: str,
         # Between generations (never holding a training slot): a review answered before a
         # crash is not asked again; one the crash cut short is.
         hold_review(ref, last.generation, review or ReviewPolicy())
-        if last.generation >= engine.planned_generations():  # a gate may stop or extend
+        if last.generation >= engine.humans.planned_generations():  # a gate may stop or extend
             break
         last = generation.with_options(task_runner=runner)(
             experiment, run_id, store_url, last.generation + 1, sandbox=sandbox, slots=slots)
-    last = engine.amended(last)  # a gate's vetoes and pins count for the final claims too
+    last = engine.humans.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
     steps.final_test.map(unmapped(ref), final_candidates(last)).result()
     return last

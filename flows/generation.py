@@ -16,15 +16,15 @@ import numpy as np
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
+from darwin.engine.engine import RunRef, engine_for
 from darwin.engine.experiment import Experiment
 from darwin.engine.ids import candidate_id
 from darwin.engine.policy import apply_repairs, to_repair, to_rerun
 from darwin.engine.selection import choose_parents
-from darwin.engine.steps import RunRef, engine_for
+from darwin.memory.blobs import io_stats
 from darwin.memory.records import EvaluationRecord, GenerationRecord
-from darwin.memory.store import io_stats
-from darwin.tasks import engine as steps
 from darwin.tasks import publish as ui
+from darwin.tasks import steps
 
 
 class Progress:
@@ -62,7 +62,7 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
     engine, exp = engine_for(ref), experiment
     first_seed, *more_seeds = engine.seeds()
     # The previous population as the humans left it (vetoes, pins), if they reviewed it.
-    population = [engine.scored(c) for c in engine.population_ids(gen - 1)]
+    population = [engine.knowledge.scored(c) for c in engine.humans.population_ids(gen - 1)]
 
     # 1. parents (agent `proposer` rewrites agent `target`'s program), prompts, mutations.
     pairs = choose_parents(population, exp.children, np.random.default_rng([exp.seed, gen, 7]))

@@ -28,8 +28,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ConfigDict, Field, create_model
 
+from darwin.engine.engine import RunRef, engine_for
 from darwin.engine.reviews import ReviewPolicy, check_answer, complete, default_answer
-from darwin.engine.steps import RunRef, engine_for
 from darwin.memory.records import ReviewAnswer, ReviewRecord
 from darwin.reports.review import answer_line, asked, review_markdown
 
@@ -229,7 +229,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
     from prefect.context import FlowRunContext
 
     engine = engine_for(ref)
-    review = engine.review_due(gen, policy)
+    review = engine.humans.review_due(gen, policy)
     if review is None:
         return None
     store = engine.store
@@ -274,7 +274,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             problems = [] if defaults_applied else check_answer(review, answer)
             if not problems and not defaults_applied:
                 review.answer = answer
-                problems = engine.apply_approvals(review)  # a dataset stored, a package built
+                problems = engine.humans.apply_approvals(review)  # a dataset stored, a package built
             if not problems:
                 break
             review.answer, review.granted = None, {}  # nothing of a refused answer stands

@@ -126,8 +126,8 @@ def export_run(source: RunStore, dest: RunStore, progress: Callable[[int, int], 
         raise UserError(f"run {source.run_id} is not in the source store")
     names = [n for n in source.files() if n.split("/")[-1] not in SKIP
              and not n.split("/")[-1].startswith(".")]
-    meta = source._read(source._path("run.json"))
-    there = dest._read(dest._path("run.json"))
+    meta = source.read_object("run.json")
+    there = dest.read_object("run.json")
     if there is not None and there != meta:
         raise UserError(f"the destination already holds another run named {source.run_id}; "
                         "nothing was copied")
@@ -135,17 +135,17 @@ def export_run(source: RunStore, dest: RunStore, progress: Callable[[int, int], 
     copied = skipped = 0
     sent: dict[str, str] = {}  # what was copied, by its digest: the copy is checked against it
     for i, name in enumerate(ordered):
-        data = source._read(source._path(name))
+        data = source.read_object(name)
         if data is None:
             continue
         sent[name] = hashlib.sha256(data).hexdigest()
         if name in LAST:
-            if dest._read(dest._path(name)) == data:
+            if dest.read_object(name) == data:
                 skipped += 1
             else:
                 dest.update_pointer(name, lambda _old, data=data: data)
                 copied += 1
-        elif dest.create_object(dest._path(name), data):
+        elif dest.create_object(name, data):
             copied += 1
         else:
             skipped += 1  # already there, same bytes (create_object refuses other bytes)
@@ -160,5 +160,5 @@ def export_run(source: RunStore, dest: RunStore, progress: Callable[[int, int], 
 
 
 def _digest(store: RunStore, name: str) -> str | None:
-    data = store._read(store._path(name))
+    data = store.read_object(name)
     return hashlib.sha256(data).hexdigest() if data is not None else None

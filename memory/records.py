@@ -116,7 +116,7 @@ class GenerationRecord(BaseModel):
     pareto: list[str] = Field(default_factory=list)  # non-dominated on (val loss, MFU)
     wall_s: float = 0.0
     committed_at: float = 0.0
-    # What the generation asked of the run store (memory.store.IOStats): calls, bytes, seconds.
+    # What the generation asked of the run store (memory.blobs.IOStats): calls, bytes, seconds.
     storage: dict = Field(default_factory=dict)
     writer: dict = Field(default_factory=dict)  # the committing process: host, pid
 

@@ -43,7 +43,7 @@ def _request(rid: str, kind: str, detail: str) -> AskedRequest:
 
 @pytest.fixture()
 def engine(request, tmp_path, monkeypatch):
-    from darwin.engine.steps import build_engine
+    from darwin.engine.engine import build_engine
     from darwin.evaluation.training import seed_program
     from darwin.memory.store import RunStore
 
@@ -60,7 +60,7 @@ def engine(request, tmp_path, monkeypatch):
     RunStore(url, "r").create({"run_id": "r", "experiment": experiment.model_dump(mode="json")})
     eng = build_engine("r", url, experiment)
     assert eng.sandbox.name == backend
-    eng.add_seed_program(seed_program().read_text())
+    eng.candidates.add_seed_program(seed_program().read_text())
     for cid, gen in (("g001-c00", 1), ("g002-c00", 2)):
         eng.store.put_candidate(CandidateRecord(id=cid, run_id="r", generation=gen,
                                                 parents=["seed"], code_sha=eng.store.put_code(PROBE)))
@@ -77,13 +77,13 @@ def _review(engine, tmp_path, dataset_text: str, package: str) -> tuple[ReviewRe
             RequestDecision(request="r1", verdict="approve", value=str(poems)),
             RequestDecision(request="r2", verdict="approve", value=package),
             RequestDecision(request="r3", verdict="approve", value="model.py")]))
-    return review, engine.apply_approvals(review)
+    return review, engine.humans.apply_approvals(review)
 
 
 def _log(engine, cid: str) -> str:
     seed = engine.seeds()[0]
-    assert engine.train(cid, seed) == "trained"
-    return (engine._work(cid, seed) / "run" / "train.log").read_text()
+    assert engine.evaluations.train(cid, seed) == "trained"
+    return (engine.evaluations.work_dir(cid, seed) / "run" / "train.log").read_text()
 
 
 @pytest.mark.parametrize("engine", ["local", "docker"], indirect=True)
@@ -105,10 +105,10 @@ def test_approvals_reach_the_next_generation_and_not_earlier_ones(engine, tmp_pa
     assert "sources ['shakespeare', 'poems']" in after and "package 42" in after
     assert "poems (2, 9)" in after
     # The mutator of generation 2 may write model.py; generation 1's could not.
-    assert engine._mutation_context("seed", None, 1).allowed_files == []
-    assert engine._mutation_context("seed", None, 2).allowed_files == ["model.py"]
+    assert engine.candidates.mutation_context("seed", None, 1).allowed_files == []
+    assert engine.candidates.mutation_context("seed", None, 2).allowed_files == ["model.py"]
     # The approvals reach the prompts as notes saying how to use them.
-    notes = " ".join(engine._mutation_context("seed", None, 2).human_notes)
+    notes = " ".join(engine.candidates.mutation_context("seed", None, 2).human_notes)
     assert "source='poems'" in notes and "darwin-probe-pkg==1.0 is importable" in notes
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from darwin.engine.steps import CAP_NOTE
+from darwin.engine.mutators import CAP_NOTE
 from darwin.llm.ledger import StoredLedger
 from darwin.memory.store import RunStore, list_runs
 

@@ -13,7 +13,7 @@ from tests.reports import synthetic
 
 
 def _files(store: RunStore) -> dict[str, bytes]:
-    return {n: store._read(store._path(n)) for n in store.files()
+    return {n: store.read_object(n) for n in store.files()
             if n not in ("LEASE", "run.lock") and not n.split("/")[-1].startswith(".")}
 
 
@@ -73,7 +73,7 @@ def test_export_there_and_back_is_byte_identical_and_resumable(stored, tmp_path,
     assert _files(back) == _files(stored) and list_runs(here) == [stored.run_id]
     # interrupted: a few objects gone; the export again copies only those
     for name in list(_files(back))[:3]:
-        back.fs.rm(back._path(name))
+        back.fs.rm(back.blobs.path(name))
     again = export_run(middle, back)
     assert again["copied"] == 3 and again["skipped"] == again["objects"] - 3
     assert _files(back) == _files(stored)

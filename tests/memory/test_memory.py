@@ -129,8 +129,8 @@ def test_pareto_front():
 
 
 def test_offline_children_do_not_repeat_an_earlier_generation(tmp_path):
+    from darwin.engine.engine import Engine
     from darwin.engine.experiment import Experiment
-    from darwin.engine.steps import Engine
     from darwin.evaluation.training import seed_program
     from darwin.memory.records import CandidateRecord
     from darwin.mutation.base import MutationContext
@@ -141,7 +141,7 @@ def test_offline_children_do_not_repeat_an_earlier_generation(tmp_path):
     store.create({})
     engine = Engine(store, Experiment(budget="tiny", mutator="offline"),
                     Settings(home=tmp_path), sandbox=None)
-    engine.add_seed_program(seed_program().read_text())
+    engine.candidates.add_seed_program(seed_program().read_text())
     # Plant, as generation-1 children, exactly what generation 2's slots would draw first.
     ctx = MutationContext(target_program=seed_program().read_text(), budget=engine.budget)
     planted = []
@@ -152,5 +152,5 @@ def test_offline_children_do_not_repeat_an_earlier_generation(tmp_path):
                                             parents=["seed"], code_sha=sha, kind="other"))
         planted.append(sha)
     for i in range(3):
-        child = engine.propose(2, i, "seed", None)
+        child = engine.candidates.propose(2, i, "seed", None)
         assert child.code_sha and child.code_sha not in planted

@@ -48,12 +48,12 @@ def test_every_record_type_round_trips(url):
 
 def test_an_immutable_record_is_never_overwritten_with_other_bytes(url):
     store = RunStore(url, "r2")
-    path = store._path("evaluations", "x.json")
-    assert store.create_object(path, b"first") is True
-    assert store.create_object(path, b"first") is False  # a retry with the same bytes: fine
+    name = "evaluations/x.json"
+    assert store.create_object(name, b"first") is True
+    assert store.create_object(name, b"first") is False  # a retry with the same bytes: fine
     with pytest.raises(StoreError, match="immutable"):
-        store.create_object(path, b"second")
-    assert store.fs.cat_file(path) == b"first"
+        store.create_object(name, b"second")
+    assert store.fs.cat_file(store.blobs.path(name)) == b"first"
 
 
 def test_head_never_moves_backwards(url):
@@ -87,7 +87,7 @@ def _hammer(url: str, move, updates: int = UPDATES) -> int:
     for t in threads:
         t.join()
     assert not errors, errors[:3]
-    return json.loads(RunStore(url, "counter").fs.cat_file(RunStore(url, "counter")._path("n")))
+    return json.loads(RunStore(url, "counter").read_object("n"))
 
 
 def _plus_one(old: bytes | None) -> bytes:
@@ -107,7 +107,7 @@ def test_without_compare_and_swap_updates_are_lost(url):
     barrier = threading.Barrier(WRITERS)
 
     def blind(store: RunStore) -> None:
-        path = store._path("n")
+        path = store.blobs.path("n")
         store.fs.makedirs(store.root, exist_ok=True)
         try:
             old = store.fs.cat_file(path)
@@ -228,7 +228,7 @@ def test_the_cli_on_a_store_that_is_down_says_so_in_one_line(proxied_s3, s3_env,
 
 
 def test_records_read_once_are_not_fetched_again(url):
-    from darwin.memory.store import io_stats
+    from darwin.memory.blobs import io_stats
 
     writer = RunStore(url, "cached")
     for i in range(20):

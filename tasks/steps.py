@@ -2,12 +2,12 @@
 prompt construction, LLM mutation, sandboxed training, benchmarking (trusted scoring), repair,
 selection and commit, mapped per child where per child.
 
-Tasks take ids and settings (``RunRef``: the run's id, its store URL and the experiment), never
-live objects: each process rebuilds its engine from them (once per process), so a task could
-run anywhere and the UI shows readable parameters. Prefect's result caching is off (NO_CACHE):
-the run store and the training cache decide what is reused, keyed on what matters (code hash,
-budget, seed, scorer version). Candidate failures are returned as data; only infrastructure
-problems raise.
+Tasks take ids and settings (``RunRef``: the run's id, its store URL, the experiment, and the
+sandbox and slot count when given), never live objects: each process rebuilds its engine from
+them (once per process), so a task could run anywhere and the UI shows readable parameters.
+Prefect's result caching is off (NO_CACHE): the run store and the training cache decide what is
+reused, keyed on what matters (code hash, budget, seed, scorer version). Candidate failures are
+returned as data; only infrastructure problems raise.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
+from darwin.engine.engine import RunRef, engine_for
 from darwin.engine.faults import checkpoint
 from darwin.engine.ids import parse
 from darwin.engine.slots import shared_pool, warm_gate
-from darwin.engine.steps import RunRef, engine_for
+from darwin.memory.blobs import IOStats, io_stats
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
-from darwin.memory.store import IOStats, io_stats
 from darwin.mutation.base import MutationContext
 from darwin.sandbox.limits import pid_alive
 
@@ -34,19 +34,19 @@ from darwin.sandbox.limits import pid_alive
 @task(name="prompt", task_run_name="prompt-{cid}", cache_policy=NO_CACHE)
 def prompt(ref: RunRef, cid: str, target: str, proposer: str | None) -> MutationContext | None:
     at = parse(cid)
-    return engine_for(ref).prompt(at.generation, at.index, target, proposer)
+    return engine_for(ref).candidates.prompt(at.generation, at.index, target, proposer)
 
 
 @task(name="mutate", task_run_name="mutate-{cid}", cache_policy=NO_CACHE)
 def mutate(ref: RunRef, cid: str, target: str, proposer: str | None,
            ctx: MutationContext | None) -> CandidateRecord:
     at = parse(cid)
-    return engine_for(ref).mutate(at.generation, at.index, target, proposer, ctx)
+    return engine_for(ref).candidates.mutate(at.generation, at.index, target, proposer, ctx)
 
 
 @task(name="repair", task_run_name="repair-{cid}-r{attempt}", cache_policy=NO_CACHE)
 def repair(ref: RunRef, cid: str, attempt: int) -> CandidateRecord:
-    return engine_for(ref).repair_by_id(cid, attempt)
+    return engine_for(ref).candidates.repair_by_id(cid, attempt)
 
 
 SLOT_LIMIT_PREFIX = "darwin-train-"
@@ -92,7 +92,7 @@ def _slot(engine, cid: str, seed: int):
     cpus = slots.acquire()
     try:
         with concurrency(slot_limit_name(engine.experiment.device), occupy=1, lease_duration=60):
-            engine.note_wait(cid, seed, time.monotonic() - asked)
+            engine.evaluations.note_wait(cid, seed, time.monotonic() - asked)
             yield cpus
     finally:
         slots.release(cpus)
@@ -129,10 +129,12 @@ def train(ref: RunRef, cid: str, seed: int) -> str:
     """Train in the sandbox (the sandbox's deadline is the real time limit: a Prefect timeout
     cannot interrupt it). Returns what happened: trained, or why nothing had to."""
     engine = engine_for(ref)
-    if (known := engine.needs_training(cid, seed)) is not None:
+    if (known := engine.evaluations.needs_training(cid, seed)) is not None:
         return known  # nothing to train: no slot needed
-    with _warm_slot(engine, cid, seed, lambda: engine.prestart_training(cid, seed)) as (cpus, pre):
-        return engine.train(cid, seed, cpus=cpus, prestarted=pre)
+    evaluations = engine.evaluations
+    with _warm_slot(engine, cid, seed, lambda: evaluations.prestart_training(cid, seed)) as (
+            cpus, pre):
+        return evaluations.train(cid, seed, cpus=cpus, prestarted=pre)
 
 
 @task(name="score", task_run_name="score-{cid}-s{seed}", cache_policy=NO_CACHE)
@@ -142,8 +144,10 @@ def score(ref: RunRef, cid: str, seed: int, trained: str) -> EvaluationRecord:
     engine = engine_for(ref)
     if (known := engine.store.evaluation(cid, seed)) is not None:
         return known
-    with _warm_slot(engine, cid, seed, lambda: engine.prestart_scoring(cid, seed)) as (cpus, pre):
-        return engine.score(cid, seed, cpus=cpus, prestarted=pre)
+    evaluations = engine.evaluations
+    with _warm_slot(engine, cid, seed, lambda: evaluations.prestart_scoring(cid, seed)) as (
+            cpus, pre):
+        return evaluations.score(cid, seed, cpus=cpus, prestarted=pre)
 
 
 @task(name="select", task_run_name="select-g{gen:03d}", cache_policy=NO_CACHE)
@@ -155,13 +159,11 @@ def select(ref: RunRef, gen: int, children: list[str], started_at: float) -> Gen
 def commit(ref: RunRef, gen: int, record: GenerationRecord, io_start: dict) -> None:
     checkpoint("commit")
     engine = engine_for(ref)
-    engine.keep_models([m.candidate_id for m in record.population])
+    engine.evaluations.keep_models([m.candidate_id for m in record.population])
     record.storage = io_stats().minus(IOStats(**io_start))  # the generation's, to this commit
     engine.store.commit(record)
 
 
 @task(name="final-test", task_run_name="test-split-{cid}", cache_policy=NO_CACHE)
 def final_test(ref: RunRef, cid: str) -> dict:
-    from darwin.engine.steps import final_test as run_final_test
-
-    return run_final_test(engine_for(ref), cid)
+    return engine_for(ref).evaluations.final_test(cid)
