@@ -50,6 +50,7 @@ from darwin.memory.records import (
     Member,
     ReviewRecord,
     code_hash,
+    rank_key,
 )
 from darwin.memory.store import RunStore
 from darwin.mutation.answers import ChangeKind
@@ -458,13 +459,14 @@ class Engine:
         population = [self.scored(c) for c in self.population_ids(gen - 1)]
         scored = [s for s in (self.scored(c) for c in children) if s.losses]
         pinned, _ = hitl.pins_and_vetoes(self.store.reviews(), gen - 1)
-        new_pop, promoted = select(population, scored, self.experiment.population,
-                                   self.experiment.keep, previous.noise, self.experiment.min_runs,
-                                   pinned=frozenset(pinned))
+        chosen = select(population, scored, self.experiment.population, self.experiment.keep,
+                        previous.noise, self.experiment.min_runs, pinned=frozenset(pinned))
+        new_pop = chosen.population
         return GenerationRecord(
-            run_id=self.store.run_id, generation=gen,
+            run_id=self.store.run_id, generation=gen, min_runs=self.experiment.min_runs,
             population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
-            children=children, promoted=promoted, noise=previous.noise,
+            children=children, promoted=chosen.promoted, filled=chosen.filled,
+            noise=previous.noise,
             # A promoted child is in both lists: each candidate once.
             pareto=pareto(list({s.id: s for s in new_pop + scored}.values()),
                           self.seed_fitness(), previous.noise),
@@ -486,7 +488,8 @@ class Engine:
         known = {m.candidate_id: m for m in record.population}
         members = [known.get(c) or Member(candidate_id=c, losses=(s := self.scored(c)).losses,
                                           mfu=s.mfu) for c in ids]
-        return record.model_copy(update={"population": sorted(members, key=lambda m: m.fitness)})
+        return record.model_copy(update={"population": sorted(
+            members, key=lambda m: rank_key(m.losses, record.min_runs))})
 
     def grants(self, gen: int) -> hitl.Grants:
         return hitl.grants_for(self.store.reviews(), gen)
