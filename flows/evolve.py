@@ -29,9 +29,10 @@ def _generation_zero(ref: RunRef) -> GenerationRecord:
     started, io_start = time.monotonic(), asdict(io_stats())
     engine = engine_for(ref)
     engine.candidates.add_seed_program(engine.store.code(engine.store.meta()["seed_code_sha"]))
-    seeds = engine.seeds()[: ref.experiment.seeds]
+    seeds = engine.seeds()  # S, and at least min_runs: the seed is a measured member
     evals = train_and_score(ref, [SEED_ID] * len(seeds), seeds)
-    record = generation_zero(ref.run_id, evals, time.monotonic() - started)
+    record = generation_zero(ref.run_id, evals, time.monotonic() - started,
+                             ref.experiment.min_runs)
     steps.commit(ref, 0, record, io_start)
     ui.publish(ref.run_id, ref.store_url, 0)
     return record
@@ -61,5 +62,5 @@ def evolve(experiment: Experiment, run_id: str, store_url: str,
             experiment, run_id, store_url, last.generation + 1, sandbox=sandbox, slots=slots)
     last = engine.humans.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
-    steps.final_test.map(unmapped(ref), final_candidates(last)).result()
+    steps.final_test.map(unmapped(ref), final_candidates(last, experiment.min_runs)).result()
     return last

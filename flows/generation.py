@@ -1,5 +1,6 @@
 """One generation as a Prefect flow: parents -> prompt and mutate (mapped) -> train and score
-(mapped) -> repair the failures (bounded) -> re-run the best children -> select -> commit.
+(mapped) -> repair the failures (bounded) -> re-run the best children, and any one-seed child
+that would be the best -> select -> commit.
 
 The flow holds control flow only; every decision lives in the core (darwin.engine.policy,
 darwin.engine.selection) and every step in a task that takes ids. A crashed child never fails
@@ -19,7 +20,7 @@ from prefect.futures import as_completed
 from darwin.engine.engine import RunRef, engine_for
 from darwin.engine.experiment import Experiment
 from darwin.engine.ids import candidate_id
-from darwin.engine.policy import apply_repairs, to_repair, to_rerun
+from darwin.engine.policy import apply_repairs, to_confirm, to_repair, to_rerun
 from darwin.engine.selection import choose_parents
 from darwin.memory.blobs import io_stats
 from darwin.memory.records import EvaluationRecord, GenerationRecord
@@ -65,7 +66,8 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
     population = [engine.knowledge.scored(c) for c in engine.humans.population_ids(gen - 1)]
 
     # 1. parents (agent `proposer` rewrites agent `target`'s program), prompts, mutations.
-    pairs = choose_parents(population, exp.children, np.random.default_rng([exp.seed, gen, 7]))
+    pairs = choose_parents(population, exp.children, np.random.default_rng([exp.seed, gen, 7]),
+                           exp.min_runs)
     ids = [candidate_id(gen, i) for i in range(exp.children)]
     targets, proposers = [t for t, _ in pairs], [p for _, p in pairs]
     prompts = steps.prompt.map(unmapped(ref), ids, targets, proposers)
@@ -91,6 +93,15 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
     reruns = to_rerun(population, final, exp.reruns, more_seeds, exp.min_runs)
     if reruns:
         train_and_score(ref, [c for c, _ in reruns], [s for _, s in reruns], progress)
+    # 4b. a one-seed child that would be the best is measured on min_runs seeds before the
+    # generation commits (the same trainings as re-runs); a confirmed one may lift the bar
+    # another must pass, so until none is left (each child at most once).
+    done = {c for c, _ in reruns}
+    while confirm := to_confirm(population, [engine.knowledge.scored(c.id) for c, _ in final],
+                                more_seeds, exp.min_runs, done):
+        progress.planned += len(confirm)
+        train_and_score(ref, [c for c, _ in confirm], [s for _, s in confirm], progress)
+        done |= {c for c, _ in confirm}
 
     # 5. survivors, then commit atomically.
     record = steps.select(ref, gen, [c.id for c, _ in final], started_at)
@@ -98,6 +109,7 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
     ui.set_progress(progress.artifact, 100.0)
     ui.publish(run_id, store_url, gen)
     best = record.population[0]
-    print(f"gen {gen}: best {best.candidate_id} val loss {best.fitness:.4f}; "
-          f"promoted {record.promoted or 'none'}")
+    print(f"gen {gen}: best {best.candidate_id} val loss {best.fitness:.4f} over "
+          f"{len(best.losses)} seed(s); promoted {record.promoted or 'none'}, "
+          f"filled an empty slot {record.filled or 'none'}")
     return record

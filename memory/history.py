@@ -103,7 +103,7 @@ def history(store: RunStore) -> dict:
         commits.append({
             "generation": n, "committed_at": g.committed_at, "wall_s": g.wall_s,
             "host": g.writer.get("host"), "pid": g.writer.get("pid"),
-            "children": g.children, "promoted": g.promoted,
+            "children": g.children, "promoted": g.promoted, "filled": g.filled,
             "joined": [c for c in members if c not in previous and n > 0],
             "left": sorted(previous - set(members)),
             "best": members[0] if members else None,

@@ -95,6 +95,13 @@ def mean_loss(losses: list[float]) -> float:
     return statistics.fmean(losses) if losses else float("inf")
 
 
+def rank_key(losses: list[float], min_runs: int) -> tuple[bool, float]:
+    """How a population is ordered: members measured on ``min_runs`` seeds first, each group by
+    mean val loss. A one-seed mean is the winner's curse (the luckiest draw of many children),
+    so it never ranks above a measured member, whatever its value."""
+    return (len(losses) < min_runs, mean_loss(losses))
+
+
 class Member(BaseModel):
     candidate_id: str
     losses: list[float]
@@ -111,14 +118,29 @@ class GenerationRecord(BaseModel):
     generation: int
     population: list[Member]
     children: list[str] = Field(default_factory=list)
-    promoted: list[str] = Field(default_factory=list)
+    promoted: list[str] = Field(default_factory=list)  # children that displaced a member
+    filled: list[str] = Field(default_factory=list)  # children that took an empty slot
     noise: float = 0.0  # the promotion margin used (2 sigma of the seed)
+    # The runs a member needs to count as measured: only such a member is the best, an elite,
+    # the favoured parent and the test split's subject (the population is ranked with
+    # rank_key, so population[0] is measured whenever any member is). 1 in records written
+    # before it was recorded, which ranked by mean loss alone and called slot-fillers promoted.
+    min_runs: int = 1
     pareto: list[str] = Field(default_factory=list)  # non-dominated on (val loss, MFU)
     wall_s: float = 0.0
     committed_at: float = 0.0
     # What the generation asked of the run store (memory.blobs.IOStats): calls, bytes, seconds.
     storage: dict = Field(default_factory=dict)
     writer: dict = Field(default_factory=dict)  # the committing process: host, pid
+
+    def measured(self, member: Member, min_runs: int = 1) -> bool:
+        """Whether ``member`` has the runs a claim about it needs: the record's min_runs, or the
+        caller's when larger (the run's setting, for records from before it was recorded)."""
+        return len(member.losses) >= max(self.min_runs, min_runs)
+
+    def best(self, min_runs: int = 1) -> Member | None:
+        """The best member measured on enough seeds (see ``measured``); None when none is."""
+        return next((m for m in self.population if self.measured(m, min_runs)), None)
 
 
 def read_candidate(data: dict) -> CandidateRecord:

@@ -168,11 +168,42 @@ def prefect_server(tmp_path_factory):
     log.close()
 
 
+@contextlib.contextmanager
+def _atomic_s3_writes():
+    """Make moto's writes atomic, as real S3's are. moto's ``put_object`` checks ``If-Match`` /
+    ``If-None-Match`` and then writes, with no lock between (moto/s3/responses.py), so two
+    conditional PUTs that read the same ETag can both pass: the store's compare-and-swap would
+    then lose updates on the test harness, never on S3. One lock around each write (moto runs
+    in this process, on threads) restores the contract the store relies on; nothing of
+    DARWIN's own code is changed, and the no-CAS control still loses updates."""
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    originals = {name: getattr(S3Response, name) for name in ("put_object", "delete_object")}
+
+    def serialised(original):
+        def write(self, *args, **kwargs):
+            with lock:
+                return original(self, *args, **kwargs)
+        return write
+
+    for name, original in originals.items():
+        setattr(S3Response, name, serialised(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(S3Response, name, original)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API), with a versioned bucket."""
+    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API), with a versioned bucket and writes
+    as atomic as S3's (see _atomic_s3_writes)."""
     from moto.server import ThreadedMotoServer
 
+    stack = contextlib.ExitStack()
+    stack.enter_context(_atomic_s3_writes())
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -184,6 +215,7 @@ def s3_server():
     fs.make_bucket_versioned("darwin-test")
     yield {"endpoint": url, "bucket": "darwin-test"}
     server.stop()
+    stack.close()
 
 
 @pytest.fixture(params=["local", "s3"])

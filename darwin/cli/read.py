@@ -88,11 +88,13 @@ def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
     for r in rows:
         table.add_row("★" if r["in_population"] else "", r["candidate"], str(r["generation"]),
                       r["parent"] or "-", r["kind"] or "-", r["operator"] or "-",
-                      f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-", str(r["runs"]),
+                      f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
+                      str(r["runs"]) + ("" if r["measured"] or not r["runs"] else "*"),
                       f"{r['delta_vs_seed']:+.4f}" if r["delta_vs_seed"] is not None else "-",
                       r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]")
     out.print(table)
-    out.print("[dim]★ = in the current population; Δ seed = mean val loss minus the seed's[/]")
+    out.print("[dim]★ = in the current population; Δ seed = mean val loss minus the seed's; "
+              "* = fewer runs than a claim needs (min_runs), ranked after the measured[/]")
 
 
 @app.command
@@ -187,12 +189,14 @@ def history(run_id: str | None = None, *, storage: StorageFlag = None,
         print(json.dumps(found, indent=2))
         return
     table = Table(title=f"history {store.run_id}")
-    for col in ("gen", "committed (UTC)", "by", "wall", "children", "promoted", "left", "best"):
+    for col in ("gen", "committed (UTC)", "by", "wall", "children", "promoted", "filled",
+                "left", "best"):
         table.add_column(col)
     for c in found["commits"]:
         table.add_row(str(c["generation"]), _when(c["committed_at"]),
                       f"{c['host'] or '?'}:{c['pid'] or '?'}", f"{c['wall_s']:.0f} s",
                       str(len(c["children"])), ", ".join(c["promoted"]) or "-",
+                      ", ".join(c.get("filled", [])) or "-",
                       ", ".join(c["left"]) or "-",
                       f"{c['best']} {c['best_val_loss']:.4f}" if c["best"] else "-")
     out.print(table)

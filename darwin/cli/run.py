@@ -111,7 +111,7 @@ def run(
     run_id = summary["run_id"]
     leaderboard(run_id)
     verdict = ("[green]beyond the noise[/]" if summary["beyond_noise"]
-               else "[yellow]within the noise[/]")
+               else f"[yellow]{summary['verdict']}[/]")
     out.print(
         f"best {summary['best']}: val loss {summary['best_val_loss']:.4f} over "
         f"{summary['best_runs']} seed(s) vs seed {summary['seed_val_loss']:.4f} ± "

@@ -51,13 +51,15 @@ class Engine(RunContext):
         scored = self.knowledge.scored
         population = [scored(c) for c in self.humans.population_ids(gen - 1)]
         children_scored = [s for s in (scored(c) for c in children) if s.losses]
-        new_pop, promoted = select(population, children_scored, self.experiment.population,
-                                   self.experiment.keep, previous.noise, self.experiment.min_runs,
-                                   pinned=frozenset(self.humans.pinned(gen - 1)))
+        chosen = select(population, children_scored, self.experiment.population,
+                        self.experiment.keep, previous.noise, self.experiment.min_runs,
+                        pinned=frozenset(self.humans.pinned(gen - 1)))
+        new_pop = chosen.population
         return GenerationRecord(
-            run_id=self.store.run_id, generation=gen,
+            run_id=self.store.run_id, generation=gen, min_runs=self.experiment.min_runs,
             population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
-            children=children, promoted=promoted, noise=previous.noise,
+            children=children, promoted=chosen.promoted, filled=chosen.filled,
+            noise=previous.noise,
             # A promoted child is in both lists: each candidate once.
             pareto=pareto(list({s.id: s for s in new_pop + children_scored}.values()),
                           self.knowledge.seed_fitness(), previous.noise),

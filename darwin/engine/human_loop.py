@@ -13,7 +13,7 @@ from darwin.engine.knowledge import Knowledge
 from darwin.engine.run_context import RunContext
 from darwin.evaluation.token_server import DEFAULT_SOURCE
 from darwin.evaluation.training import NO_EXTRAS, Extras
-from darwin.memory.records import GenerationRecord, Member, ReviewRecord
+from darwin.memory.records import GenerationRecord, Member, ReviewRecord, rank_key
 
 _SOURCES: dict = {}  # approved datasets' tokens, by sha256, read once per process
 _SOURCES_LOCK = threading.Lock()
@@ -39,7 +39,8 @@ class HumanLoop:
         scored = self.knowledge.scored
         members = [known.get(c) or Member(candidate_id=c, losses=(s := scored(c)).losses,
                                           mfu=s.mfu) for c in ids]
-        return record.model_copy(update={"population": sorted(members, key=lambda m: m.fitness)})
+        return record.model_copy(update={"population": sorted(
+            members, key=lambda m: rank_key(m.losses, record.min_runs))})
 
     def pinned(self, gen: int) -> list[str]:
         """The candidates pinned by the reviews held after generations <= ``gen`` (and not

@@ -5,7 +5,7 @@ final test scores. The flows call these and only map tasks over what they return
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from darwin.engine.ids import SEED_ID
 from darwin.engine.selection import Scored, noise_margin
@@ -49,8 +49,26 @@ def to_rerun(population: Sequence[Scored], final: Sequence[tuple[CandidateRecord
     return [(cid, s) for cid in promising for s in list(more_seeds)[: max(0, min_runs - 1)]]
 
 
-def generation_zero(run_id: str, evaluations: Sequence[EvaluationRecord], wall_s: float
-                    ) -> GenerationRecord:
+def to_confirm(population: Sequence[Scored], children: Sequence[Scored], more_seeds: Sequence[int],
+               min_runs: int, done: Collection[str] = ()) -> list[tuple[str, int]]:
+    """(candidate, seed) pairs to train again before the generation commits: the one-seed
+    children (fewer than ``min_runs`` runs) that would be the best if their mean held, that is,
+    lower than every member and child measured on ``min_runs`` seeds. Without these runs such a
+    child ranks behind every measured one (selection.ranked); with them it is judged like any
+    other. ``done``: children already re-run (a re-run that failed is not retried)."""
+    def measured(c: Scored) -> bool:
+        return len(c.losses) >= min_runs
+
+    known = [c for c in [*population, *children] if measured(c)]
+    bar = min((c.fitness for c in known), default=float("inf"))
+    lucky = [c for c in children if c.losses and c.verified and not measured(c)
+             and c.id not in done and c.fitness < bar]
+    seeds = list(more_seeds)[: max(0, min_runs - 1)]
+    return [(c.id, s) for c in sorted(lucky, key=lambda c: c.fitness) for s in seeds]
+
+
+def generation_zero(run_id: str, evaluations: Sequence[EvaluationRecord], wall_s: float,
+                    min_runs: int = 1) -> GenerationRecord:
     """The seed program measured over S seeds: the population of one and the noise band every
     later promotion must clear. SeedFailed when any seed's run failed."""
     failed = [e for e in evaluations if e.val_loss is None]
@@ -61,13 +79,15 @@ def generation_zero(run_id: str, evaluations: Sequence[EvaluationRecord], wall_s
     losses = [e.val_loss for e in sorted(evaluations, key=lambda e: e.seed)]
     mfus = [e.mfu for e in evaluations if e.mfu is not None]
     return GenerationRecord(
-        run_id=run_id, generation=0,
+        run_id=run_id, generation=0, min_runs=min_runs,
         population=[Member(candidate_id=SEED_ID, losses=losses,
                            mfu=statistics.fmean(mfus) if mfus else None)],
         noise=noise_margin(losses), pareto=[SEED_ID], wall_s=wall_s,
     )
 
 
-def final_candidates(last: GenerationRecord) -> list[str]:
-    """What the test split scores at the end: the best and the seed (never used to select)."""
-    return sorted({last.population[0].candidate_id, SEED_ID})
+def final_candidates(last: GenerationRecord, min_runs: int = 1) -> list[str]:
+    """What the test split scores at the end: the best and the seed (never used to select).
+    Only a member measured on ``min_runs`` seeds is the best: without one, only the seed."""
+    best = last.best(min_runs)
+    return sorted({SEED_ID} | ({best.candidate_id} if best else set()))

@@ -206,10 +206,21 @@ def claim_run(store: RunStore) -> RunClaim | RemoteClaim:
 
 
 def run_summary(store: RunStore, last: GenerationRecord) -> dict:
-    """The run's result: the best against the seed and its noise band, and the test split."""
+    """The run's result: the best against the seed and its noise band, and the test split. The
+    best is the first member measured on ``min_runs`` seeds; "beyond the noise" is said only of
+    such a member (a record from before min_runs was recorded: the run's own setting)."""
     seed_gen = store.generation(0)
     seed_loss = seed_gen.population[0].fitness
-    best = last.population[0]
+    min_runs = max(last.min_runs, run_min_runs(store))
+    measured_best = last.best(min_runs)
+    best = measured_best or last.population[0]
+    measured = measured_best is not None
+    beyond = measured and seed_loss - best.fitness > seed_gen.noise
+    if measured:
+        verdict = "beyond the noise" if beyond else "within the noise"
+    else:
+        verdict = (f"measured on {len(best.losses)} of the {min_runs} seeds a claim needs: "
+                   "not beyond the noise")
     finals = {cid: store.final(cid) or {} for cid in {best.candidate_id, SEED_ID}}
     return {
         "run_id": store.run_id,
@@ -219,9 +230,12 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
         "best": best.candidate_id,
         "best_val_loss": best.fitness,
         "best_runs": len(best.losses),
+        "min_runs": min_runs,
+        "best_measured": measured,
         "improvement": seed_loss - best.fitness,
         "perplexity_change": math.exp(best.fitness - seed_loss) - 1,
-        "beyond_noise": seed_loss - best.fitness > seed_gen.noise,
+        "beyond_noise": beyond,
+        "verdict": verdict,
         "test_loss_best": finals[best.candidate_id].get("test_loss"),
         "test_loss_seed": finals[SEED_ID].get("test_loss"),
         "population": [m.model_dump() for m in last.population],
@@ -230,6 +244,11 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
                      "via": r.answer.via if r.answer else None,
                      "defaults_applied": r.defaults_applied} for r in store.reviews()],
     }
+
+
+def run_min_runs(store: RunStore) -> int:
+    """The runs a claim needs in this run (its experiment's min_runs)."""
+    return int(store.meta().get("experiment", {}).get("min_runs", 1))
 
 
 def _llm_summary(store: RunStore) -> dict | None:

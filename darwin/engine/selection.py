@@ -5,19 +5,25 @@ seed program's spread over S seeds; a child may replace a population member only
 least ``min_runs`` seeds (its first run plus re-runs), its mean val loss is lower than that
 member's by more than ``margin = 2 sigma_seed``. We chose the 2-sigma margin over a Welch test
 because with 3 runs per side a t-test has almost no power while the seed's sigma is measured
-once per run with the same budget. Elites (the best ``keep`` members) are never replaced by a
-worse candidate; a child fills an empty slot (while the population is still growing) without a
-margin, since it displaces nobody.
+once per run with the same budget. A child may also fill an empty slot (while the population is
+still growing) without a margin, since it displaces nobody; that is "filled", not "promoted".
+
+Measured before best: a population is ranked with members measured on ``min_runs`` seeds first
+(memory.records.rank_key), so a one-seed result is never the best, an elite (the best ``keep``
+measured members, never replaced by a worse candidate) or the favoured parent. The generation
+flow re-runs a child that would otherwise be the best on one seed (policy.to_confirm).
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from darwin.memory.records import mean_loss
+from darwin.memory.records import mean_loss, rank_key
 
 
 @dataclass
@@ -40,41 +46,59 @@ def noise_margin(seed_losses: list[float], sigmas: float = 2.0) -> float:
     return sigmas * statistics.stdev(seed_losses) if len(seed_losses) >= 2 else 0.0
 
 
-def choose_parents(population: list[Scored], n: int, rng: np.random.Generator
-                   ) -> list[tuple[str, str | None]]:
-    """(target, proposer) pairs: targets by rank (better ranks more often), the proposer another
-    member (the paper's agents rewrite one another's programs)."""
-    ranked = sorted(population, key=lambda m: m.fitness)
-    weights = np.array([1.0 / (r + 1) for r in range(len(ranked))])
+def ranked(members: Sequence[Scored], min_runs: int) -> list[Scored]:
+    """Best first: measured members (``min_runs`` runs) by mean loss, then the others."""
+    return sorted(members, key=lambda m: rank_key(m.losses, min_runs))
+
+
+def choose_parents(population: list[Scored], n: int, rng: np.random.Generator,
+                   min_runs: int = 1) -> list[tuple[str, str | None]]:
+    """(target, proposer) pairs: targets by rank (better ranks more often, a member measured on
+    fewer than ``min_runs`` seeds after every measured one), the proposer another member (the
+    paper's agents rewrite one another's programs)."""
+    ranked_ = ranked(population, min_runs)
+    weights = np.array([1.0 / (r + 1) for r in range(len(ranked_))])
     weights /= weights.sum()
     pairs = []
     for _ in range(n):
-        t = int(rng.choice(len(ranked), p=weights))
-        others = [i for i in range(len(ranked)) if i != t]
+        t = int(rng.choice(len(ranked_), p=weights))
+        others = [i for i in range(len(ranked_)) if i != t]
         p = int(rng.choice(others)) if others else None
-        pairs.append((ranked[t].id, ranked[p].id if p is not None else None))
+        pairs.append((ranked_[t].id, ranked_[p].id if p is not None else None))
     return pairs
+
+
+class Selection(NamedTuple):
+    population: list[Scored]  # ranked: measured members first, each group by mean loss
+    promoted: list[str]  # children that displaced a member, beyond the noise over min_runs seeds
+    filled: list[str]  # children that took an empty slot (they displaced nobody)
 
 
 def select(population: list[Scored], children: list[Scored], size: int, keep: int,
            margin: float, min_runs: int = 3, pinned: frozenset[str] = frozenset()
-           ) -> tuple[list[Scored], list[str]]:
-    """The next population and the ids of the children promoted into it. Members a human
-    pinned are never displaced (they may hold the population above ``size``)."""
-    current = sorted(population, key=lambda m: m.fitness)
+           ) -> Selection:
+    """The next population, the children promoted into it and those that filled an empty slot.
+    Members a human pinned are never displaced (they may hold the population above ``size``).
+    Children are taken measured first, so a child measured on ``min_runs`` seeds gets an empty
+    slot before a one-seed child that looks better."""
+    current = ranked(population, min_runs)
     promoted: list[str] = []
-    for child in sorted((c for c in children if c.losses and c.verified),
-                        key=lambda c: c.fitness):
+    filled: list[str] = []
+    for child in ranked([c for c in children if c.losses and c.verified], min_runs):
         if len(current) < size:
             current.append(child)
-            promoted.append(child.id)
-        elif len(child.losses) >= min_runs and len(current) > keep:
-            replaceable = [i for i in range(keep, len(current)) if current[i].id not in pinned]
-            if replaceable and child.fitness < current[replaceable[-1]].fitness - margin:
-                current[replaceable[-1]] = child
+            filled.append(child.id)
+        elif len(child.losses) >= min_runs:
+            # The elites: the best ``keep`` MEASURED members (a one-seed member is never one).
+            measured = [m for m in current if len(m.losses) >= min_runs]
+            elites = {m.id for m in measured[:keep]}
+            replaceable = [m for m in current if m.id not in elites and m.id not in pinned]
+            worst = max(replaceable, key=lambda m: m.fitness, default=None)
+            if worst is not None and child.fitness < worst.fitness - margin:
+                current[current.index(worst)] = child
                 promoted.append(child.id)
-        current.sort(key=lambda m: m.fitness)
-    return current, promoted
+        current = ranked(current, min_runs)
+    return Selection(current, promoted, filled)
 
 
 def pareto(candidates: list[Scored], seed_loss: float | None = None,

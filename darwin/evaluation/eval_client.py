@@ -119,10 +119,11 @@ class EvalClient:
         self._write(b"FWD " + self._tokens(tokens))
         return self._logits(*tokens.shape)
 
-    def perturbed(self, name: str, seed: int, tokens: np.ndarray) -> np.ndarray:
+    def perturbed(self, name: str, seed: int, tokens: np.ndarray, gain: float = 1.0
+                  ) -> np.ndarray:
         encoded = name.encode()
         self._write(b"PRT " + struct.pack("<I", len(encoded)) + encoded
-                    + struct.pack("<Q", seed) + self._tokens(tokens))
+                    + struct.pack("<Qf", seed, gain) + self._tokens(tokens))
         return self._logits(*tokens.shape)
 
     def bye(self) -> None:

@@ -61,6 +61,7 @@ EVAL_BATCH = 32
 PROBES = 256  # at most one per window: min(PROBES, windows) probes per scoring
 TRAIN_SAMPLE = 64  # train windows scored beside the held-out ones (heldout_suspect)
 PERTURB_ROWS = 4
+UNUSED_GAINS = (1.0, 10.0, 100.0, 1000.0)  # noise gains a tensor must move nothing at (unused)
 # Absolute tolerances on log-probabilities (max over the vocabulary at a probe position). CPU:
 # float32 kernels, A and B differ only by batch composition (measured honest: below 1e-5). CUDA:
 # bf16/TF32 kernels and autocast programs; not yet calibrated on a GPU here.
@@ -384,14 +385,24 @@ def score(out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path, **opti
 def _find_unused(result: Score, b: EvalClient, tensors: dict, flops_tensors: dict,
                  rows: np.ndarray, rng: np.random.Generator, tol: float) -> None:
     """Perturb each floating-point tensor; one that moves no log-probability is left out of the
-    FLOP count."""
+    FLOP count.
+
+    Noise of the tensor's own scale moves a near-zero bias of an honest model by about the
+    tolerance (a fork's LayerNorm bias: 1.4e-3 to 1.2e-2 against 1e-3 on CPU, and below the 5e-2
+    of CUDA), so one draw flagged it on one backend and not the other. A tensor that stays within
+    the tolerance is therefore drawn again at ``UNUSED_GAINS`` times that noise, and is unused
+    only when no draw moves anything: an unused tensor moves nothing at any gain, a used one
+    moves in proportion, far past the tolerance by the last gain."""
     reference = log_softmax(b.forward(rows))
     for name in sorted(tensors):
         dtype, _ = tensors[name]
         if not dtype.startswith(("F", "BF")):
             continue
-        moved = log_softmax(b.perturbed(name, int(rng.integers(1 << 62)), rows))
-        if float(np.max(np.abs(moved - reference))) <= tol:
+        for gain in UNUSED_GAINS:
+            moved = log_softmax(b.perturbed(name, int(rng.integers(1 << 62)), rows, gain))
+            if float(np.max(np.abs(moved - reference))) > tol:
+                break
+        else:
             result.unused.append(name)
             flops_tensors.pop(name, None)
     if result.unused:

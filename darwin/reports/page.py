@@ -208,10 +208,13 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
     if data.best is not None and data.seed_loss is not None:
         best = data.generations[-1].population[0]
         change = math.exp(best.fitness - data.seed_loss) - 1
-        beyond = data.seed_loss - best.fitness > data.noise
+        min_runs = max(data.generations[-1].min_runs, int(exp.get("min_runs", 1)))
+        measured = len(best.losses) >= min_runs
+        beyond = measured and data.seed_loss - best.fitness > data.noise
+        verdict = ("(beyond the noise)" if beyond else "(within the noise)") if measured else (
+            f"(fewer than the {min_runs} seeds a claim needs: not beyond the noise)")
         rows += [("best", f"{data.best}: val loss {_fmt(best.fitness)} over {len(best.losses)} "
-                          f"seed(s), perplexity {100 * change:+.2f}% vs the seed "
-                          + ("(beyond the noise)" if beyond else "(within the noise)"))]
+                          f"seed(s), perplexity {100 * change:+.2f}% vs the seed " + verdict)]
     test_best = data.finals.get(data.best or "", {}).get("test_loss")
     test_seed = data.finals.get(SEED_ID, {}).get("test_loss")
     if test_best is not None and test_seed is not None:

@@ -56,6 +56,7 @@ def leaderboard_rows(store: RunStore) -> list[dict]:
     head = store.head()
     members = {m.candidate_id for m in store.generation(head).population} if head is not None else set()
     seed_loss = store.generation(0).population[0].fitness if head is not None else None
+    min_runs = int(store.meta().get("experiment", {}).get("min_runs", 1))
     rows = []
     for rec in store.candidates():
         mine = sorted(evals.get(rec.id, []), key=lambda e: e.seed)
@@ -67,6 +68,8 @@ def leaderboard_rows(store: RunStore) -> list[dict]:
             "parent": rec.parents[0] if rec.parents else None,
             "kind": rec.kind, "operator": rec.operator or rec.mode, "mutator": rec.mutator,
             "val_loss": mean, "runs": len(losses),
+            # A mean over fewer than min_runs seeds is no claim: shown as such, ranked after.
+            "measured": len(losses) >= min_runs,
             "delta_vs_seed": (mean - seed_loss) if mean is not None and seed_loss is not None else None,
             "status": "ok" if losses else (failed[0].status if failed else
                                            (rec.llm_failure or "not trained")),
@@ -74,7 +77,8 @@ def leaderboard_rows(store: RunStore) -> list[dict]:
             "mfu": statistics.fmean([e.mfu for e in mine if e.mfu is not None])
             if any(e.mfu is not None for e in mine) else None,
         })
-    rows.sort(key=lambda r: (r["val_loss"] is None, r["val_loss"] or 0.0, r["candidate"]))
+    rows.sort(key=lambda r: (r["val_loss"] is None, not r["measured"], r["val_loss"] or 0.0,
+                             r["candidate"]))
     return rows
 
 
@@ -149,6 +153,7 @@ def generation_markdown(store: RunStore, gen: int) -> str:
             loss = f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"
             lines.append(f"| {cid} | {r.get('kind') or '-'} | {r.get('operator') or '-'} | "
                          f"{loss} | {r.get('status', '-')} |")
-    lines += ["", f"Promoted: {', '.join(record.promoted) or 'none'}. "
+    lines += ["", f"Promoted (displaced a member): {', '.join(record.promoted) or 'none'}. "
+              f"Filled an empty slot: {', '.join(record.filled) or 'none'}. "
               f"Pareto set (val loss, MFU): {', '.join(record.pareto) or '-'}."]
     return "\n".join(lines)

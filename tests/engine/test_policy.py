@@ -10,6 +10,7 @@ from darwin.engine.policy import (
     apply_repairs,
     final_candidates,
     generation_zero,
+    to_confirm,
     to_repair,
     to_rerun,
 )
@@ -68,6 +69,35 @@ def test_the_final_test_scores_the_best_and_the_seed_once_each():
     last = GenerationRecord(run_id="r", generation=2, population=[
         Member(candidate_id="g002-c01", losses=[1.9]), Member(candidate_id="seed", losses=[2])])
     assert final_candidates(last) == ["g002-c01", "seed"]
+
+
+def test_the_test_split_scores_only_a_best_measured_on_min_runs_seeds():
+    members = [Member(candidate_id="lucky", losses=[1.9]),
+               Member(candidate_id="g002-c01", losses=[2.0, 2.0, 2.1]),
+               Member(candidate_id="seed", losses=[2.2, 2.2, 2.2])]
+    last = GenerationRecord(run_id="r", generation=2, population=members, min_runs=3)
+    assert final_candidates(last) == ["g002-c01", "seed"]
+    # A record from before min_runs was recorded: the run's own setting decides.
+    old = GenerationRecord(run_id="r", generation=2, population=members)
+    assert final_candidates(old) == ["lucky", "seed"]
+    assert final_candidates(old, min_runs=3) == ["g002-c01", "seed"]
+    alone = GenerationRecord(run_id="r", generation=2, population=members[:1], min_runs=3)
+    assert final_candidates(alone) == ["seed"]  # no measured best: only the seed
+
+
+def test_a_one_seed_child_that_would_be_best_is_confirmed_on_min_runs_seeds():
+    """Issue #34: c00 was re-run (3 runs, 3.3165), c03 looked better on one seed (3.3061)."""
+    population = [Scored("seed", [3.4865] * 3)]
+    children = [Scored("c00", [3.3065, 3.3165, 3.3265]), Scored("c03", [3.3061]),
+                Scored("c01", [3.40]), Scored("c02", [])]
+    assert to_confirm(population, children, [1, 2, 3], min_runs=3) == [("c03", 1), ("c03", 2)]
+    assert to_confirm(population, children, [1, 2, 3], min_runs=3, done={"c03"}) == []
+    assert to_confirm(population, children[1:], [1, 2], min_runs=3) == [  # best first
+        ("c03", 1), ("c03", 2), ("c01", 1), ("c01", 2)]
+    worse = [children[0], Scored("c03", [3.33])]
+    assert to_confirm(population, worse, [1, 2], min_runs=3) == []  # not above c00
+    unsafe = [Scored("c03", [3.0], verified=False)]
+    assert to_confirm(population, unsafe, [1, 2], min_runs=3) == []  # never selected anyway
     only_seed = GenerationRecord(run_id="r", generation=1,
                                  population=[Member(candidate_id="seed", losses=[2.0])])
     assert final_candidates(only_seed) == ["seed"]

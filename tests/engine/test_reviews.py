@@ -123,10 +123,10 @@ def test_vetoes_remove_members_and_pins_keep_or_bring_back_candidates():
 def test_selection_never_displaces_a_pinned_member():
     population = [Scored("best", [1.0, 1.0, 1.0]), Scored("pinned", [3.0, 3.0, 3.0])]
     child = Scored("child", [1.5, 1.5, 1.5])
-    kept, promoted = select(population, [child], size=2, keep=1, margin=0.1,
-                            pinned=frozenset({"pinned"}))
+    kept, promoted, _ = select(population, [child], size=2, keep=1, margin=0.1,
+                               pinned=frozenset({"pinned"}))
     assert [m.id for m in kept] == ["best", "pinned"] and promoted == []
-    kept, promoted = select(population, [child], size=2, keep=1, margin=0.1)
+    kept, promoted, _ = select(population, [child], size=2, keep=1, margin=0.1)
     assert [m.id for m in kept] == ["best", "child"] and promoted == ["child"]
 
 

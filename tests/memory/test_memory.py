@@ -82,17 +82,18 @@ def test_a_child_replaces_a_member_only_beyond_the_noise():
     close = Scored("close", [2.08, 2.08, 2.08])  # better than b, but within the noise
     single = Scored("single", [1.5])  # far better, but one run only
     clear = Scored("clear", [2.01, 2.02, 2.03])  # beats b by 0.08 > margin over 3 runs
-    new, promoted = select(pop, [close, single], size=2, keep=1, margin=margin)
+    new, promoted, _ = select(pop, [close, single], size=2, keep=1, margin=margin)
     assert [m.id for m in new] == ["a", "b"] and promoted == []
-    new, promoted = select(pop, [close, clear], size=2, keep=1, margin=margin)
+    new, promoted, _ = select(pop, [close, clear], size=2, keep=1, margin=margin)
     assert [m.id for m in new] == ["a", "clear"] and promoted == ["clear"]
 
 
 def test_elites_stay_and_empty_slots_fill():
     pop = [Scored("seed", [2.0, 2.0, 2.0])]
     kids = [Scored("k1", [2.3]), Scored("k2", [2.1]), Scored("k3", [])]
-    new, promoted = select(pop, kids, size=3, keep=1, margin=0.05)
-    assert [m.id for m in new] == ["seed", "k2", "k1"] and promoted == ["k2", "k1"]
+    new, promoted, filled = select(pop, kids, size=3, keep=1, margin=0.05)
+    assert [m.id for m in new] == ["seed", "k2", "k1"]
+    assert promoted == [] and filled == ["k2", "k1"]  # they displaced nobody
 
 
 def test_parents_are_seeded_and_cross_agent():
@@ -110,10 +111,10 @@ def test_an_unverified_child_is_never_promoted():
     pop = [Scored("seed", [2.0, 2.0, 2.0])]
     unsafe = Scored("unsafe", [1.0, 1.0, 1.0], verified=False)
     safe = Scored("safe", [1.5, 1.5, 1.5])
-    new, promoted = select(pop, [unsafe, safe], size=3, keep=1, margin=0.1)
-    assert promoted == ["safe"] and "unsafe" not in [m.id for m in new]
-    new, promoted = select(pop, [Scored("unsafe", [1.0] * 3)], size=3, keep=1, margin=0.1)
-    assert promoted == ["unsafe"]  # the control: verified, the same child is promoted
+    new, _, filled = select(pop, [unsafe, safe], size=3, keep=1, margin=0.1)
+    assert filled == ["safe"] and "unsafe" not in [m.id for m in new]
+    new, _, filled = select(pop, [Scored("unsafe", [1.0] * 3)], size=3, keep=1, margin=0.1)
+    assert filled == ["unsafe"]  # the control: verified, the same child takes the slot
 
 
 def test_mfu_counts_in_the_pareto_set_only_when_not_worse_than_the_seed():

@@ -11,8 +11,10 @@ never leaves the scorer:
              | "ERR " u32 n, n bytes JSON {stage, error, frames} (then exit)
     client  -> "FWD " u32 B, u32 T, B*T u16 tokens
     server  -> "LOG " u32 B, u32 T, u32 V, B*T*V f32 logits  |  "ERR " ...
-    client  -> "PRT " u32 n, n bytes tensor name, u64 noise seed, u32 B, u32 T, B*T u16 tokens
-    server  -> like FWD, with that tensor perturbed (and restored afterwards)
+    client  -> "PRT " u32 n, n bytes tensor name, u64 noise seed, f32 gain, u32 B, u32 T, B*T u16
+               tokens
+    server  -> like FWD, with that tensor perturbed by gain x noise of its own scale (and
+               restored afterwards)
     client  -> "BYE "
 An error frame names the stage, the exception's class and the (file, line) frames of the
 traceback, never its message: a message could carry the tokens the model was shown.
@@ -101,8 +103,8 @@ def _answer(torch, model, idx):
     _send(b"LOG ", struct.pack("<III", *shape[:3]) + arr.astype("<f4").tobytes())
 
 
-def _perturbed(torch, model, name, seed, idx):
-    """Logits with one saved tensor moved by noise of its own scale, then put back."""
+def _perturbed(torch, model, name, seed, gain, idx):
+    """Logits with one saved tensor moved by ``gain`` x noise of its own scale, then put back."""
     state = model.state_dict()
     tensor = state.get(name)
     if tensor is None or not tensor.is_floating_point():
@@ -111,7 +113,7 @@ def _perturbed(torch, model, name, seed, idx):
     saved = tensor.detach().clone()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float32).to(tensor.device)
-    scale = 0.5 * (float(saved.float().abs().mean()) + 1e-2)
+    scale = gain * 0.5 * (float(saved.float().abs().mean()) + 1e-2)
     with torch.no_grad():
         tensor.add_((noise * scale).to(tensor.dtype))
     try:
@@ -148,8 +150,8 @@ def main():
         elif tag == b"PRT ":
             (n,) = struct.unpack("<I", _read_exact(4))
             name = _read_exact(n).decode("utf-8")
-            (seed,) = struct.unpack("<Q", _read_exact(8))
-            _perturbed(torch, model, name, seed, _tokens(torch, device))
+            seed, gain = struct.unpack("<Qf", _read_exact(12))
+            _perturbed(torch, model, name, seed, gain, _tokens(torch, device))
         else:
             return 2
 
