@@ -1,6 +1,9 @@
-"""Shared fixtures. Sandbox tests need bubblewrap (and Docker tests a Docker daemon); where one is
-missing they are skipped, unless DARWIN_REQUIRE_SANDBOX=1 / DARWIN_REQUIRE_DOCKER=1 (CI sets both)
-turn that skip into a failure."""
+"""Shared fixtures and helpers. Sandbox tests need bubblewrap (and Docker tests a Docker daemon);
+where one is missing they are skipped, unless DARWIN_REQUIRE_SANDBOX=1 / DARWIN_REQUIRE_DOCKER=1
+(CI sets both) turn that skip into a failure.
+
+A run of the suite that leaves a new untracked file in the checkout fails (see
+``pytest_sessionfinish``): tests write under their temporary folders, never into the cwd."""
 
 from __future__ import annotations
 
@@ -16,6 +19,61 @@ import pytest
 from darwin.evaluation.budgets import get_budget
 
 PROGRAMS = Path(__file__).parent / "sandbox" / "programs"
+CHECKOUT = Path(__file__).resolve().parents[1]
+_UNTRACKED_BEFORE = pytest.StashKey[set | None]()  # what the checkout held as the run began
+
+
+def untracked_files(root: Path) -> set[str] | None:
+    """The untracked, not ignored files under ``root`` (paths relative to it), or None where
+    ``root`` is not the top of a git work tree (an unpacked sdist, no git at all)."""
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=60)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+            return None
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "--others",
+                                 "--exclude-standard", "-z"],
+                                capture_output=True, text=True, timeout=120, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {p for p in listed.stdout.split("\0") if p}
+
+
+def _controller(config) -> bool:
+    """Whether this process runs the session as a whole: pytest-xdist's workers each run a part
+    of it (and carry ``workerinput``); the controller sees it begin and end."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session):
+    if _controller(session.config):
+        session.config.stash[_UNTRACKED_BEFORE] = untracked_files(CHECKOUT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when it left a new untracked file in the checkout (files that were there
+    before it began are not its doing)."""
+    if not _controller(session.config):
+        return
+    before = session.config.stash.get(_UNTRACKED_BEFORE, None)
+    if before is None:
+        return
+    left = sorted((untracked_files(CHECKOUT) or set()) - before)
+    if not left:
+        return
+    lines = [f"the tests left {len(left)} new untracked file(s) in the checkout {CHECKOUT}:",
+             *(f"  {p}" for p in left),
+             "write under tmp_path (or ignore the file in .gitignore if it belongs there)"]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "files left in the checkout", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    else:
+        print("\n".join(lines))
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def require_sandbox(name: str):
