@@ -11,7 +11,9 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,41 @@ def pytest_sessionfinish(session, exitstatus):
         print("\n".join(lines))
     if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+DARWIN = [sys.executable, "-m", "darwin.cli"]  # this interpreter, so this checkout's code
+
+
+def cli_env(home: Path | None = None, *, prefect: dict | Path | None = None,
+            **extra: str) -> dict:
+    """The environment of a ``darwin`` subprocess: this process's, and on top of it
+
+    - ``DARWIN_HOME=home`` where given (else the worker's own, see ``worker_darwin_home``);
+    - ``prefect``: the ``prefect_server`` fixture's dict (its API URL and PREFECT_HOME), or a
+      folder, the PREFECT_HOME of a Prefect the command runs itself, with any PREFECT_API_URL of
+      the shell dropped so that it reaches no server; None leaves the shell's Prefect settings;
+    - ``OPENAI_API_KEY`` empty, so no real key from the shell is ever used (a test's scripted
+      server passes its own in ``extra``), and no ``DARWIN_FAULT`` but one a test names;
+    - ``extra``: any further variables, which win over all of the above."""
+    env = {k: v for k, v in os.environ.items() if k != "DARWIN_FAULT"}
+    env["OPENAI_API_KEY"] = ""
+    if home is not None:
+        env["DARWIN_HOME"] = str(home)
+    if isinstance(prefect, dict):
+        env.update(PREFECT_API_URL=prefect["url"], PREFECT_HOME=prefect["home"])
+    elif prefect is not None:
+        env.pop("PREFECT_API_URL", None)
+        env["PREFECT_HOME"] = str(prefect)
+    env.update(extra)
+    return env
+
+
+def run_darwin(args: Sequence[str], env: dict, timeout: float = 600,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``darwin ARGS`` as a user runs it: a real subprocess, its output captured as text, stdin
+    closed (a command that asks for input fails at once instead of waiting for the timeout)."""
+    return subprocess.run([*DARWIN, *args], env=env, cwd=cwd, text=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
 
 
 def require_sandbox(name: str):
