@@ -1,6 +1,9 @@
-"""Shared fixtures. Sandbox tests need bubblewrap (and Docker tests a Docker daemon); where one is
-missing they are skipped, unless DARWIN_REQUIRE_SANDBOX=1 / DARWIN_REQUIRE_DOCKER=1 (CI sets both)
-turn that skip into a failure."""
+"""Shared fixtures and helpers. Sandbox tests need bubblewrap (and Docker tests a Docker daemon);
+where one is missing they are skipped, unless DARWIN_REQUIRE_SANDBOX=1 / DARWIN_REQUIRE_DOCKER=1
+(CI sets both) turn that skip into a failure.
+
+A run of the suite that leaves a new untracked file in the checkout fails (see
+``pytest_sessionfinish``): tests write under their temporary folders, never into the cwd."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,96 @@ import pytest
 from darwin.evaluation.budgets import get_budget
 
 PROGRAMS = Path(__file__).parent / "sandbox" / "programs"
+CHECKOUT = Path(__file__).resolve().parents[1]
+_UNTRACKED_BEFORE = pytest.StashKey[set | None]()  # what the checkout held as the run began
+
+
+def untracked_files(root: Path) -> set[str] | None:
+    """The untracked, not ignored files under ``root`` (paths relative to it), or None where
+    ``root`` is not the top of a git work tree (an unpacked sdist, no git at all)."""
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=60)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+            return None
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "--others",
+                                 "--exclude-standard", "-z"],
+                                capture_output=True, text=True, timeout=120, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {p for p in listed.stdout.split("\0") if p}
+
+
+def _controller(config) -> bool:
+    """Whether this process runs the session as a whole: pytest-xdist's workers each run a part
+    of it (and carry ``workerinput``); the controller sees it begin and end."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session):
+    if _controller(session.config):
+        session.config.stash[_UNTRACKED_BEFORE] = untracked_files(CHECKOUT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when it left a new untracked file in the checkout (files that were there
+    before it began are not its doing)."""
+    if not _controller(session.config):
+        return
+    before = session.config.stash.get(_UNTRACKED_BEFORE, None)
+    if before is None:
+        return
+    left = sorted((untracked_files(CHECKOUT) or set()) - before)
+    if not left:
+        return
+    lines = [f"the tests left {len(left)} new untracked file(s) in the checkout {CHECKOUT}:",
+             *(f"  {p}" for p in left),
+             "write under tmp_path (or ignore the file in .gitignore if it belongs there)"]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "files left in the checkout", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    else:
+        print("\n".join(lines))
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+DARWIN = [sys.executable, "-m", "darwin.cli"]  # this interpreter, so this checkout's code
+
+
+def cli_env(home: Path | None = None, *, prefect: dict | Path | None = None,
+            **extra: str) -> dict:
+    """The environment of a ``darwin`` subprocess: this process's, and on top of it
+
+    - ``DARWIN_HOME=home`` where given (else the worker's own, see ``worker_darwin_home``);
+    - ``prefect``: the ``prefect_server`` fixture's dict (its API URL and PREFECT_HOME), or a
+      folder, the PREFECT_HOME of a Prefect the command runs itself, with any PREFECT_API_URL of
+      the shell dropped so that it reaches no server; None leaves the shell's Prefect settings;
+    - ``OPENAI_API_KEY`` empty, so no real key from the shell is ever used (a test's scripted
+      server passes its own in ``extra``), and no ``DARWIN_FAULT`` but one a test names;
+    - ``extra``: any further variables, which win over all of the above."""
+    env = {k: v for k, v in os.environ.items() if k != "DARWIN_FAULT"}
+    env["OPENAI_API_KEY"] = ""
+    if home is not None:
+        env["DARWIN_HOME"] = str(home)
+    if isinstance(prefect, dict):
+        env.update(PREFECT_API_URL=prefect["url"], PREFECT_HOME=prefect["home"])
+    elif prefect is not None:
+        env.pop("PREFECT_API_URL", None)
+        env["PREFECT_HOME"] = str(prefect)
+    env.update(extra)
+    return env
+
+
+def run_darwin(args: Sequence[str], env: dict, timeout: float = 600,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``darwin ARGS`` as a user runs it: a real subprocess, its output captured as text, stdin
+    closed (a command that asks for input fails at once instead of waiting for the timeout)."""
+    return subprocess.run([*DARWIN, *args], env=env, cwd=cwd, text=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
 
 
 def require_sandbox(name: str):

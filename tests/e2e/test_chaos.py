@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from darwin.memory.store import RunStore, list_runs
+from tests.conftest import DARWIN, cli_env, run_darwin
 
 pytestmark = pytest.mark.sandbox
 
@@ -29,20 +29,6 @@ STOPS = ["train:3:KILL",  # generation 0: a seed is training
          "commit:1:KILL",  # generation 1 about to commit
          "final_test:1:KILL"]  # the test split about to be scored
 SERVER_KILLS = ["score:1:KILL", "commit:2:KILL"]  # generation 0 trained; generation 1 commit
-
-
-def _env(home: Path, prefect_home: Path, server: dict | None = None, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(DARWIN_HOME=str(home), PREFECT_HOME=str(prefect_home), OPENAI_API_KEY="",
-               DARWIN_TRAINING_LOG=str(home / "trainings.log"), **extra)
-    if server is not None:
-        env.update(PREFECT_API_URL=server["url"], PREFECT_HOME=server["home"])
-    return env
-
-
-def _darwin(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=timeout)
 
 
 def _store(home: Path) -> RunStore:
@@ -96,7 +82,7 @@ def crash_and_resume(home: Path, env: dict, faults: list[str], prefect_home: str
     for i, fault in enumerate(faults):
         args = RUN if i == 0 else ["run", "--resume", _store(home).run_id, "--json"]
         started = time.monotonic()
-        r = _darwin(args, {**env, "DARWIN_FAULT": fault})
+        r = run_darwin(args, {**env, "DARWIN_FAULT": fault})
         signal_name = fault.rsplit(":", 1)[1]
         expected = -9 if signal_name == "KILL" else 143
         assert r.returncode == expected, (fault, r.returncode, r.stderr[-3000:])
@@ -105,7 +91,7 @@ def crash_and_resume(home: Path, env: dict, faults: list[str], prefect_home: str
         timings.append(round(time.monotonic() - started, 1))
         _no_leftovers(home, prefect_home)
     started = time.monotonic()
-    r = _darwin(["run", "--resume", _store(home).run_id, "--json"], env)
+    r = run_darwin(["run", "--resume", _store(home).run_id, "--json"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     trained = (home / "trainings.log").read_text().splitlines()
     assert len(trained) == len(set(trained)), "a child was trained twice"
@@ -118,7 +104,8 @@ def crash_and_resume(home: Path, env: dict, faults: list[str], prefect_home: str
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, sandbox):
     home = tmp_path_factory.mktemp("reference")
-    r = _darwin(RUN, _env(home, home / "prefect", DARWIN_WARM="off"))
+    r = run_darwin(RUN, cli_env(home, prefect=home / "prefect", DARWIN_WARM="off",
+                                DARWIN_TRAINING_LOG=str(home / "trainings.log")))
     assert r.returncode == 0, r.stderr[-3000:]
     return records(_store(home)), json.loads(r.stdout)
 
@@ -128,8 +115,9 @@ def test_killed_anywhere_on_the_embedded_prefect_then_resumed(reference, tmp_pat
     pre-started tiny training is over in a fifth of a second, so the third report would fall
     in a later generation, whose mutations the next stop expects not yet made."""
     home = tmp_path / "home"
-    summary = crash_and_resume(home, _env(home, tmp_path / "prefect", DARWIN_WARM="off"), STOPS,
-                               str(tmp_path / "prefect"))
+    env = cli_env(home, prefect=tmp_path / "prefect", DARWIN_WARM="off",
+                  DARWIN_TRAINING_LOG=str(home / "trainings.log"))
+    summary = crash_and_resume(home, env, STOPS, str(tmp_path / "prefect"))
     print("seconds per process (stopped ..., finished):", summary["timings"])
     assert records(_store(home)) == reference[0]
 
@@ -138,8 +126,8 @@ def test_sigkill_on_a_real_prefect_server_then_resume(reference, prefect_server,
     """On the local backend with pre-started sandboxes (the reference: `auto` backend, cold):
     killed while sandboxes wait warm for their slots, resumed, it ends as the reference did."""
     home = tmp_path / "home"
-    env = _env(home, tmp_path / "unused", prefect_server, DARWIN_SANDBOX="local",
-               DARWIN_WARM="on")
+    env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="local", DARWIN_WARM="on",
+                  DARWIN_TRAINING_LOG=str(home / "trainings.log"))
     crash_and_resume(home, env, SERVER_KILLS, prefect_server["home"] + "-none")
     store = _store(home)
     assert store.meta()["environment"]["sandbox"] == "local"
@@ -149,16 +137,17 @@ def test_sigkill_on_a_real_prefect_server_then_resume(reference, prefect_server,
 
 def test_a_second_resume_of_a_live_run_is_refused(tmp_path, sandbox):
     home = tmp_path / "home"
-    env = _env(home, tmp_path / "prefect")
-    first = subprocess.Popen([sys.executable, "-m", "darwin.cli", *RUN], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = cli_env(home, prefect=tmp_path / "prefect",
+                  DARWIN_TRAINING_LOG=str(home / "trainings.log"))
+    first = subprocess.Popen([*DARWIN, *RUN], env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not ((home / "runs").exists() and list_runs(home / "runs")
                    and (Path(_store(home).root) / "run.lock").exists()):
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.2)
-        second = _darwin(["run", "--resume", _store(home).run_id], env, timeout=120)
+        second = run_darwin(["run", "--resume", _store(home).run_id], env, timeout=120)
         assert second.returncode == 2, second.stderr
         assert "is already running" in second.stderr and "Traceback" not in second.stderr
         assert len(second.stderr.strip().splitlines()) <= 3

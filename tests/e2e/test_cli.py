@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-DARWIN = [sys.executable, "-m", "darwin.cli"]
-
-
-def darwin(*args: str, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "DARWIN_HOME": str(home), **(env or {})}
-    return subprocess.run([*DARWIN, *args], capture_output=True, text=True, env=full_env,
-                          timeout=600)
+from tests.conftest import cli_env, run_darwin
 
 
 @pytest.mark.parametrize(
@@ -31,7 +23,7 @@ def darwin(*args: str, home: Path, env: dict | None = None) -> subprocess.Comple
     ],
 )
 def test_bad_input_is_one_clear_line(args, words, tmp_path):
-    r = darwin(*args, home=tmp_path)
+    r = run_darwin(args, cli_env(tmp_path))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("darwin: error:"), r.stderr
@@ -41,8 +33,9 @@ def test_bad_input_is_one_clear_line(args, words, tmp_path):
 
 
 def test_missing_sandbox_is_refused_with_the_fix(tmp_path):
-    r = darwin("baseline", "--budget", "tiny", home=tmp_path,
-               env={"PATH": "/nonexistent", "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    r = run_darwin(["baseline", "--budget", "tiny"],
+                   cli_env(tmp_path, PATH="/nonexistent",
+                           DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock"))
     assert r.returncode == 2
     assert "bubblewrap" in r.stderr and "--sandbox unsafe" in r.stderr
     assert "no Docker daemon answers" in r.stderr and "DOCKER_HOST" in r.stderr
@@ -51,7 +44,7 @@ def test_missing_sandbox_is_refused_with_the_fix(tmp_path):
 
 @pytest.mark.sandbox
 def test_sandbox_check_reports_an_isolating_backend(sandbox, tmp_path):
-    r = darwin("sandbox", "check", "--json", home=tmp_path)
+    r = run_darwin(["sandbox", "check", "--json"], cli_env(tmp_path))
     assert r.returncode == 0, r.stderr
     rows = {row["backend"]: row for row in json.loads(r.stdout)}
     assert rows["local"]["works"] and rows["local"]["isolates"]
@@ -65,11 +58,11 @@ def test_score_and_baseline_agree_on_the_seed(sandbox, tmp_path):
     from darwin.evaluation.training import seed_program
     from darwin.sandbox import get_sandbox
 
-    base = darwin("baseline", "--budget", "tiny", "--seeds", "1", "--seed", "3", "--json",
-                  home=tmp_path, env={"DARWIN_SANDBOX": "auto"})
+    base = run_darwin(["baseline", "--budget", "tiny", "--seeds", "1", "--seed", "3", "--json"],
+                      cli_env(tmp_path, DARWIN_SANDBOX="auto"))
     assert base.returncode == 0, base.stderr
-    scored = darwin("score", str(seed_program()), "--budget", "tiny", "--seed", "3", "--json",
-                    "--sandbox", "local", home=tmp_path)
+    scored = run_darwin(["score", str(seed_program()), "--budget", "tiny", "--seed", "3",
+                         "--json", "--sandbox", "local"], cli_env(tmp_path))
     assert scored.returncode == 0, scored.stderr
     b = json.loads(base.stdout)  # --json: nothing but JSON on stdout
     s = json.loads(scored.stdout)
@@ -86,8 +79,8 @@ def test_each_worker_has_a_darwin_home_of_its_own():
 
 
 def test_mutate_without_a_key_names_the_variable(tmp_path):
-    env = {"OPENAI_API_KEY": "", "DARWIN_LLM__API_KEY": ""}
-    r = darwin("mutate", "seed/train.py", "--mutator", "openai", home=tmp_path, env=env)
+    env = cli_env(tmp_path, OPENAI_API_KEY="", DARWIN_LLM__API_KEY="")
+    r = run_darwin(["mutate", "seed/train.py", "--mutator", "openai"], env)
     assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -97,13 +90,13 @@ def _mutate_then_score(llm_server, tmp_path: Path) -> dict:
     must train and score); the mutation's report."""
     from darwin.evaluation.training import seed_program
 
-    env = {"OPENAI_BASE_URL": llm_server.url, "OPENAI_API_KEY": llm_server.key}
+    env = cli_env(tmp_path, OPENAI_BASE_URL=llm_server.url, OPENAI_API_KEY=llm_server.key)
     child = tmp_path / "child.py"
-    m = darwin("mutate", str(seed_program()), "--budget", "tiny", "--out", str(child), "--json",
-               home=tmp_path, env=env)
+    m = run_darwin(["mutate", str(seed_program()), "--budget", "tiny", "--out", str(child),
+                    "--json"], env)
     assert m.returncode == 0, m.stderr
     assert child.read_text() != seed_program().read_text()
-    s = darwin("score", str(child), "--budget", "tiny", "--json", home=tmp_path)
+    s = run_darwin(["score", str(child), "--budget", "tiny", "--json"], cli_env(tmp_path))
     assert s.returncode == 0, s.stderr
     assert json.loads(s.stdout)["status"] == "ok"
     return json.loads(m.stdout)
@@ -137,7 +130,7 @@ def test_an_answer_with_only_a_fenced_program_becomes_a_child_of_kind_other(
       "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "invalid DARWIN_STORAGE_RETRY_S='soon': give"),
 ])
 def test_a_bad_setting_is_one_line_naming_the_variable(env, words, tmp_path):
-    r = darwin("runs", home=tmp_path, env=env)
+    r = run_darwin(["runs"], cli_env(tmp_path, **env))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], r.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from darwin.memory.store import RunStore, list_runs
+from tests.conftest import DARWIN, cli_env, run_darwin
 
 pytestmark = pytest.mark.sandbox
 
@@ -23,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def _env(prefect_server, home: Path, **extra: str) -> dict:
-    return {**os.environ, "DARWIN_HOME": str(home), "PREFECT_API_URL": prefect_server["url"],
-            "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "",
-            "DARWIN_CHECKOUT": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1", **extra}
+# What a worker's environment needs beyond the server: the checkout its flows run from, and a
+# quick poll for scheduled runs.
+WORKER = {"DARWIN_CHECKOUT": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"}
 
 
 def _prefect(args, env, timeout=120) -> subprocess.CompletedProcess:
@@ -45,7 +45,7 @@ def _api(prefect_server, path: str, body: dict) -> list:
 def worker(prefect_server, sandbox, tmp_path_factory):
     """The darwin-cpu process pool, the tiny and continuing deployments, one worker."""
     home = tmp_path_factory.mktemp("deployed")
-    env = _env(prefect_server, home)
+    env = cli_env(home, prefect=prefect_server, **WORKER)
     r = _prefect(["work-pool", "create", "darwin-cpu", "--type", "process", "--overwrite"], env)
     assert r.returncode == 0, r.stderr
     # As the README says: the worker's environment names its checkout, not the deploying shell.
@@ -115,9 +115,8 @@ def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_i
         worker, paused, prefect_server):
     home, env = worker
     run_id = paused
-    r = subprocess.run([sys.executable, "-m", "darwin.cli", "review", run_id, "--note",
-                        "answered by the deployment test"], env=env, text=True,
-                       capture_output=True, timeout=120)
+    r = run_darwin(["review", run_id, "--note", "answered by the deployment test"], env,
+                   timeout=120)
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -140,8 +139,7 @@ def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_i
     assert {k: after[k] for k in before} == before  # nothing trained again
     assert all(name.startswith("g002-") for name in set(after) - set(before))
     assert _flow_run(prefect_server, f"continue-{run_id}")["state_type"] == "COMPLETED"
-    r = subprocess.run([sys.executable, "-m", "darwin.cli", "runs", "--json"], env=env,
-                       text=True, capture_output=True, timeout=60)
+    r = run_darwin(["runs", "--json"], env, timeout=60)
     assert json.loads(r.stdout)[0]["generations"] == "2 (continued)"
 
     # `darwin run` with the experiment file's settings goes through the same lifecycle
@@ -173,8 +171,8 @@ def test_a_bad_parameter_fails_the_deployed_run_in_one_line(worker, prefect_serv
 
 
 def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
-    env = _env(prefect_server, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", "serve", "--cron", "*/5 * * * *",
+    env = cli_env(tmp_path, prefect=prefect_server, **WORKER)
+    proc = subprocess.Popen([*DARWIN, "serve", "--cron", "*/5 * * * *",
                              "--experiment", "deployments/experiments/tiny.json",
                              "--name", "serve-test"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -200,11 +198,9 @@ def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
     (["--continue", "r", "--more-generations", "0"], "invalid --more-generations: 0"),
 ])
 def test_serve_refuses_bad_input_in_one_line(args, words, prefect_server, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "darwin.cli", "serve", *args],
-                       env=_env(prefect_server, tmp_path), cwd=ROOT, text=True,
-                       capture_output=True, timeout=60)
+    env = cli_env(tmp_path, prefect=prefect_server, **WORKER)
+    r = run_darwin(["serve", *args], env, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    env = {k: v for k, v in _env(prefect_server, tmp_path).items() if k != "PREFECT_API_URL"}
-    r = subprocess.run([sys.executable, "-m", "darwin.cli", "serve"], env=env, cwd=ROOT,
-                       text=True, capture_output=True, timeout=60)
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    r = run_darwin(["serve"], env, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "needs a Prefect server" in r.stderr

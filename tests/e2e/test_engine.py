@@ -14,13 +14,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from darwin.memory.store import RunStore, list_runs
+from tests.conftest import DARWIN, cli_env, run_darwin
 
 pytestmark = pytest.mark.sandbox
 
@@ -28,11 +28,7 @@ SMALL = ["run", "--budget", "tiny", "--generations", "2", "--population", "2", "
          "--children", "2", "--seeds", "2", "--reruns", "1", "--repair-tries", "1"]
 
 
-def _env(prefect_server, home: Path, sandbox: str = "auto", **extra: str) -> dict:
-    env = {**os.environ, "DARWIN_HOME": str(home), "PREFECT_API_URL": prefect_server["url"],
-           "PREFECT_HOME": prefect_server["home"], "OPENAI_API_KEY": "",
-           "DARWIN_SANDBOX": sandbox, **extra}
-    return env
+RUN_TIMEOUT = 900  # a whole small run on a busy machine (other commands: run_darwin's default)
 
 
 def _auto_backend() -> str:
@@ -44,11 +40,6 @@ def _auto_backend() -> str:
 
 def _ran_on(store: RunStore) -> str:
     return store.meta()["environment"]["sandbox"]
-
-
-def _darwin(args, env, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=timeout)
 
 
 def _store(home: Path) -> RunStore:
@@ -71,8 +62,10 @@ def reference_run(prefect_server, sandbox, tmp_path_factory):
     """An uninterrupted 2-generation tiny run with the offline mutator (review gates after each
     generation, answered by their defaults at once: --no-review)."""
     home = tmp_path_factory.mktemp("reference")
-    r = _darwin([*SMALL, "--mutator", "offline", "--review-every", "1", "--no-review", "--json"],
-                _env(prefect_server, home, DARWIN_WARM="on"))
+    r = run_darwin([*SMALL, "--mutator", "offline", "--review-every", "1", "--no-review",
+                    "--json"],
+                   cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto", DARWIN_WARM="on"),
+                   timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     return home, json.loads(r.stdout)
 
@@ -127,10 +120,10 @@ def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_ser
     it ends exactly as the uninterrupted run."""
     ref_home, ref_summary = reference_run
     home = tmp_path / "killed"
-    env = _env(prefect_server, home, sandbox="local", DARWIN_WARM="off")
+    env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="local", DARWIN_WARM="off")
     err = open(tmp_path / "stderr.txt", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator", "offline",
-                             "--json"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen([*DARWIN, *SMALL, "--mutator", "offline", "--json"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 600
     store = None
     while True:  # wait until generation 2 has a persisted, trained child
@@ -152,7 +145,7 @@ def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_ser
     before = {p: p.read_bytes() for p in (Path(store.root) / "evaluations").iterdir()}
     cands_before = {p.name for p in (Path(store.root) / "candidates").iterdir()}
 
-    r = _darwin(["run", "--resume", store.run_id, "--json"], env)
+    r = run_darwin(["run", "--resume", store.run_id, "--json"], env, timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     # Nothing persisted was lost or redone...
@@ -171,9 +164,9 @@ def test_kill_9_then_resume_loses_nothing_and_matches(reference_run, prefect_ser
 
 def test_lessons_from_generation_1_reach_generation_2_prompts(prefect_server, llm_server,
                                                              sandbox, tmp_path):
-    env = _env(prefect_server, tmp_path, OPENAI_BASE_URL=llm_server.url,
-               OPENAI_API_KEY=llm_server.key)
-    r = _darwin([*SMALL, "--mutator", "openai", "--json"], env)
+    env = cli_env(tmp_path, prefect=prefect_server, DARWIN_SANDBOX="auto",
+                  OPENAI_BASE_URL=llm_server.url, OPENAI_API_KEY=llm_server.key)
+    r = run_darwin([*SMALL, "--mutator", "openai", "--json"], env, timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     prompts = ["\n".join(m["content"] for m in q["messages"]) for q in llm_server.requests]
     with_lessons = [p for p in prompts if "## Lessons from earlier generations" in p]
@@ -193,7 +186,8 @@ def test_lessons_from_generation_1_reach_generation_2_prompts(prefect_server, ll
     ],
 )
 def test_bad_settings_fail_before_any_work(args, words, tmp_path, prefect_server):
-    r = _darwin(["run", *args], _env(prefect_server, tmp_path))
+    r = run_darwin(["run", *args], cli_env(tmp_path, prefect=prefect_server, DARWIN_SANDBOX="auto"),
+                   timeout=RUN_TIMEOUT)
     assert r.returncode == 2 and words in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists() or not list_runs(tmp_path / "runs")
@@ -204,9 +198,11 @@ def test_evolves_a_users_nanogpt_fork(prefect_server, sandbox, tmp_path):
     from tests.conftest import PROGRAMS
 
     fork = PROGRAMS / "nanogpt_fork.py"
-    r = _darwin(["run", "--seed-program", str(fork), "--budget", "tiny", "--generations", "1",
-                 "--population", "2", "--keep", "1", "--children", "2", "--seeds", "2",
-                 "--mutator", "offline", "--json"], _env(prefect_server, tmp_path, sandbox="local"))
+    r = run_darwin(["run", "--seed-program", str(fork), "--budget", "tiny", "--generations", "1",
+                    "--population", "2", "--keep", "1", "--children", "2", "--seeds", "2",
+                    "--mutator", "offline", "--json"],
+                   cli_env(tmp_path, prefect=prefect_server, DARWIN_SANDBOX="local"),
+                   timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     store = _store(tmp_path)
     assert _ran_on(store) == "local"
@@ -254,8 +250,8 @@ def test_the_past_reads_back_as_it_was_printed(reference_run, prefect_server):
     tables = _artifacts(prefect_server, artifact_key(store.run_id, "leaderboard"))
     (then,) = [a for a in tables if a["description"].endswith("after generation 1, best first")]
     printed = then["data"] if isinstance(then["data"], list) else json.loads(then["data"])
-    r = _darwin(["leaderboard", store.run_id, "--at-generation", "1", "--json"],
-                _env(prefect_server, home))
+    r = run_darwin(["leaderboard", store.run_id, "--at-generation", "1", "--json"],
+                   cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto"))
     now = json.loads(r.stdout)["candidates"]
     assert [{k: row[k] for k in TABLE_COLUMNS} for row in now] == printed
     assert {row["generation"] for row in now} == {0, 1}
@@ -268,10 +264,10 @@ def test_export_to_s3_and_back_is_identical_and_resumes(reference_run, prefect_s
     home, summary = reference_run
     store = _store(home)
     bucket = f"s3://{s3_env['bucket']}/exported-{uuid.uuid4().hex[:8]}"
-    env = _env(prefect_server, home)
+    env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto")
     for src, dest in ((None, bucket), (bucket, str(tmp_path / "back"))):
         args = ["export", store.run_id, dest, "--json"] + (["--storage", src] if src else [])
-        r = _darwin(args, env)
+        r = run_darwin(args, env)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["verified"] > 20
     back = tmp_path / "back" / store.run_id
@@ -284,14 +280,15 @@ def test_export_to_s3_and_back_is_identical_and_resumes(reference_run, prefect_s
     assert names == objects(back) and len(names) > 20
     for name in names:
         assert (back / name).read_bytes() == (original / name).read_bytes(), name
-    again = _darwin(["export", store.run_id, bucket], env)  # nothing left to copy
+    again = run_darwin(["export", store.run_id, bucket], env)  # nothing left to copy
     assert again.returncode == 0 and "0 objects copied" in again.stdout
     # The re-imported run resumes on another machine (a fresh DARWIN_HOME): nothing trains.
     log = tmp_path / "trainings.log"
-    resumed = _darwin(["run", "--resume", store.run_id, "--json"],
-                      _env(prefect_server, tmp_path / "elsewhere",
-                           DARWIN_STORAGE_URL=str(tmp_path / "back"),
-                           DARWIN_TRAINING_LOG=str(log)))
+    resumed = run_darwin(["run", "--resume", store.run_id, "--json"],
+                         cli_env(tmp_path / "elsewhere", prefect=prefect_server,
+                                 DARWIN_SANDBOX="auto", DARWIN_STORAGE_URL=str(tmp_path / "back"),
+                                 DARWIN_TRAINING_LOG=str(log)),
+                         timeout=RUN_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout)["best"] == summary["best"]
     assert not log.exists() or not log.read_text().strip()
@@ -328,20 +325,20 @@ def test_the_run_ends_with_a_report(reference_run):
 
 def test_reading_a_run_back(reference_run, prefect_server):
     home, summary = reference_run
-    env = _env(prefect_server, home)
-    runs = json.loads(_darwin(["runs", "--json"], env).stdout)
+    env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto")
+    runs = json.loads(run_darwin(["runs", "--json"], env).stdout)
     assert runs[0]["best"] == summary["best"] and runs[0]["generations"] == "2/2"
-    board = json.loads(_darwin(["leaderboard", "--json"], env).stdout)["candidates"]
+    board = json.loads(run_darwin(["leaderboard", "--json"], env).stdout)["candidates"]
     assert board[0]["val_loss"] <= board[-1]["val_loss"] or board[-1]["val_loss"] is None
     assert {r["candidate"] for r in board} >= {"seed", "g001-c00", "g002-c01"}
-    shown = _darwin(["show", summary["best"], "--json"], env)
+    shown = run_darwin(["show", summary["best"], "--json"], env)
     detail = json.loads(shown.stdout)
     assert detail["candidate"]["id"] == summary["best"] and detail["evaluations"]
     if summary["best"] != "seed":
         assert detail["candidate"]["diff"].startswith("--- parent/train.py")
-    human = _darwin(["show", "g001-c00"], env)
+    human = run_darwin(["show", "g001-c00"], env)
     assert human.returncode == 0 and "kind of change" in human.stdout
-    missing = _darwin(["show", "g999-c00"], env)
+    missing = run_darwin(["show", "g999-c00"], env)
     assert missing.returncode == 2 and "no candidate 'g999-c00'" in missing.stderr
 
 
@@ -391,11 +388,11 @@ def _sandboxed(pids) -> list[int]:
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(prefect_server, sandbox, tmp_path):
     """On the local backend: Ctrl-C while a sandbox trains leaves nothing running."""
-    env = _env(prefect_server, tmp_path, sandbox="local")
+    env = cli_env(tmp_path, prefect=prefect_server, DARWIN_SANDBOX="local")
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *SMALL, "--mutator",
-                                 "offline"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen([*DARWIN, *SMALL, "--mutator", "offline"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
     seen: dict[int, int] = {}  # everything the run started, as we saw it
     deadline = time.monotonic() + 300
     while True:  # until generation 0 is committed and a sandbox of generation 1 is running

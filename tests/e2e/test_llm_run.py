@@ -5,15 +5,13 @@ kill and the resume; once it is reached the run goes on with the offline mutator
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from darwin.engine.mutators import CAP_NOTE
 from darwin.llm.ledger import StoredLedger
 from darwin.memory.store import RunStore, list_runs
+from tests.conftest import cli_env, run_darwin
 
 pytestmark = pytest.mark.sandbox
 
@@ -26,23 +24,17 @@ PRICES = json.dumps({"gpt-4o-mini": [1.0, 1.0]})
 CAP = 0.0005
 
 
-def _darwin(args, env):
-    return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=900)
-
-
 def test_the_spending_cap_holds_across_children_a_kill_and_the_resume(
         llm_server, sandbox, tmp_path):
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DARWIN_FAULT")}
-    env.update(DARWIN_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"),
-               OPENAI_BASE_URL=llm_server.url, OPENAI_API_KEY=llm_server.key,
-               DARWIN_LLM__MAX_COST_USD=str(CAP), DARWIN_LLM__PRICES=PRICES,
-               DARWIN_LLM__MODEL="gpt-4o-mini")
-    first = _darwin(["run", "--budget", "tiny", "--generations", "2", "--population", "2",
-                     "--keep", "1", "--children", "2", "--seeds", "2", "--reruns", "0",
-                     "--repair-tries", "0", "--mutator", "openai"],
-                    {**env, "DARWIN_FAULT": "commit:2:KILL"})  # killed committing generation 1
+    env = cli_env(home, prefect=tmp_path / "prefect", OPENAI_BASE_URL=llm_server.url,
+                  OPENAI_API_KEY=llm_server.key, DARWIN_LLM__MAX_COST_USD=str(CAP),
+                  DARWIN_LLM__PRICES=PRICES, DARWIN_LLM__MODEL="gpt-4o-mini")
+    first = run_darwin(["run", "--budget", "tiny", "--generations", "2", "--population", "2",
+                        "--keep", "1", "--children", "2", "--seeds", "2", "--reruns", "0",
+                        "--repair-tries", "0", "--mutator", "openai"],
+                       {**env, "DARWIN_FAULT": "commit:2:KILL"},  # killed committing generation 1
+                       timeout=900)
     assert first.returncode == -9, first.stderr[-3000:]
     (run_id,) = list_runs(home / "runs")
     store = RunStore(home / "runs", run_id)
@@ -52,7 +44,7 @@ def test_the_spending_cap_holds_across_children_a_kill_and_the_resume(
     gen1 = [c for c in store.candidates() if c.generation == 1]
     assert any(CAP_NOTE in c.notes and c.mutator == "offline" for c in gen1)  # ...by a child
 
-    second = _darwin(["run", "--resume", run_id, "--json"], env)
+    second = run_darwin(["run", "--resume", run_id, "--json"], env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "spending cap is reached" in second.stderr
     ledger = json.loads(second.stdout)["llm"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +18,7 @@ import pytest
 
 from darwin.memory.records import AskedRequest, ReviewRecord
 from darwin.memory.store import RunStore, list_runs
-from tests.e2e.test_engine import _env
+from tests.conftest import DARWIN, cli_env, run_darwin
 from tests.e2e.test_engine import _flow_run_states as _history
 
 pytestmark = pytest.mark.sandbox
@@ -51,14 +50,8 @@ def _resume(prefect_server, flow_run_id: str, run_input: dict) -> str:
 
 
 def _start(args, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-
-
-def _darwin(args, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    return subprocess.Popen([*DARWIN, *args], env=env, text=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_for_pause(home: Path, proc: subprocess.Popen, unlike: dict | None = None,
@@ -178,9 +171,9 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
                        "dataset: more plays, please"]
     home = tmp_path / "home"
     make_wheel(tmp_path / "wheels")  # the approved package, from a local folder (no network)
-    env = _env(prefect_server, home, OPENAI_BASE_URL=llm_server.url,
-               OPENAI_API_KEY=llm_server.key, PIP_NO_INDEX="1",
-               PIP_FIND_LINKS=str(tmp_path / "wheels"))
+    env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto",
+                  OPENAI_BASE_URL=llm_server.url, OPENAI_API_KEY=llm_server.key, PIP_NO_INDEX="1",
+                  PIP_FIND_LINKS=str(tmp_path / "wheels"))
     proc = _start([*TINY, "--mutator", "openai", "--review-timeout", "600", "--json"], env)
     store, first = _wait_for_pause(home, proc)
     assert store.head() == 1 and first["generation"] == 1
@@ -189,7 +182,8 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     proc.kill()  # the process dies while paused: nothing was answered, nothing is lost
     proc.wait()
     assert store.review(1) is None
-    r = _darwin(["review", store.run_id, "--defaults"], env)  # an answer nobody would read
+    # An answer nobody would read:
+    r = run_darwin(["review", store.run_id, "--defaults"], env, timeout=300)
     assert r.returncode == 2 and "the process running it is gone" in r.stderr, r.stderr
 
     proc = _start(["run", "--resume", store.run_id, "--review-timeout", "600", "--json"], env)
@@ -210,8 +204,8 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     corpus = load_dataset()
     works = tmp_path / "complete_works.txt"
     works.write_text(corpus.text(corpus.train[:20_000]) + corpus.text(corpus.val[:2_000]))
-    r = _darwin(["review", store.run_id, "--approve", asked["dataset"], "--value",
-                 f"{asked['dataset']}={works}"], env)
+    r = run_darwin(["review", store.run_id, "--approve", asked["dataset"], "--value",
+                    f"{asked['dataset']}={works}"], env, timeout=300)
     assert r.returncode == 2 and "not applied:" in r.stderr and "contaminated" in r.stderr, (
         r.stdout + r.stderr)
     store, again = _wait_for_pause(home, proc, unlike=again)
@@ -243,7 +237,7 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
     history = _history(prefect_server, run)
     assert "PAUSED" in history and history[-1] == "COMPLETED" and "FAILED" not in history
     assert store.waiting() is None
-    r = _darwin(["review", store.run_id], env)
+    r = run_darwin(["review", store.run_id], env, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert f"run {store.run_id} is not waiting for a review" in r.stderr
 
@@ -251,7 +245,7 @@ def test_requests_pause_the_run_survive_a_crash_and_an_api_answer_resumes_it(
 def test_review_gates_veto_and_pin_and_a_gate_nobody_answers_continues(
         prefect_server, sandbox, tmp_path):
     home = tmp_path / "home"
-    env = _env(prefect_server, home)
+    env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto")
     # One child per generation: the seed and that child are the population to veto and pin.
     args = [*TINY, "--mutator", "offline", "--review-every", "1", "--review-timeout", "15",
             "--json"]
@@ -262,8 +256,8 @@ def test_review_gates_veto_and_pin_and_a_gate_nobody_answers_continues(
     assert gate["gate"] and gate["requests"] == []
     assert "seed" in gate["population"] and len(gate["pinnable"]) >= 2, gate
     pin = next(c for c in gate["pinnable"] if c != "seed")
-    r = _darwin(["review", store.run_id, "--veto", "seed", "--pin", pin, "--note",
-                 "keep it small", "--reviewer", "ada"], env)
+    r = run_darwin(["review", store.run_id, "--veto", "seed", "--pin", pin, "--note",
+                    "keep it small", "--reviewer", "ada"], env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "vetoed seed" in r.stdout and f"pinned {pin}" in r.stdout
     out, errors = proc.communicate(timeout=600)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -17,26 +16,21 @@ import uuid
 import pytest
 import s3fs
 
+from tests.conftest import DARWIN, cli_env, run_darwin
+
 pytestmark = pytest.mark.sandbox
-
-DARWIN = [sys.executable, "-m", "darwin.cli"]
-
-
-def _env(s3_env, tmp_path, url: str, name: str, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DARWIN_FAULT")}
-    env.update(DARWIN_HOME=str(tmp_path / name / "home"), PREFECT_HOME=str(tmp_path / name / "pf"),
-               DARWIN_STORAGE_URL=url, OPENAI_API_KEY="",
-               DARWIN_TRAINING_LOG=str(tmp_path / "trainings.log"), **extra)
-    return env
 
 
 def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, sandbox, tmp_path):
     url = f"s3://{s3_env['bucket']}/runs-{uuid.uuid4().hex[:8]}"
-    first = subprocess.run(
-        [*DARWIN, "run", "--budget", "tiny", "--generations", "2", "--population", "2", "--keep",
-         "1", "--children", "2", "--seeds", "2", "--reruns", "0", "--mutator", "offline"],
-        env=_env(s3_env, tmp_path, url, "first", DARWIN_FAULT="commit:3:KILL"),
-        capture_output=True, text=True, timeout=900)
+    # Each process its own home and Prefect (nothing local is shared), one training log.
+    log = str(tmp_path / "trainings.log")
+    first = run_darwin(
+        ["run", "--budget", "tiny", "--generations", "2", "--population", "2", "--keep", "1",
+         "--children", "2", "--seeds", "2", "--reruns", "0", "--mutator", "offline"],
+        cli_env(tmp_path / "first" / "home", prefect=tmp_path / "first" / "pf",
+                DARWIN_STORAGE_URL=url, DARWIN_TRAINING_LOG=log, DARWIN_FAULT="commit:3:KILL"),
+        timeout=900)
     assert first.returncode == -9, first.stderr[-3000:]  # died committing generation 2
     fs = s3fs.S3FileSystem(endpoint_url=s3_env["endpoint"], key="testing", secret="testing")
     base = url.removeprefix("s3://")
@@ -45,9 +39,9 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
     assert json.loads(fs.cat_file(f"{root}/HEAD"))["generation"] == 1
     trained_before = (tmp_path / "trainings.log").read_text().splitlines()
 
-    second_env = _env(s3_env, tmp_path, url, "second")  # nothing local survives
-    second = subprocess.run([*DARWIN, "run", "--resume", run_id, "--json"], env=second_env,
-                            capture_output=True, text=True, timeout=900)
+    second_env = cli_env(tmp_path / "second" / "home", prefect=tmp_path / "second" / "pf",
+                         DARWIN_STORAGE_URL=url, DARWIN_TRAINING_LOG=log)  # nothing local survives
+    second = run_darwin(["run", "--resume", run_id, "--json"], second_env, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout)
     assert summary["generations"] == 2 and summary["test_loss_seed"] is not None
@@ -70,8 +64,7 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
 
     # The bucket is versioned: HEAD's history shows both processes' commits, and the run reads
     # back as it was at any of them.
-    shown = subprocess.run([*DARWIN, "history", run_id, "--json"], env=second_env,
-                           capture_output=True, text=True, timeout=120)
+    shown = run_darwin(["history", run_id, "--json"], second_env, timeout=120)
     found = json.loads(shown.stdout)
     versions = found["head_versions"]
     assert [v["generation"] for v in versions] == [0, 1, 2]
@@ -79,13 +72,11 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
     assert [c["generation"] for c in found["commits"]] == [0, 1, 2]
     at = {}
     for flag in (["--at", versions[1]["version"]], ["--at-generation", "1"]):
-        board = subprocess.run([*DARWIN, "leaderboard", run_id, *flag, "--json"],
-                               env=second_env, capture_output=True, text=True, timeout=120)
+        board = run_darwin(["leaderboard", run_id, *flag, "--json"], second_env, timeout=120)
         at[flag[0]] = json.loads(board.stdout)
     assert at["--at"] == at["--at-generation"] and at["--at"]["head"] == 1
     assert {r["generation"] for r in at["--at"]["candidates"]} == {0, 1}
-    bad = subprocess.run([*DARWIN, "leaderboard", run_id, "--at", "not-a-version"],
-                         env=second_env, capture_output=True, text=True, timeout=120)
+    bad = run_darwin(["leaderboard", run_id, "--at", "not-a-version"], second_env, timeout=120)
     assert bad.returncode == 2 and "no such version" in bad.stderr
 
     # Prefect's flow results sit next to the run, as JSON (never a pickle read back).
@@ -105,8 +96,7 @@ def test_a_run_killed_on_s3_resumes_elsewhere_and_trains_nothing_twice(s3_env, s
         env=second_env, capture_output=True, text=True, timeout=300)
     assert s3_env["endpoint"] in blocks.stdout and "testing" not in blocks.stdout, blocks.stderr
 
-    board = subprocess.run([*DARWIN, "leaderboard", run_id, "--json"], env=second_env,
-                           capture_output=True, text=True, timeout=120)
+    board = run_darwin(["leaderboard", run_id, "--json"], second_env, timeout=120)
     assert board.returncode == 0, board.stderr
     assert {"seed", "g001-c00", "g002-c00"} <= {
         c["candidate"] for c in json.loads(board.stdout)["candidates"]}
@@ -125,8 +115,9 @@ def test_a_store_that_goes_down_mid_run_stops_it_in_one_line(s3_env, sandbox, tm
     proxy = TcpProxy(target.hostname, target.port)
     proxy.on()
     url = f"s3://{s3_env['bucket']}/down-{uuid.uuid4().hex[:8]}"
-    env = _env(s3_env, tmp_path, url, "down", AWS_ENDPOINT_URL=proxy.url,
-               DARWIN_STORAGE_RETRY_S="3", AWS_MAX_ATTEMPTS="1")
+    env = cli_env(tmp_path / "down" / "home", prefect=tmp_path / "down" / "pf",
+                  DARWIN_STORAGE_URL=url, DARWIN_TRAINING_LOG=str(tmp_path / "trainings.log"),
+                  AWS_ENDPOINT_URL=proxy.url, DARWIN_STORAGE_RETRY_S="3", AWS_MAX_ATTEMPTS="1")
     run = subprocess.Popen(
         [*DARWIN, "run", "--budget", "tiny", "--generations", "1", "--population", "2", "--keep",
          "1", "--children", "2", "--seeds", "2", "--reruns", "0", "--repair-tries", "0",

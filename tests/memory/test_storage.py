@@ -13,6 +13,7 @@ import pytest
 
 from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord, Member
 from darwin.memory.store import RunStore, StoreError, list_runs
+from tests.conftest import cli_env, run_darwin
 
 WRITERS, UPDATES = 8, 50
 
@@ -203,27 +204,18 @@ def test_an_outage_longer_than_the_window_stops_in_one_line_and_loses_nothing(
 
 
 def test_the_cli_on_a_store_that_is_down_says_so_in_one_line(proxied_s3, s3_env, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     url = f"s3://{s3_env['bucket']}/cli-{uuid.uuid4().hex[:8]}"
     RunStore(url, "r1").create({"run_id": "r1", "experiment": {"budget": "tiny"}})
-    env = {**os.environ, "DARWIN_HOME": str(tmp_path), "DARWIN_STORAGE_URL": url,
-           "DARWIN_STORAGE_RETRY_S": "2"}
-
-    def darwin(*args):
-        return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=300)
+    env = cli_env(tmp_path, DARWIN_STORAGE_URL=url, DARWIN_STORAGE_RETRY_S="2")
 
     proxied_s3.off()
     for args in (["runs"], ["run", "--resume", "r1"]):
-        r = darwin(*args)
+        r = run_darwin(args, env, timeout=300)
         assert r.returncode == 3, (args, r.stderr)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "unreachable for 2 s" in lines[0], (args, r.stderr)
     proxied_s3.on()
-    r = darwin("runs", "--json")
+    r = run_darwin(["runs", "--json"], env, timeout=300)
     assert r.returncode == 0 and "r1" in r.stdout, r.stderr
 
 

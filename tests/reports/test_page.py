@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
 from darwin.memory.records import AskedRequest, RequestDecision, ReviewAnswer, ReviewRecord
 from darwin.memory.store import RunStore
 from darwin.reports.page import build_report
+from tests.conftest import cli_env, run_darwin
 from tests.reports import synthetic
 
 ATTACK = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
@@ -86,32 +85,25 @@ def test_a_run_whose_children_all_crashed(tmp_path):
     assert "The best is the seed program itself" in report.path.read_text()
 
 
-def _darwin(args, url) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, "DARWIN_STORAGE_URL": str(url)}
-    return subprocess.run([sys.executable, "-m", "darwin.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=120)
-
-
 def test_cli_report_and_its_errors(stored, tmp_path):
     _, root, _, _ = stored
-    r = _darwin(["report", "--out", str(tmp_path / "r"), "--json"], root)
+    env = cli_env(DARWIN_STORAGE_URL=str(root))
+    r = run_darwin(["report", "--out", str(tmp_path / "r"), "--json"], env, timeout=120)
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)
     assert made["report"] == str(tmp_path / "r" / "report.html") and len(made["figures"]) == 6
-    r = _darwin(["report", "no-such-run"], root)
+    r = run_darwin(["report", "no-such-run"], env, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown run 'no-such-run'" in r.stderr
     (tmp_path / "file").write_text("")
-    r = _darwin(["report", "--out", str(tmp_path / "file")], root)
+    r = run_darwin(["report", "--out", str(tmp_path / "file")], env, timeout=120)
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_compares_runs(tmp_path):
     synthetic.write(synthetic.run(run_id="20260101-llm"), tmp_path)
     synthetic.write(synthetic.run(seed=3, run_id="20260102-offline", llm=False), tmp_path)
-    r = _darwin(["report", "20260101-llm", "20260102-offline", "--out", str(tmp_path / "c"),
-                 "--json"], tmp_path)
+    r = run_darwin(["report", "20260101-llm", "20260102-offline", "--out", str(tmp_path / "c"),
+                    "--json"], cli_env(DARWIN_STORAGE_URL=str(tmp_path)), timeout=120)
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "c" / "report.html").read_text()
     assert "20260101-llm vs 20260102-offline" in page and "data:image/png;base64," in page
