@@ -146,9 +146,8 @@ def test_answering_the_review_lets_it_finish_and_a_second_deployment_continues_i
     # (flows/launch.py) and records the same settings.
     spec = json.loads((ROOT / "deployments" / "experiments" / "tiny.json").read_text())
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in spec.items()]
-    cli_env = {**env, "DARWIN_HOME": str(home / "cli")}  # the same Prefect server
-    r = subprocess.run([sys.executable, "-m", "darwin.cli", "run", *flags, "--no-review"],
-                       env=cli_env, text=True, capture_output=True, timeout=600)
+    by_hand = {**env, "DARWIN_HOME": str(home / "cli")}  # the same Prefect server
+    r = run_darwin(["run", *flags, "--no-review"], by_hand)
     assert r.returncode == 0, r.stderr[-3000:]
     (cli_run,) = list_runs(home / "cli" / "runs")
     deployed, by_cli = store.meta(), RunStore(home / "cli" / "runs", cli_run).meta()
