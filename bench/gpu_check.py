@@ -19,7 +19,7 @@ from pathlib import Path
 
 from darwin.engine.slots import run_in_slots
 from darwin.evaluation.budgets import get_budget
-from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.train_then_score import train_then_score
 from darwin.evaluation.training import seed_program
 from darwin.sandbox import check, get_sandbox
 
@@ -42,7 +42,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="darwin-gpu-"))
 
     def one(seed: int, _cpus=None) -> dict:
-        ev = evaluate_program(seed_program(), budget, seed, box, tmp / f"s{seed}-{time.time_ns()}",
+        ev = train_then_score(seed_program(), budget, seed, box, tmp / f"s{seed}-{time.time_ns()}",
                               device="cuda")
         d = ev.to_dict()
         if not ev.ok:

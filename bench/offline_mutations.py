@@ -18,7 +18,7 @@ from pathlib import Path
 
 from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.evaluation.budgets import get_budget
-from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.train_then_score import train_then_score
 from darwin.evaluation.training import seed_program
 from darwin.mutation.base import MutationContext
 from darwin.mutation.offline import OfflineMutator
@@ -43,7 +43,7 @@ def main() -> None:
     def run(src: str, name: str, seed: int, cpus):
         path = tmp / f"{name}.py"
         path.write_text(src)
-        return evaluate_program(path, budget, seed, box, tmp / name, cpus=cpus)
+        return train_then_score(path, budget, seed, box, tmp / name, cpus=cpus)
 
     base = run_in_slots(range(args.seeds), lambda s, c: run(seed_src, f"seed-{s}", s, c), slots)
     losses = [e.loss for e in base]

@@ -22,7 +22,7 @@ import numpy as np
 
 from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.evaluation.budgets import get_budget
-from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.train_then_score import train_then_score
 from darwin.evaluation.training import seed_program
 from darwin.sandbox import get_sandbox
 
@@ -57,7 +57,7 @@ def main() -> None:
                                         "name": "cpu"})
 
         def one(seed: int, cpus, budget=budget, iters=iters):
-            ev = evaluate_program(seed_program(), budget, seed, box, tmp / f"{iters}-{seed}",
+            ev = train_then_score(seed_program(), budget, seed, box, tmp / f"{iters}-{seed}",
                                   cpus=cpus)
             assert ev.ok, ev.detail
             return ev

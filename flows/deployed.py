@@ -1,8 +1,9 @@
 """The run as a deployment starts it (deployments/prefect.yaml, `darwin serve`): a new run from
 an experiment file, or a named run continued for N more generations ("evolve a bit more every
 night"). Whatever starts it (a schedule, the UI's Run button, `prefect deployment run`), it
-goes through the same lifecycle as `darwin run` (flows/launch.py), without a terminal: reviews are answered in the UI or with
-`darwin review`, and nobody answering applies the defaults after the review timeout.
+goes through the same lifecycle as `darwin run` (flows/launch.py), without a terminal: reviews
+are answered in the UI or with `darwin review`, and nobody answering applies the defaults after
+the review timeout.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
     for ``more_generations`` more generations; returns the run's summary. A bad setting fails
     the flow run with one line naming the parameter (its state message in the UI)."""
     from darwin.engine.reviews import make_policy
-    from darwin.flows.launch import Start, launch
+    from darwin.flows.launch import Start, launch_run
 
     try:
         policy = make_policy(True, review_every, review_timeout)
@@ -42,7 +43,7 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
             experiment = read_experiment(experiment_file) if experiment_file else \
                 make_experiment()
             start = Start(experiment=experiment, review=policy)
-        summary = launch(start, print)
+        summary = launch_run(start, print)
     except UserError as e:
         words = _as_parameter(str(e))
         get_run_logger().error(f"darwin: error: {words}")

@@ -54,7 +54,7 @@ class Launched:
     store_url: str
 
 
-def launch(start: Start, say: Say,
+def launch_run(start: Start, say: Say,
            attend: Callable[[Launched], contextlib.AbstractContextManager] | None = None
            ) -> dict:
     """Run ``start`` to its end and return the run's summary (``report``: the page's path)."""

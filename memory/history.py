@@ -88,7 +88,7 @@ def resolve_at(store: RunStore, at: str | None, at_generation: int | None) -> Ru
     return RunAsOf(store, at_generation)
 
 
-def history(store: RunStore) -> dict:
+def run_history(store: RunStore) -> dict:
     """Every commit (from the generation records: always there) and HEAD's versions (a
     versioned bucket only; None otherwise)."""
     head = store.head()

@@ -180,7 +180,7 @@ def history(run_id: str | None = None, *, storage: StorageFlag = None,
     run_id
         The run (default: the latest).
     """
-    from darwin.memory.history import history as run_history
+    from darwin.memory.history import run_history
     from darwin.reports.views import open_run
 
     store = open_run(store_url(storage), run_id)

@@ -87,7 +87,7 @@ def run(
     from darwin.engine.experiment import make_experiment
     from darwin.engine.reviews import make_policy
     from darwin.flows.admin import hide_reported_errors, quiet_prefect
-    from darwin.flows.launch import Start, launch
+    from darwin.flows.launch import Start, launch_run
 
     quiet_prefect()
     # Nobody can answer a run on the embedded Prefect whose stdin is not a terminal: it applies
@@ -102,7 +102,7 @@ def run(
     hide_reported_errors()
     start = Start(experiment=experiment, resume=resume, sandbox=sandbox, slots=slots,
                   review=policy)
-    summary = launch(start, say, attend=_attend_terminal(policy))
+    summary = launch_run(start, say, attend=_attend_terminal(policy))
     if json_:
         print(json.dumps(summary, indent=2))
         return

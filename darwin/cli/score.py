@@ -29,7 +29,7 @@ def _progress(quiet: bool):
 
 def _measure(program: Path, budget_name: str, seeds: list[int], device: str,
                    sandbox: str | None, quiet: bool) -> list:
-    from darwin.engine.measure import check_inputs, measure, scratch_folder
+    from darwin.engine.measure import check_inputs, measure_program, scratch_folder
     from darwin.evaluation.budgets import get_budget
     from darwin.settings import get_settings
 
@@ -50,7 +50,7 @@ def _measure(program: Path, budget_name: str, seeds: list[int], device: str,
             progress.update(tasks[seed], completed=budget.tokens,
                             description=f"seed {seed}: {status}")
 
-        return measure(program, budget, seeds, device, box, scratch,
+        return measure_program(program, budget, seeds, device, box, scratch,
                        on_start=lambda s: progress.update(tasks[s],
                                                           description=f"seed {s}: training"),
                        on_progress=on_progress, on_done=on_done)

@@ -24,7 +24,7 @@ from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.human_loop import HumanLoop
 from darwin.engine.run_context import RunContext
 from darwin.evaluation.data import load_dataset
-from darwin.evaluation.evaluate import Evaluation, evaluate_program
+from darwin.evaluation.train_then_score import Evaluation, train_then_score
 from darwin.evaluation.outputs import OUTPUT_LIMITS
 from darwin.evaluation.scoring import PrestartedScorer, prestart_scorer
 from darwin.evaluation.training import Prestarted, TrainResult, prestart
@@ -171,7 +171,7 @@ class Evaluations:
             return ev
         program, marker = self._prepare(cid, seed)
         trained = TrainResult.from_json(marker.read_text()) if marker.exists() else None
-        result = evaluate_program(program, self.run.budget, seed, self.run.sandbox,
+        result = train_then_score(program, self.run.budget, seed, self.run.sandbox,
                                   marker.parent / "run", device=self.run.experiment.device,
                                   cpus=cpus, trained=trained,
                                   on_trained=self._on_trained(marker, cid, seed),

@@ -13,7 +13,7 @@ from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.errors import UserError
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.data import load_dataset
-from darwin.evaluation.evaluate import Evaluation, evaluate_program
+from darwin.evaluation.train_then_score import Evaluation, train_then_score
 from darwin.evaluation.hardware import check_device
 from darwin.sandbox import Sandbox
 
@@ -33,7 +33,7 @@ def check_inputs(program: Path, device: str) -> None:
     load_dataset()  # a missing or altered dataset fails here, before any work
 
 
-def measure(program: Path, budget: Budget, seeds: list[int], device: str, box: Sandbox,
+def measure_program(program: Path, budget: Budget, seeds: list[int], device: str, box: Sandbox,
             scratch: Path, *, on_start: Callable[[int], None] = lambda seed: None,
             on_progress: Callable[[int, int, int], None] = lambda seed, done, total: None,
             on_done: Callable[[int, Evaluation], None] = lambda seed, ev: None,
@@ -42,7 +42,7 @@ def measure(program: Path, budget: Budget, seeds: list[int], device: str, box: S
 
     def work(seed: int, cpus):
         on_start(seed)
-        ev = evaluate_program(program, budget, seed, box, scratch / f"seed-{seed}", device=device,
+        ev = train_then_score(program, budget, seed, box, scratch / f"seed-{seed}", device=device,
                               cpus=cpus, on_progress=lambda d, t: on_progress(seed, d, t))
         on_done(seed, ev)
         return ev

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.train_then_score import train_then_score
 from darwin.evaluation.failures import Failure
 
 pytestmark = pytest.mark.sandbox
@@ -155,7 +155,7 @@ def _evaluate(case: str, sandbox, tiny, tmp_path: Path, **fill: str):
         source = source.replace(f"@@{key}@@", value)
     program = tmp_path / f"{case}.py"
     program.write_text(source)
-    return evaluate_program(program, tiny, 0, sandbox, tmp_path / "work")
+    return train_then_score(program, tiny, 0, sandbox, tmp_path / "work")
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.train_then_score import train_then_score
 from darwin.evaluation.training import seed_program
 
 pytestmark = pytest.mark.sandbox
 
 
 def test_seed_trains_on_tiny_below_the_threshold(sandbox, tiny, tmp_path):
-    ev = evaluate_program(seed_program(), tiny, 0, sandbox, tmp_path / "work")
+    ev = train_then_score(seed_program(), tiny, 0, sandbox, tmp_path / "work")
     assert ev.ok, (ev.failure, ev.detail, ev.train.log_tail())
     assert ev.loss < 3.5 < math.log(65)  # clearly better than uniform guessing
     assert ev.train.tokens_served == tiny.tokens  # it spent exactly its budget
@@ -28,8 +28,8 @@ def test_seed_trains_on_tiny_below_the_threshold(sandbox, tiny, tmp_path):
 
 
 def test_seed_is_deterministic_per_seed(sandbox, tiny, tmp_path):
-    a = evaluate_program(seed_program(), tiny, 1, sandbox, tmp_path / "a")
-    b = evaluate_program(seed_program(), tiny, 1, sandbox, tmp_path / "b")
-    c = evaluate_program(seed_program(), tiny, 2, sandbox, tmp_path / "c")
+    a = train_then_score(seed_program(), tiny, 1, sandbox, tmp_path / "a")
+    b = train_then_score(seed_program(), tiny, 1, sandbox, tmp_path / "b")
+    c = train_then_score(seed_program(), tiny, 2, sandbox, tmp_path / "c")
     assert a.loss == b.loss
     assert a.loss != c.loss

@@ -166,7 +166,7 @@ def test_a_malicious_log_line_is_quoted_as_data(llm_server, llm_settings, tiny):
 @pytest.mark.parametrize("mode", ["search_replace", "whole"])
 def test_child_from_the_server_trains_and_scores(mode, llm_server, llm_settings, tiny, sandbox,
                                                  tmp_path, darwin_home, monkeypatch):
-    from darwin.evaluation.evaluate import evaluate_program
+    from darwin.evaluation.train_then_score import train_then_score
 
     monkeypatch.setenv("OPENAI_API_KEY", llm_server.key)  # where a user would keep it
     if mode == "whole":
@@ -178,7 +178,7 @@ def test_child_from_the_server_trains_and_scores(mode, llm_server, llm_settings,
     assert r.ok, r.detail
     child = tmp_path / "child.py"
     child.write_text(r.child)
-    ev = evaluate_program(child, tiny, 0, sandbox, tmp_path / "run")
+    ev = train_then_score(child, tiny, 0, sandbox, tmp_path / "run")
     assert ev.ok, (ev.failure, ev.detail)
     assert ev.loss < 3.6
     # The key is nowhere on disk: not in the run folder, not under DARWIN_HOME.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from darwin.errors import UserError
-from darwin.memory.history import RunAsOf, export_run, history, resolve_at
+from darwin.memory.history import RunAsOf, export_run, resolve_at, run_history
 from darwin.memory.store import RunStore, StoreError, list_runs
 from darwin.reports.views import leaderboard_rows
 from tests.reports import synthetic
@@ -23,7 +23,7 @@ def stored(store_url):
 
 
 def test_history_lists_every_commit_and_heads_versions_where_kept(stored):
-    found = history(stored)
+    found = run_history(stored)
     assert [c["generation"] for c in found["commits"]] == [0, 1, 2]
     assert all(c["host"] and c["pid"] for c in found["commits"])  # the committing process
     versions = found["head_versions"]
@@ -100,8 +100,8 @@ def test_a_bucket_without_versioning_says_so_and_the_rest_works(s3_env, s3_serve
     s3fs.S3FileSystem(endpoint_url=s3_server["endpoint"], key="testing",
                       secret="testing").mkdir(bucket)
     store = synthetic.write(synthetic.run(generations=1, children=2), f"s3://{bucket}/runs")
-    assert history(store)["head_versions"] is None
-    assert [c["generation"] for c in history(store)["commits"]] == [0, 1]
+    assert run_history(store)["head_versions"] is None
+    assert [c["generation"] for c in run_history(store)["commits"]] == [0, 1]
     with pytest.raises(UserError, match="keeps no versions"):
         resolve_at(store, "some-version", None)
     assert resolve_at(store, None, 0).head() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from darwin.evaluation.evaluate import evaluate_program
+from darwin.evaluation.train_then_score import train_then_score
 from darwin.evaluation.training import seed_program
 from darwin.llm.client import LLMClient
 from darwin.mutation.base import apply_answer
@@ -32,14 +32,14 @@ def test_each_operator_child_trains_and_scores(name, sandbox, tiny, tmp_path):
     assert CONSTRUCT[name] in _changed_lines(unified_diff(SEED, child))
     path = tmp_path / "child.py"
     path.write_text(child)
-    ev = evaluate_program(path, tiny, 0, sandbox, tmp_path / "run")
+    ev = train_then_score(path, tiny, 0, sandbox, tmp_path / "run")
     assert ev.ok, (name, ev.failure, ev.detail, ev.train.log_tail(800))
 
 
 def _evaluate(source, budget, sandbox, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
-    return evaluate_program(path, budget, 0, sandbox, path.parent / (path.stem + "-run"))
+    return train_then_score(path, budget, 0, sandbox, path.parent / (path.stem + "-run"))
 
 
 def _repair_until_ok(repairer, broken, parent, ev, budget, sandbox, tmp_path, tries=4):

@@ -121,12 +121,12 @@ def test_scoring_through_docker_agrees_with_bubblewrap(program, docker_sandbox, 
                                                        tmp_path):
     """The honest seed and a user's nanoGPT fork pass every check of the scorer on both
     backends, with the same loss."""
-    from darwin.evaluation.evaluate import evaluate_program
+    from darwin.evaluation.train_then_score import train_then_score
 
     path = seed_program() if program == "seed" else PROGRAMS / "nanogpt_fork.py"
     losses = {}
     for box in (docker_sandbox, sandbox):
-        ev = evaluate_program(path, tiny, 0, box, tmp_path / box.name)
+        ev = train_then_score(path, tiny, 0, box, tmp_path / box.name)
         assert ev.ok, ev.detail
         assert ev.train.backend == box.name and ev.train.isolated
         checks = ev.score.checks

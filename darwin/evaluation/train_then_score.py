@@ -123,7 +123,7 @@ def compare_claims(claims: dict, trusted_loss: float | None) -> list[str]:
     return flags
 
 
-def evaluate_program(
+def train_then_score(
     program: Path,
     budget: Budget,
     seed: int,
