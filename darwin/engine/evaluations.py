@@ -24,9 +24,9 @@ from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.human_loop import HumanLoop
 from darwin.engine.run_context import RunContext
 from darwin.evaluation.data import load_dataset
-from darwin.evaluation.train_then_score import Evaluation, train_then_score
 from darwin.evaluation.outputs import OUTPUT_LIMITS
 from darwin.evaluation.scoring import PrestartedScorer, prestart_scorer
+from darwin.evaluation.train_then_score import Evaluation, train_then_score
 from darwin.evaluation.training import Prestarted, TrainResult, prestart
 from darwin.evaluation.training import train as train_program
 from darwin.memory.records import EvaluationRecord

@@ -13,8 +13,8 @@ from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.errors import UserError
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.data import load_dataset
-from darwin.evaluation.train_then_score import Evaluation, train_then_score
 from darwin.evaluation.hardware import check_device
+from darwin.evaluation.train_then_score import Evaluation, train_then_score
 from darwin.sandbox import Sandbox
 
 
