@@ -40,9 +40,9 @@ def through_flow(budget: str, seeds: list[int]) -> tuple[float, list[EvaluationR
     """Train and score the seed program once per seed as a run's children; returns the wall time
     of the flow, the evaluation records and the number of slots used."""
     experiment = make_experiment(budget=budget, mutator="offline")
-    url = get_settings().store_url
+    url = get_settings().storage_url
     opened = create_run(url, experiment, seed_program(), {})
-    ref = RunRef(run_id=opened.run_id, store_url=url, experiment=experiment)
+    ref = RunRef(run_id=opened.run_id, storage_url=url, experiment=experiment)
     engine = engine_for(ref)
     engine.candidates.add_seed_program(engine.store.code(engine.store.meta()["seed_code_sha"]))
     pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)

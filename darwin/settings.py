@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # USD per million tokens (input, output). Override or extend with DARWIN_LLM__PRICES='{"m": [a, b]}'.
@@ -63,7 +63,8 @@ class LLMSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DARWIN_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DARWIN_", env_nested_delimiter="__",
+                                      extra="ignore", populate_by_name=True)
 
     home: Path = Field(
         default=Path.home() / ".darwin",
@@ -75,10 +76,11 @@ class Settings(BaseSettings):
     docker_image: str = Field(
         default="darwin-sandbox:latest",
         description="the Docker sandbox's image (`darwin sandbox build`; built offline if absent)")
-    storage_url: str | None = Field(
-        default=None, description="where runs are stored: a folder or file:// URL, or "
-        "s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL); default $DARWIN_HOME/runs")
-    store: str | None = Field(default=None, description="older name of storage_url")
+    # DARWIN_STORE is the older name of DARWIN_STORAGE_URL (docs/storage.md); the newer wins.
+    storage_url: str = Field(
+        default="", validation_alias=AliasChoices("DARWIN_STORAGE_URL", "DARWIN_STORE"),
+        description="where runs are stored: a folder or file:// URL, or s3://bucket/prefix "
+        "(endpoint from AWS_ENDPOINT_URL); default $DARWIN_HOME/runs")
     slots: int | None = Field(
         default=None, description="children trained at once (default: one per core on CPU, "
         "4 on a GPU, fewer if memory is short)")
@@ -88,9 +90,11 @@ class Settings(BaseSettings):
         "on, off")
     llm: LLMSettings = Field(default_factory=LLMSettings)
 
-    @property
-    def store_url(self) -> str:
-        return self.storage_url or self.store or f"file://{self.home / 'runs'}"
+    @model_validator(mode="after")
+    def _default_storage(self) -> Settings:
+        if not self.storage_url:
+            self.storage_url = f"file://{self.home / 'runs'}"
+        return self
 
     @property
     def scratch(self) -> Path:

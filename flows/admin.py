@@ -61,18 +61,18 @@ def run_tag(run_id: str) -> str:
 
 
 @contextlib.contextmanager
-def run_context(run_id: str, budget: str, store_url: str):
+def run_context(run_id: str, budget: str, storage_url: str):
     """Prefect's context for one DARWIN run's flows, however it was started (`darwin run`, a
     deployment): the tags the UI filters on, and where its results are kept."""
     from prefect import tags
     from prefect.settings import temporary_settings
 
     with tags(run_tag(run_id), f"budget:{budget}"), \
-            temporary_settings(updates=results_settings(result_storage_block(store_url))):
+            temporary_settings(updates=results_settings(result_storage_block(storage_url))):
         yield
 
 
-def result_storage_block(store_url: str) -> str | None:
+def result_storage_block(storage_url: str) -> str | None:
     """For a store on S3, save (server-side, as Prefect requires) a RemoteFileSystem block that
     puts Prefect's task and flow results next to the run store, and return its slug. The block
     holds only the bucket path and the endpoint: credentials come from the environment of
@@ -80,11 +80,11 @@ def result_storage_block(store_url: str) -> str | None:
     local result folder is right there)."""
     import hashlib
 
-    if not store_url.startswith(("s3://", "s3a://")):
+    if not storage_url.startswith(("s3://", "s3a://")):
         return None
     from prefect.filesystems import RemoteFileSystem
 
-    basepath = f"{store_url.rstrip('/')}/prefect-results"
+    basepath = f"{storage_url.rstrip('/')}/prefect-results"
     settings: dict = {}
     if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
         settings["client_kwargs"] = {"endpoint_url": endpoint}

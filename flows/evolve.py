@@ -34,17 +34,17 @@ def _generation_zero(ref: RunRef) -> GenerationRecord:
     record = generation_zero(ref.run_id, evals, time.monotonic() - started,
                              ref.experiment.min_runs)
     steps.commit(ref, 0, record, io_start)
-    ui.publish(ref.run_id, ref.store_url, 0)
+    ui.publish(ref.run_id, ref.storage_url, 0)
     return record
 
 
 @flow(name="evolve", flow_run_name="{run_id}", log_prints=True)
-def evolve(experiment: Experiment, run_id: str, store_url: str,
+def evolve(experiment: Experiment, run_id: str, storage_url: str,
            review: ReviewPolicy | None = None, sandbox: str | None = None,
            slots: int | None = None) -> GenerationRecord:
     """Generations until the plan (or a review) ends the run. ``sandbox`` and ``slots``: what
     the run's launch chose (None: the DARWIN_* settings)."""
-    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment, sandbox=sandbox,
+    ref = RunRef(run_id=run_id, storage_url=storage_url, experiment=experiment, sandbox=sandbox,
                  slots=slots)
     engine = engine_for(ref)
     pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)
@@ -59,7 +59,7 @@ def evolve(experiment: Experiment, run_id: str, store_url: str,
         if last.generation >= engine.humans.planned_generations():  # a gate may stop or extend
             break
         last = generation.with_options(task_runner=runner)(
-            experiment, run_id, store_url, last.generation + 1, sandbox=sandbox, slots=slots)
+            experiment, run_id, storage_url, last.generation + 1, sandbox=sandbox, slots=slots)
     last = engine.humans.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
     steps.final_test.map(unmapped(ref), final_candidates(last, experiment.min_runs)).result()

@@ -55,10 +55,10 @@ def train_and_score(ref: RunRef, ids: list[str], seeds: list[int],
 
 
 @flow(name="generation", flow_run_name="gen-{gen:03d}", log_prints=True)
-def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
+def generation(experiment: Experiment, run_id: str, storage_url: str, gen: int,
                sandbox: str | None = None, slots: int | None = None) -> GenerationRecord:
     started_at, io_start = time.time(), asdict(io_stats())
-    ref = RunRef(run_id=run_id, store_url=store_url, experiment=experiment, sandbox=sandbox,
+    ref = RunRef(run_id=run_id, storage_url=storage_url, experiment=experiment, sandbox=sandbox,
                  slots=slots)
     engine, exp = engine_for(ref), experiment
     first_seed, *more_seeds = engine.seeds()
@@ -107,7 +107,7 @@ def generation(experiment: Experiment, run_id: str, store_url: str, gen: int,
     record = steps.select(ref, gen, [c.id for c, _ in final], started_at)
     steps.commit(ref, gen, record, io_start)
     ui.set_progress(progress.artifact, 100.0)
-    ui.publish(run_id, store_url, gen)
+    ui.publish(run_id, storage_url, gen)
     best = record.population[0]
     print(f"gen {gen}: best {best.candidate_id} val loss {best.fitness:.4f} over "
           f"{len(best.losses)} seed(s); promoted {record.promoted or 'none'}, "

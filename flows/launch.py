@@ -51,7 +51,7 @@ class Launched:
     slots: int
     sandbox: str
     claim: Any  # darwin.engine.runs.RunClaim | RemoteClaim
-    store_url: str
+    storage_url: str
 
 
 def launch_run(start: Start, say: Say,
@@ -87,10 +87,10 @@ def open_run(start: Start, say: Say) -> Launched:
     from darwin.settings import get_settings
 
     settings = get_settings()
-    url = settings.store_url
+    storage_url = settings.storage_url
     opened = claim = None
     if start.resume:
-        opened = open_for_resume(url, start.resume)
+        opened = open_for_resume(storage_url, start.resume)
         claim = claim_run(opened.store)  # a second resume of a live run stops here, in one line
     try:
         if opened is None:
@@ -117,7 +117,7 @@ def open_run(start: Start, say: Say) -> Launched:
         if opened is None:
             source = (Path(experiment.seed_program) if experiment.seed_program
                       else seed_program())
-            opened = create_run(url, experiment, source, environment(box.name, experiment.device))
+            opened = create_run(storage_url, experiment, source, environment(box.name, experiment.device))
             claim = claim_run(opened.store)
     except BaseException:
         if claim is not None:
@@ -135,14 +135,14 @@ def open_run(start: Start, say: Say) -> Launched:
              else f"resumed after generation {head}")
     if start.more_generations is not None and opened.resumed:
         state += f", continued for {start.more_generations} more, up to {experiment.generations}"
-    say(f"run {opened.run_id} ({state}); store {url}; resume with: "
+    say(f"run {opened.run_id} ({state}); store {storage_url}; resume with: "
         f"darwin run --resume {opened.run_id}")
     if opened.resumed:
         from darwin.flows.admin import mark_stale_runs_crashed
 
         mark_stale_runs_crashed(opened.run_id)
     return Launched(opened.run_id, opened.store, experiment, opened.resumed, slots, box.name,
-                    claim, url)
+                    claim, storage_url)
 
 
 def _evolve(run: Launched, review: ReviewPolicy, attend) -> Any:
@@ -151,8 +151,8 @@ def _evolve(run: Launched, review: ReviewPolicy, attend) -> Any:
 
     try:
         with (attend(run) if attend else contextlib.nullcontext()), \
-                run_context(run.run_id, run.experiment.budget, run.store_url):
-            return evolve(run.experiment, run.run_id, run.store_url, review=review,
+                run_context(run.run_id, run.experiment.budget, run.storage_url):
+            return evolve(run.experiment, run.run_id, run.storage_url, review=review,
                           sandbox=run.sandbox, slots=run.slots)
     except StorageError as e:  # the store stayed down: what was committed stays committed
         raise StorageError(f"{e}; continue with: darwin run --resume {run.run_id}") from None

@@ -76,8 +76,8 @@ class RunStore:
     """One run's typed records, code, logs, models, reviews and pointers, as blobs under
     ``<root>/<run_id>``."""
 
-    def __init__(self, url: str | Path, run_id: str):
-        fs, root = open_fs(url)
+    def __init__(self, storage_url: str | Path, run_id: str):
+        fs, root = open_fs(storage_url)
         self.blobs = Blobs(fs, f"{root.rstrip('/')}/{run_id}")
         self.run_id = run_id
 
@@ -348,8 +348,8 @@ class RunStore:
 
 
 @storage_errors
-def list_runs(url: str | Path) -> list[str]:
-    fs, root = open_fs(url)
+def list_runs(storage_url: str | Path) -> list[str]:
+    fs, root = open_fs(storage_url)
     try:
         entries = fs.ls(root, detail=False)
     except FileNotFoundError:

@@ -58,8 +58,8 @@ def write_report(store: RunStore) -> str:
 
 
 @task(name="publish", task_run_name="publish-g{gen:03d}", cache_policy=NO_CACHE)
-def publish(run_id: str, store_url: str, gen: int) -> None:
-    store = RunStore(store_url, run_id)
+def publish(run_id: str, storage_url: str, gen: int) -> None:
+    store = RunStore(storage_url, run_id)
     rows = [{k: r[k] for k in TABLE_COLUMNS} for r in leaderboard_rows(store)[:50]]
     create_table_artifact(key=artifact_key(store.run_id, "leaderboard"), table=rows,
                           description=f"{store.run_id} after generation {gen}, best first")

@@ -314,7 +314,7 @@ def s3_server():
 
 
 @pytest.fixture(params=["local", "s3"])
-def store_url(request, tmp_path):
+def storage_url(request, tmp_path):
     """A run store on each backend: a local folder, and a fresh prefix on moto's S3."""
     import uuid
 

@@ -1,6 +1,6 @@
 """`darwin runs`, `leaderboard`, `show`, `history` and `export`: read runs back from the store,
 as they are or as they were (--at VERSION, --at-generation N), from this store or another
-(--storage URL), and copy them between stores."""
+(--storage-url URL), and copy them between stores."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from rich.table import Table
 
 from darwin.cli.app import JsonFlag, app, err, out
 
+# --storage is the flag's older, shorter name.
 StorageFlag = Annotated[str | None, Parameter(
-    name="--storage", help="read this store (a folder or s3://bucket/prefix) instead of "
-                           "$DARWIN_STORAGE_URL")]
+    name=["--storage-url", "--storage"],
+    help="read this store (a folder or s3://bucket/prefix) instead of $DARWIN_STORAGE_URL")]
 AtFlag = Annotated[str | None, Parameter(
     name="--at", help="the run as it was at this version of its HEAD (`darwin history` lists "
                       "them; a versioned bucket)")]
@@ -23,27 +24,28 @@ AtGenerationFlag = Annotated[int | None, Parameter(
     name="--at-generation", help="the run as it was right after generation N was committed")]
 
 
-def store_url(storage: str | None) -> str:
+def chosen_storage_url(given: str | None) -> str:
+    """--storage-url, else $DARWIN_STORAGE_URL (default $DARWIN_HOME/runs)."""
     from darwin.settings import get_settings
 
-    return storage or get_settings().store_url
+    return given or get_settings().storage_url
 
 
-def open_as_of(run_id: str | None, storage: str | None, at: str | None = None,
+def open_as_of(run_id: str | None, storage_url: str | None, at: str | None = None,
                at_generation: int | None = None):
-    """The run (default: the latest) from ``storage``, as of ``at`` / ``at_generation``."""
+    """The run (default: the latest) from ``storage_url``, as of ``at`` / ``at_generation``."""
     from darwin.memory.history import resolve_at
     from darwin.reports.views import open_run
 
-    return resolve_at(open_run(store_url(storage), run_id), at, at_generation)
+    return resolve_at(open_run(chosen_storage_url(storage_url), run_id), at, at_generation)
 
 
 @app.command
-def runs(*, storage: StorageFlag = None, json_: JsonFlag = False) -> None:
+def runs(*, storage_url: StorageFlag = None, json_: JsonFlag = False) -> None:
     """List the runs in the store ($DARWIN_STORAGE_URL, default $DARWIN_HOME/runs)."""
     from darwin.reports.views import run_rows
 
-    rows = run_rows(store_url(storage))
+    rows = run_rows(chosen_storage_url(storage_url))
     if json_:
         print(json.dumps(rows, indent=2))
         return
@@ -63,7 +65,7 @@ def runs(*, storage: StorageFlag = None, json_: JsonFlag = False) -> None:
 
 @app.command
 def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
-                at_generation: AtGenerationFlag = None, storage: StorageFlag = None,
+                at_generation: AtGenerationFlag = None, storage_url: StorageFlag = None,
                 json_: JsonFlag = False) -> None:
     """Every candidate of RUN (default: the latest), best first.
 
@@ -74,7 +76,7 @@ def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
     """
     from darwin.reports.views import leaderboard_rows
 
-    store = open_as_of(run_id, storage, at, at_generation)
+    store = open_as_of(run_id, storage_url, at, at_generation)
     rows = leaderboard_rows(store)
     if json_:
         print(json.dumps({"run_id": store.run_id, "head": store.head(), "candidates": rows},
@@ -100,7 +102,7 @@ def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
 @app.command
 def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run")] = None,
          code: bool = False, at: AtFlag = None, at_generation: AtGenerationFlag = None,
-         storage: StorageFlag = None, json_: JsonFlag = False) -> None:
+         storage_url: StorageFlag = None, json_: JsonFlag = False) -> None:
     """One candidate: its reasoning, kind of change, diff against its parent, metrics, claims
     and failure. CANDIDATE is an id like g002-c01 (in --run, default the latest run) or RUN/ID.
 
@@ -118,7 +120,7 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
 
     if "/" in candidate:
         run_id, candidate = candidate.rsplit("/", 1)
-    store = open_as_of(run_id, storage, at, at_generation)
+    store = open_as_of(run_id, storage_url, at, at_generation)
     d = candidate_detail(store, candidate)
     if json_:
         print(json.dumps(d, indent=2))
@@ -169,7 +171,7 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
 
 
 @app.command
-def history(run_id: str | None = None, *, storage: StorageFlag = None,
+def history(run_id: str | None = None, *, storage_url: StorageFlag = None,
             json_: JsonFlag = False) -> None:
     """RUN's past: every committed generation (when, by which host and process, its children,
     promotions, who joined and left the population) and, on a versioned bucket, every version
@@ -183,7 +185,7 @@ def history(run_id: str | None = None, *, storage: StorageFlag = None,
     from darwin.memory.history import run_history
     from darwin.reports.views import open_run
 
-    store = open_run(store_url(storage), run_id)
+    store = open_run(chosen_storage_url(storage_url), run_id)
     found = run_history(store)
     if json_:
         print(json.dumps(found, indent=2))
@@ -222,7 +224,7 @@ def _when(t: float) -> str:
 
 
 @app.command
-def export(run_id: str, dest: str, *, storage: StorageFlag = None,
+def export(run_id: str, dest: str, *, storage_url: StorageFlag = None,
            json_: JsonFlag = False) -> None:
     """Copy RUN to the store DEST (a folder or s3://bucket/prefix), byte for byte: every record,
     program, log, model and pointer. What is already there with the same bytes is skipped (an
@@ -240,7 +242,7 @@ def export(run_id: str, dest: str, *, storage: StorageFlag = None,
     from darwin.memory.store import RunStore
     from darwin.reports.views import open_run
 
-    source = open_run(store_url(storage), run_id)
+    source = open_run(chosen_storage_url(storage_url), run_id)
     done = export_run(source, RunStore(dest, source.run_id),
                       progress=None if json_ or not err.is_terminal else
                       lambda i, n: err.print(f"\r{i}/{n} objects", end=""))

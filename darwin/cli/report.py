@@ -17,7 +17,7 @@ def report(*runs: str,
            out_dir: Annotated[Path | None, Parameter(name="--out")] = None,
            open_: Annotated[bool, Parameter(name="--open", negative=())] = False,
            at: AtFlag = None, at_generation: AtGenerationFlag = None,
-           storage: StorageFlag = None, json_: JsonFlag = False) -> None:
+           storage_url: StorageFlag = None, json_: JsonFlag = False) -> None:
     """Draw RUN's figures (fitness, lineage, loss curves, val loss vs MFU, time and cost, kinds
     of change) and write one HTML page with them, the leaderboard, the best program and its
     lineage's reasoning. With several runs: their best-so-far curves overlaid.
@@ -36,7 +36,7 @@ def report(*runs: str,
 
     if len(runs) > 1 and (at is not None or at_generation is not None):
         raise UserError("--at / --at-generation draw one run as it was; give one run")
-    stores = [open_as_of(r, storage, at, at_generation) for r in (runs or (None,))]
+    stores = [open_as_of(r, storage_url, at, at_generation) for r in (runs or (None,))]
     ids = [s.run_id for s in stores]
     if len(set(ids)) != len(ids):
         raise UserError(f"a run is named twice: {' '.join(ids)}; give each run once")

@@ -171,21 +171,21 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     return pairs
 
 
-def _waiting_run(url: str, run_id: str | None):
+def _waiting_run(storage_url: str, run_id: str | None):
     from darwin.memory.store import RunStore, list_runs
     from darwin.reports.views import open_run
 
     if run_id is not None:
-        store = open_run(url, run_id)
+        store = open_run(storage_url, run_id)
         waiting = store.waiting()
         if not waiting:
             raise UserError(f"run {store.run_id} is not waiting for a review")
         return store, waiting
-    for rid in reversed(list_runs(url)):
-        store = RunStore(url, rid)
+    for rid in reversed(list_runs(storage_url)):
+        store = RunStore(storage_url, rid)
         if waiting := store.waiting():
             return store, waiting
-    raise UserError(f"no run in {url} is waiting for a review")
+    raise UserError(f"no run in {storage_url} is waiting for a review")
 
 
 def _flow_state(api_url: str, flow_run_id: str, run_id: str):
@@ -273,7 +273,7 @@ def review(
     from darwin.settings import get_settings
 
     quiet_prefect()
-    store, waiting = _waiting_run(get_settings().store_url, run_id)
+    store, waiting = _waiting_run(get_settings().storage_url, run_id)
     rec = ReviewRecord.model_validate(waiting["review"])
     if not run_alive(store):  # its pause would take an answer nobody reads
         raise UserError(f"run {store.run_id} was paused for a review, but the process running "

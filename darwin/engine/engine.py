@@ -73,7 +73,7 @@ class RunRef(BaseModel):
     ``slots``, when given, stand in for the DARWIN_SANDBOX / DARWIN_SLOTS settings."""
 
     run_id: str
-    store_url: str
+    storage_url: str
     experiment: Experiment
     sandbox: str | None = None
     slots: int | None = None
@@ -89,12 +89,12 @@ def engine_for(ref: RunRef) -> Engine:
     key = ref.model_dump_json()
     with _ENGINES_LOCK:
         if key not in _ENGINES:
-            _ENGINES[key] = build_engine(ref.run_id, ref.store_url, ref.experiment,
+            _ENGINES[key] = build_engine(ref.run_id, ref.storage_url, ref.experiment,
                                          sandbox=ref.sandbox, slots=ref.slots)
         return _ENGINES[key]
 
 
-def build_engine(run_id: str, store_url: str, experiment: Experiment, *,
+def build_engine(run_id: str, storage_url: str, experiment: Experiment, *,
                  sandbox: str | None = None, slots: int | None = None) -> Engine:
     """The engine for a run, from what a flow parameter can carry (ids, a URL, the settings);
     ``sandbox`` and ``slots`` (None: from the settings) name the backend and the slot count."""
@@ -103,4 +103,4 @@ def build_engine(run_id: str, store_url: str, experiment: Experiment, *,
 
     settings = get_settings()
     backend = get_sandbox(sandbox if sandbox is not None else settings.sandbox)
-    return Engine(RunStore(store_url, run_id), experiment, settings, backend, asked_slots=slots)
+    return Engine(RunStore(storage_url, run_id), experiment, settings, backend, asked_slots=slots)

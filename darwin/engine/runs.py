@@ -55,7 +55,7 @@ def environment(sandbox: str, device: str) -> dict:
             "packages": packages, "sandbox": sandbox, "dataset_sha256": load_dataset().sha256}
 
 
-def create_run(store_url: str, experiment: Experiment, seed_program: Path,
+def create_run(storage_url: str, experiment: Experiment, seed_program: Path,
                env: dict | None = None) -> OpenedRun:
     """A new run in the store: its id, the seed program's code and the run's metadata."""
     from darwin import __version__
@@ -63,7 +63,7 @@ def create_run(store_url: str, experiment: Experiment, seed_program: Path,
     if not seed_program.is_file():
         raise UserError(f"--seed-program {seed_program} not found")
     run_id = new_run_id(experiment.budget)
-    store = RunStore(store_url, run_id)
+    store = RunStore(storage_url, run_id)
     sha = store.put_code(seed_program.read_text())
     store.create({"run_id": run_id, "experiment": experiment.model_dump(mode="json"),
                   "seed_code_sha": sha, "created_at": time.time(), "darwin": __version__,
@@ -71,11 +71,11 @@ def create_run(store_url: str, experiment: Experiment, seed_program: Path,
     return OpenedRun(run_id, store, experiment, resumed=False)
 
 
-def open_for_resume(store_url: str, run_id: str) -> OpenedRun:
+def open_for_resume(storage_url: str, run_id: str) -> OpenedRun:
     """An existing run, with the experiment it was started with."""
-    store = RunStore(store_url, run_id)
+    store = RunStore(storage_url, run_id)
     if not store.exists():
-        raise UserError(f"unknown run {run_id!r} in {store_url}: `darwin runs` lists the runs")
+        raise UserError(f"unknown run {run_id!r} in {storage_url}: `darwin runs` lists the runs")
     return OpenedRun(run_id, store, make_experiment(**store.meta()["experiment"]), resumed=True)
 
 

@@ -14,10 +14,10 @@ from darwin.memory.records import mean_loss
 from darwin.memory.store import RunStore, StoreError, list_runs
 
 
-def run_rows(url: str) -> list[dict]:
+def run_rows(storage_url: str) -> list[dict]:
     rows = []
-    for run_id in list_runs(url):
-        store = RunStore(url, run_id)
+    for run_id in list_runs(storage_url):
+        store = RunStore(storage_url, run_id)
         meta = store.meta()
         exp = meta.get("experiment", {})
         head = store.head()
@@ -38,15 +38,15 @@ def run_rows(url: str) -> list[dict]:
     return rows
 
 
-def open_run(url: str, run_id: str | None) -> RunStore:
-    runs = list_runs(url)
+def open_run(storage_url: str, run_id: str | None) -> RunStore:
+    runs = list_runs(storage_url)
     if not runs:
-        raise UserError(f"no runs in {url} yet: start one with `darwin run`")
+        raise UserError(f"no runs in {storage_url} yet: start one with `darwin run`")
     if run_id is None:
         run_id = runs[-1]
     if run_id not in runs:
-        raise UserError(f"unknown run {run_id!r}: `darwin runs` lists the runs in {url}")
-    return RunStore(url, run_id)
+        raise UserError(f"unknown run {run_id!r}: `darwin runs` lists the runs in {storage_url}")
+    return RunStore(storage_url, run_id)
 
 
 def leaderboard_rows(store: RunStore) -> list[dict]:

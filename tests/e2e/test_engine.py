@@ -266,7 +266,7 @@ def test_export_to_s3_and_back_is_identical_and_resumes(reference_run, prefect_s
     bucket = f"s3://{s3_env['bucket']}/exported-{uuid.uuid4().hex[:8]}"
     env = cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto")
     for src, dest in ((None, bucket), (bucket, str(tmp_path / "back"))):
-        args = ["export", store.run_id, dest, "--json"] + (["--storage", src] if src else [])
+        args = ["export", store.run_id, dest, "--json"] + (["--storage-url", src] if src else [])
         r = run_darwin(args, env)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["verified"] > 20

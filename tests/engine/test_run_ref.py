@@ -20,7 +20,7 @@ def ref(tmp_path, monkeypatch) -> RunRef:
     monkeypatch.setenv("DARWIN_SLOTS", "100000")
     url = str(tmp_path / "runs")
     RunStore(url, "r").create({"run_id": "r"})
-    return RunRef(run_id="r", store_url=url, experiment=Experiment(budget="tiny"))
+    return RunRef(run_id="r", storage_url=url, experiment=Experiment(budget="tiny"))
 
 
 def test_the_refs_sandbox_and_slots_win_over_the_settings(ref):

@@ -15,15 +15,15 @@ RESERVE, SPEND, CAP = 0.010, 0.004, 0.1
 
 
 @pytest.fixture()
-def store(store_url):
-    return RunStore(store_url, "r")
+def store(storage_url):
+    return RunStore(storage_url, "r")
 
 
-def test_parallel_callers_stop_at_the_cap(store_url, store):
+def test_parallel_callers_stop_at_the_cap(storage_url, store):
     made, refused = [], []
 
     def caller() -> None:
-        ledger = StoredLedger(RunStore(store_url, "r"), CAP)  # each its own objects, like processes
+        ledger = StoredLedger(RunStore(storage_url, "r"), CAP)  # each its own objects, like processes
         while True:
             try:
                 token = ledger.reserve(RESERVE)

@@ -18,8 +18,8 @@ def _files(store: RunStore) -> dict[str, bytes]:
 
 
 @pytest.fixture()
-def stored(store_url):
-    return synthetic.write(synthetic.run(generations=2, children=3), store_url)
+def stored(storage_url):
+    return synthetic.write(synthetic.run(generations=2, children=3), storage_url)
 
 
 def test_history_lists_every_commit_and_heads_versions_where_kept(stored):

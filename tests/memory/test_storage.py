@@ -19,8 +19,8 @@ WRITERS, UPDATES = 8, 50
 
 
 @pytest.fixture()
-def url(store_url):
-    return store_url
+def url(storage_url):
+    return storage_url
 
 
 def test_every_record_type_round_trips(url):
