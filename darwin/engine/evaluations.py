@@ -26,7 +26,7 @@ from darwin.engine.run_context import RunContext
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.outputs import OUTPUT_LIMITS
 from darwin.evaluation.scoring import PrestartedScorer, prestart_scorer
-from darwin.evaluation.train_then_score import Evaluation, train_then_score
+from darwin.evaluation.trial import Evaluation, train_then_score
 from darwin.evaluation.training import Prestarted, TrainResult, prestart
 from darwin.evaluation.training import train as train_program
 from darwin.memory.records import EvaluationRecord

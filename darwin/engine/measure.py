@@ -14,7 +14,7 @@ from darwin.errors import UserError
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.hardware import check_device
-from darwin.evaluation.train_then_score import Evaluation, train_then_score
+from darwin.evaluation.trial import Evaluation, train_then_score
 from darwin.sandbox import Sandbox
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from darwin.evaluation.failures import Failure
-from darwin.evaluation.train_then_score import train_then_score
+from darwin.evaluation.trial import train_then_score
 
 pytestmark = pytest.mark.sandbox
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from darwin.evaluation.train_then_score import train_then_score
+from darwin.evaluation.trial import train_then_score
 from darwin.evaluation.training import seed_program
 
 pytestmark = pytest.mark.sandbox

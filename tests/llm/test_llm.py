@@ -166,7 +166,7 @@ def test_a_malicious_log_line_is_quoted_as_data(llm_server, llm_settings, tiny):
 @pytest.mark.parametrize("mode", ["search_replace", "whole"])
 def test_child_from_the_server_trains_and_scores(mode, llm_server, llm_settings, tiny, sandbox,
                                                  tmp_path, darwin_home, monkeypatch):
-    from darwin.evaluation.train_then_score import train_then_score
+    from darwin.evaluation.trial import train_then_score
 
     monkeypatch.setenv("OPENAI_API_KEY", llm_server.key)  # where a user would keep it
     if mode == "whole":

@@ -121,7 +121,7 @@ def test_scoring_through_docker_agrees_with_bubblewrap(program, docker_sandbox, 
                                                        tmp_path):
     """The honest seed and a user's nanoGPT fork pass every check of the scorer on both
     backends, with the same loss."""
-    from darwin.evaluation.train_then_score import train_then_score
+    from darwin.evaluation.trial import train_then_score
 
     path = seed_program() if program == "seed" else PROGRAMS / "nanogpt_fork.py"
     losses = {}

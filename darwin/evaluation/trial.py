@@ -1,5 +1,5 @@
-"""Train a program and score it, exactly as a child is: the one path `score`, `baseline` and the
-evolution engine share."""
+"""One trial of a program: train it in the sandbox, then score it, exactly as a child is (the
+one path `darwin score`, `darwin baseline` and the evolution engine share)."""
 
 from __future__ import annotations
 
