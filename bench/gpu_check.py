@@ -19,8 +19,8 @@ from pathlib import Path
 
 from darwin.engine.slots import run_in_slots
 from darwin.evaluation.budgets import get_budget
-from darwin.evaluation.trial import train_then_score
 from darwin.evaluation.training import seed_program
+from darwin.evaluation.trial import train_then_score
 from darwin.sandbox import check, get_sandbox
 
 

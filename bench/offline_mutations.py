@@ -18,8 +18,8 @@ from pathlib import Path
 
 from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.evaluation.budgets import get_budget
-from darwin.evaluation.trial import train_then_score
 from darwin.evaluation.training import seed_program
+from darwin.evaluation.trial import train_then_score
 from darwin.mutation.base import MutationContext
 from darwin.mutation.offline import OfflineMutator
 from darwin.mutation.repair import RuleRepair, repair_case

@@ -22,8 +22,8 @@ import numpy as np
 
 from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.evaluation.budgets import get_budget
-from darwin.evaluation.trial import train_then_score
 from darwin.evaluation.training import seed_program
+from darwin.evaluation.trial import train_then_score
 from darwin.sandbox import get_sandbox
 
 RUNS = 3  # the default run's seeds for the seed, and min_runs for a child

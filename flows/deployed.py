@@ -13,7 +13,7 @@ import re
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from darwin.engine.experiment import make_experiment, read_experiment
+from darwin.engine import make_experiment, read_experiment
 from darwin.errors import UserError
 
 
@@ -31,7 +31,7 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
     """Start a run from ``experiment_file`` (defaults when None), or continue ``continue_run``
     for ``more_generations`` more generations; returns the run's summary. A bad setting fails
     the flow run with one line naming the parameter (its state message in the UI)."""
-    from darwin.engine.reviews import make_policy
+    from darwin.engine import make_policy
     from darwin.flows.launch import Start, launch_run
 
     try:

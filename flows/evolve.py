@@ -11,16 +11,19 @@ from dataclasses import asdict
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from darwin.engine.engine import RunRef, engine_for
-from darwin.engine.experiment import Experiment
-from darwin.engine.ids import SEED_ID
-from darwin.engine.policy import final_candidates, generation_zero
-from darwin.engine.reviews import ReviewPolicy
-from darwin.engine.slots import shared_pool
+from darwin.engine import (
+    SEED_ID,
+    Experiment,
+    ReviewPolicy,
+    RunRef,
+    engine_for,
+    final_candidates,
+    generation_zero,
+    shared_pool,
+)
 from darwin.flows.generation import generation, train_and_score
 from darwin.flows.review import hold_review
-from darwin.memory.blobs import io_stats
-from darwin.memory.records import GenerationRecord
+from darwin.memory import GenerationRecord, io_stats
 from darwin.tasks import publish as ui
 from darwin.tasks import steps
 

@@ -17,13 +17,18 @@ import numpy as np
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
-from darwin.engine.engine import RunRef, engine_for
-from darwin.engine.experiment import Experiment
-from darwin.engine.ids import candidate_id
-from darwin.engine.policy import apply_repairs, to_confirm, to_repair, to_rerun
-from darwin.engine.selection import choose_parents
-from darwin.memory.blobs import io_stats
-from darwin.memory.records import EvaluationRecord, GenerationRecord
+from darwin.engine import (
+    Experiment,
+    RunRef,
+    apply_repairs,
+    candidate_id,
+    choose_parents,
+    engine_for,
+    to_confirm,
+    to_repair,
+    to_rerun,
+)
+from darwin.memory import EvaluationRecord, GenerationRecord, io_stats
 from darwin.tasks import publish as ui
 from darwin.tasks import steps
 

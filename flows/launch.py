@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from darwin.engine.experiment import Experiment, continued, make_experiment
-from darwin.engine.reviews import ReviewPolicy
+from darwin.engine import Experiment, ReviewPolicy, continued, make_experiment
 from darwin.errors import StorageError
 
 Say = Callable[[str], None]
@@ -63,8 +62,8 @@ def launch_run(start: Start, say: Say,
         last = _evolve(run, start.review, attend)
     finally:
         run.claim.release()  # on S3, another machine may resume at once
-    from darwin.engine.runs import run_summary
-    from darwin.reports.page import write_run_report
+    from darwin.engine import run_summary
+    from darwin.reports import write_run_report
 
     summary = run_summary(run.store, last)
     made = write_run_report(run.store, say)  # with the test split, which the last gen lacked
@@ -75,14 +74,16 @@ def launch_run(start: Start, say: Say,
 def open_run(start: Start, say: Say) -> Launched:
     """Everything before evolving: each refusal is one line, made before anything is created
     where it can be (a bad device, too many slots, no sandbox, no mutator)."""
-    from darwin.engine import watchdog
-    from darwin.engine.runs import claim_run, create_run, environment, open_for_resume
-    from darwin.engine.slots import slot_count
-    from darwin.evaluation.budgets import get_budget
-    from darwin.evaluation.data import load_dataset
-    from darwin.evaluation.hardware import check_device
-    from darwin.evaluation.training import seed_program
-    from darwin.mutation.registry import make_mutator
+    from darwin.engine import (
+        claim_run,
+        create_run,
+        environment,
+        open_for_resume,
+        slot_count,
+        watchdog,
+    )
+    from darwin.evaluation import check_device, get_budget, load_dataset, seed_program
+    from darwin.mutation import make_mutator
     from darwin.sandbox import describe, get_sandbox
     from darwin.settings import get_settings
 
@@ -123,7 +124,7 @@ def open_run(start: Start, say: Say) -> Launched:
         if claim is not None:
             claim.release()
         raise
-    from darwin.engine.runs import reap_leftovers
+    from darwin.engine import reap_leftovers
 
     reaped = {what: n for what, n in reap_leftovers().items() if n}
     if reaped:

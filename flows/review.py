@@ -28,10 +28,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ConfigDict, Field, create_model
 
-from darwin.engine.engine import RunRef, engine_for
-from darwin.engine.reviews import ReviewPolicy, check_answer, complete, default_answer
-from darwin.memory.records import ReviewAnswer, ReviewRecord
-from darwin.reports.review import answer_line, asked, review_markdown
+from darwin.engine import ReviewPolicy, RunRef, check_answer, complete, default_answer, engine_for
+from darwin.memory import ReviewAnswer, ReviewRecord
+from darwin.reports import answer_line, asked, review_markdown
 
 log = logging.getLogger(__name__)
 

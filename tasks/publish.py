@@ -17,8 +17,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from darwin.memory.store import RunStore
-from darwin.reports.views import artifact_key, generation_markdown, leaderboard_rows
+from darwin.memory import RunStore
+from darwin.reports import artifact_key, generation_markdown, leaderboard_rows
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def write_report(store: RunStore) -> str:
     """The run's HTML report, (re)written in its default folder; markdown for the UI: the key
     figures inline and where the report is. Drawing never fails a generation: a figure that
     cannot be drawn is said in the markdown and the log."""
-    from darwin.reports.page import write_run_report
+    from darwin.reports import write_run_report
 
     said: list[str] = []  # the markdown says it too, next to the tables
     made = write_run_report(store, said.append)

@@ -21,14 +21,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from darwin.engine.engine import RunRef, engine_for
-from darwin.engine.faults import checkpoint
-from darwin.engine.ids import parse
-from darwin.engine.slots import shared_pool, warm_gate
-from darwin.memory.blobs import IOStats, io_stats
-from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord
-from darwin.mutation.base import MutationContext
-from darwin.sandbox.limits import pid_alive
+from darwin.engine import RunRef, checkpoint, engine_for, parse, shared_pool, warm_gate
+from darwin.memory import CandidateRecord, EvaluationRecord, GenerationRecord, IOStats, io_stats
+from darwin.mutation import MutationContext
+from darwin.sandbox import pid_alive
 
 
 @task(name="prompt", task_run_name="prompt-{cid}", cache_policy=NO_CACHE)

@@ -201,12 +201,16 @@ def _names(value: ast.expr, path: Path) -> list[str]:
     if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "sorted":
         (arg,) = value.args
         if isinstance(arg, ast.Name):  # sorted(_FACE): the dict assigned to that name
-            tree = ast.parse(path.read_text())
-            for node in tree.body:
+            for node in ast.parse(path.read_text()).body:
                 if isinstance(node, ast.Assign) and any(
                         isinstance(t, ast.Name) and t.id == arg.id for t in node.targets):
                     return [ast.literal_eval(k) for k in node.value.keys]
-    raise AssertionError(f"{path}: __all__ must be a literal list or sorted(<a dict name>)")
+        if isinstance(arg, ast.List):  # sorted([*_FACE, "name", ...])
+            return [n for e in arg.elts for n in (
+                _names(ast.Call(func=value.func, args=[e.value], keywords=[]), path)
+                if isinstance(e, ast.Starred) else [ast.literal_eval(e)])]
+    raise AssertionError(f"{path}: __all__ must be a literal list or sorted(<a dict name>), "
+                         "or sorted([*<a dict name>, 'name', ...])")
 
 
 def face_violations(module: str, path: Path, known_faces: dict[str, set[str]]) -> list[str]:

@@ -32,7 +32,7 @@ def llm_server(
         "package: einops would shorten the attention code"; kinds: dataset, package,
         file_layout, budget, other.
     """
-    from darwin.llm.devserver import ScriptedLLMServer
+    from darwin.llm import ScriptedLLMServer
 
     items = []
     if script is not None:

@@ -47,9 +47,8 @@ def mutate(
     note
         A human note for the prompt (repeatable).
     """
-    from darwin.evaluation.budgets import get_budget
-    from darwin.mutation.base import MODES, MutationContext
-    from darwin.mutation.registry import make_mutator
+    from darwin.evaluation import get_budget
+    from darwin.mutation import MODES, MutationContext, make_mutator
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: use --mode " + "|".join(MODES))

@@ -34,8 +34,8 @@ def chosen_storage_url(given: str | None) -> str:
 def open_as_of(run_id: str | None, storage_url: str | None, at: str | None = None,
                at_generation: int | None = None):
     """The run (default: the latest) from ``storage_url``, as of ``at`` / ``at_generation``."""
-    from darwin.memory.history import resolve_at
-    from darwin.reports.views import open_run
+    from darwin.memory import resolve_at
+    from darwin.reports import open_run
 
     return resolve_at(open_run(chosen_storage_url(storage_url), run_id), at, at_generation)
 
@@ -43,7 +43,7 @@ def open_as_of(run_id: str | None, storage_url: str | None, at: str | None = Non
 @app.command
 def runs(*, storage_url: StorageFlag = None, json_: JsonFlag = False) -> None:
     """List the runs in the store ($DARWIN_STORAGE_URL, default $DARWIN_HOME/runs)."""
-    from darwin.reports.views import run_rows
+    from darwin.reports import run_rows
 
     rows = run_rows(chosen_storage_url(storage_url))
     if json_:
@@ -74,7 +74,7 @@ def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
     run_id
         The run (see `darwin runs`).
     """
-    from darwin.reports.views import leaderboard_rows
+    from darwin.reports import leaderboard_rows
 
     store = open_as_of(run_id, storage_url, at, at_generation)
     rows = leaderboard_rows(store)
@@ -115,8 +115,8 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
     code
         Also print the whole program.
     """
-    from darwin.mutation.untrusted import quote_untrusted
-    from darwin.reports.views import candidate_detail
+    from darwin.mutation import quote_untrusted
+    from darwin.reports import candidate_detail
 
     if "/" in candidate:
         run_id, candidate = candidate.rsplit("/", 1)
@@ -182,8 +182,8 @@ def history(run_id: str | None = None, *, storage_url: StorageFlag = None,
     run_id
         The run (default: the latest).
     """
-    from darwin.memory.history import run_history
-    from darwin.reports.views import open_run
+    from darwin.memory import run_history
+    from darwin.reports import open_run
 
     store = open_run(chosen_storage_url(storage_url), run_id)
     found = run_history(store)
@@ -238,9 +238,8 @@ def export(run_id: str, dest: str, *, storage_url: StorageFlag = None,
     dest
         The destination store.
     """
-    from darwin.memory.history import export_run
-    from darwin.memory.store import RunStore
-    from darwin.reports.views import open_run
+    from darwin.memory import RunStore, export_run
+    from darwin.reports import open_run
 
     source = open_run(chosen_storage_url(storage_url), run_id)
     done = export_run(source, RunStore(dest, source.run_id),

@@ -32,7 +32,7 @@ def report(*runs: str,
         Open the page in a browser.
     """
     from darwin.errors import UserError
-    from darwin.reports.page import build_comparison, build_report, report_dir
+    from darwin.reports import build_comparison, build_report, report_dir
 
     if len(runs) > 1 and (at is not None or at_generation is not None):
         raise UserError("--at / --at-generation draw one run as it was; give one run")

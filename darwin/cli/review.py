@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from darwin.cli.app import JsonFlag, app, err, out
 from darwin.errors import UserError
-from darwin.memory.records import RequestDecision, ReviewAnswer, ReviewRecord
+from darwin.memory import RequestDecision, ReviewAnswer, ReviewRecord
 
 ReadLine = Callable[[str], "str | None"]  # a prompt -> the line typed (None: abandoned)
 VALUE_QUESTIONS = {  # what an approval of each kind grants (its value)
@@ -137,14 +137,14 @@ class TerminalReviewer:
         answer = ask(review, read, self.say, via="terminal")
         if answer is None:
             return None
-        from darwin.engine.reviews import check_answer, complete
+        from darwin.engine import check_answer, complete
 
         while problems := check_answer(review, complete(review, answer)):
             err.print(f"[red]not applied:[/] {escape('; '.join(problems))}")
             answer = ask(review, read, self.say, via="terminal")
             if answer is None:
                 return None
-        from darwin.flows.review import form_input
+        from darwin.flows import form_input
 
         return form_input(review, complete(review, answer))
 
@@ -172,8 +172,8 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _waiting_run(storage_url: str, run_id: str | None):
-    from darwin.memory.store import RunStore, list_runs
-    from darwin.reports.views import open_run
+    from darwin.memory import RunStore, list_runs
+    from darwin.reports import open_run
 
     if run_id is not None:
         store = open_run(storage_url, run_id)
@@ -265,11 +265,9 @@ def review(
     """
     from prefect.client.schemas.objects import StateType
 
-    from darwin.engine.reviews import check_answer, complete, default_answer
-    from darwin.engine.runs import run_alive
-    from darwin.flows.admin import quiet_prefect
-    from darwin.flows.review import form_input
-    from darwin.reports.review import answer_line
+    from darwin.engine import check_answer, complete, default_answer, run_alive
+    from darwin.flows import form_input, quiet_prefect
+    from darwin.reports import answer_line
     from darwin.settings import get_settings
 
     quiet_prefect()
@@ -291,7 +289,7 @@ def review(
         if json_:
             print(json.dumps({"run_id": store.run_id, "waiting": waiting}, indent=2))
             return
-        from darwin.reports.review import review_markdown
+        from darwin.reports import review_markdown
 
         out.print(Markdown(review_markdown(store, rec, waiting.get("message", ""))))
         if not sys.stdin.isatty():

@@ -84,10 +84,8 @@ def run(
     review_timeout
         Seconds a review waits before its defaults apply.
     """
-    from darwin.engine.experiment import make_experiment
-    from darwin.engine.reviews import make_policy
-    from darwin.flows.admin import hide_reported_errors, quiet_prefect
-    from darwin.flows.launch import Start, launch_run
+    from darwin.engine import make_experiment, make_policy
+    from darwin.flows import Start, hide_reported_errors, launch_run, quiet_prefect
 
     quiet_prefect()
     # Nobody can answer a run on the embedded Prefect whose stdin is not a terminal: it applies
@@ -139,8 +137,8 @@ def _attend_terminal(policy):
     @contextlib.contextmanager
     def attend(run):
         from darwin.cli.review import TerminalReviewer
-        from darwin.flows.review import set_local_reviewer
-        from darwin.reports.progress import LiveProgress
+        from darwin.flows import set_local_reviewer
+        from darwin.reports import LiveProgress
 
         with LiveProgress(run.store, run.experiment, run.slots, err,
                           enabled=err.is_terminal) as live:
@@ -166,7 +164,7 @@ def _stop_on_signals(store, run_id: str, live, claim) -> None:
         heads: list = []
 
         def tidy() -> None:  # best effort, bounded: a store or server that is down must not
-            from darwin.flows.admin import mark_stale_runs_crashed  # hold the stop
+            from darwin.flows import mark_stale_runs_crashed  # hold the stop
 
             try:
                 heads.append(store.head())

@@ -14,7 +14,7 @@ from darwin.cli.app import JsonFlag, err, out, sandbox_app
 @sandbox_app.command
 def check(*, json_: JsonFlag = False) -> None:
     """Probe each sandbox backend for real and say what isolates here, and why not."""
-    from darwin.sandbox.probe import check as run_check
+    from darwin.sandbox import check as run_check
 
     rows = run_check()
     if json_:
@@ -56,10 +56,10 @@ def build(*, offline: bool = False, image: str | None = None, torch_version: str
     torch_index
         The wheel index for torch (a CUDA one on GPU machines, e.g. .../whl/cu126).
     """
-    from darwin.sandbox.docker_backend import connect
-    from darwin.sandbox.image import (
+    from darwin.sandbox import (
         build_from_dockerfile,
         build_offline,
+        connect,
         describe_runtime,
         image_runtime,
     )

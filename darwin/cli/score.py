@@ -29,8 +29,8 @@ def _progress(quiet: bool):
 
 def _measure(program: Path, budget_name: str, seeds: list[int], device: str,
                    sandbox: str | None, quiet: bool) -> list:
-    from darwin.engine.measure import check_inputs, measure_program, scratch_folder
-    from darwin.evaluation.budgets import get_budget
+    from darwin.engine import check_inputs, measure_program, scratch_folder
+    from darwin.evaluation import get_budget
     from darwin.settings import get_settings
 
     budget = get_budget(budget_name)
@@ -123,8 +123,8 @@ def baseline(
     """
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    from darwin.engine.measure import summarize
-    from darwin.evaluation.training import seed_program
+    from darwin.engine import summarize
+    from darwin.evaluation import seed_program
 
     program = seed_program()
     evs = _measure(program, budget, list(range(seed, seed + seeds)), device, sandbox, json_)

@@ -60,9 +60,9 @@ def serve(*, cron: str | None = None,
     review_timeout
         Seconds a review waits before its defaults apply.
     """
-    from darwin.engine.experiment import read_experiment
+    from darwin.engine import read_experiment
     from darwin.errors import UserError
-    from darwin.flows.deployed import darwin_run
+    from darwin.flows import darwin_run
     from darwin.sandbox import get_sandbox
     from darwin.settings import get_settings
 

@@ -19,12 +19,16 @@ from darwin.engine.ids import SEED_ID, candidate_id, parse
 from darwin.engine.knowledge import Knowledge
 from darwin.engine.mutators import Mutators
 from darwin.engine.run_context import RunContext
-from darwin.evaluation.failures import Failure
-from darwin.memory.records import CandidateRecord, EvaluationRecord, code_hash
-from darwin.mutation.answers import ChangeKind
-from darwin.mutation.base import MutationContext, MutationResult
-from darwin.mutation.registry import make_mutator, mutator_modes
-from darwin.mutation.repair import repair_case
+from darwin.evaluation import Failure
+from darwin.memory import CandidateRecord, EvaluationRecord, code_hash
+from darwin.mutation import (
+    ChangeKind,
+    MutationContext,
+    MutationResult,
+    make_mutator,
+    mutator_modes,
+    repair_case,
+)
 
 DUPLICATE_REDRAWS = 4
 

@@ -29,8 +29,7 @@ from darwin.engine.knowledge import Knowledge
 from darwin.engine.mutators import Mutators
 from darwin.engine.run_context import RunContext
 from darwin.engine.selection import pareto, select
-from darwin.memory.records import GenerationRecord, Member
-from darwin.memory.store import RunStore
+from darwin.memory import GenerationRecord, Member, RunStore
 
 
 @dataclass

@@ -23,13 +23,19 @@ from pathlib import Path
 from darwin.engine.faults import checkpoint, note_training
 from darwin.engine.human_loop import HumanLoop
 from darwin.engine.run_context import RunContext
-from darwin.evaluation.data import load_dataset
-from darwin.evaluation.outputs import OUTPUT_LIMITS
-from darwin.evaluation.scoring import PrestartedScorer, prestart_scorer
-from darwin.evaluation.trial import Evaluation, train_then_score
-from darwin.evaluation.training import Prestarted, TrainResult, prestart
-from darwin.evaluation.training import train as train_program
-from darwin.memory.records import EvaluationRecord
+from darwin.evaluation import (
+    OUTPUT_LIMITS,
+    Evaluation,
+    Prestarted,
+    PrestartedScorer,
+    TrainResult,
+    load_dataset,
+    prestart,
+    prestart_scorer,
+    train_then_score,
+)
+from darwin.evaluation import train as train_program
+from darwin.memory import EvaluationRecord
 
 OUTPUT_FILES = tuple(OUTPUT_LIMITS)
 
@@ -219,7 +225,7 @@ class Evaluations:
     def final_test(self, cid: str) -> dict:
         """Score ``cid`` on the TEST split (reports only; never used by selection). Reuses the
         weights of its first training run (on disk, else from the store), else trains it again."""
-        from darwin.evaluation.scoring import score
+        from darwin.evaluation import score
 
         store, budget, sandbox, device = (self.run.store, self.run.budget, self.run.sandbox,
                                           self.run.experiment.device)

@@ -11,9 +11,8 @@ import threading
 from darwin.engine import reviews as hitl
 from darwin.engine.knowledge import Knowledge
 from darwin.engine.run_context import RunContext
-from darwin.evaluation.token_server import DEFAULT_SOURCE
-from darwin.evaluation.training import NO_EXTRAS, Extras
-from darwin.memory.records import GenerationRecord, Member, ReviewRecord, rank_key
+from darwin.evaluation import DEFAULT_SOURCE, NO_EXTRAS, Extras
+from darwin.memory import GenerationRecord, Member, ReviewRecord, rank_key
 
 _SOURCES: dict = {}  # approved datasets' tokens, by sha256, read once per process
 _SOURCES_LOCK = threading.Lock()
@@ -60,7 +59,7 @@ class HumanLoop:
             return NO_EXTRAS
         layer = None
         if grants.packages:
-            from darwin.sandbox.packages import PackageRefused, build_layer
+            from darwin.sandbox import PackageRefused, build_layer
 
             try:  # built when approved; rebuilt here after a resume on another machine
                 layer = build_layer(grants.packages, self.run.settings.home / "layers")
@@ -75,7 +74,7 @@ class HumanLoop:
             files={name: self.run.store.code(sha) for name, sha in record.files.items()})
 
     def _source_tokens(self, sha: str):
-        from darwin.evaluation.extra_data import encode
+        from darwin.evaluation import encode
 
         with _SOURCES_LOCK:
             if sha not in _SOURCES:
@@ -96,8 +95,8 @@ class HumanLoop:
         """Carry out the approvals of ``review``'s answer (store an approved dataset, install an
         approved package, ...), recording each in ``review.granted``; the problems that leave
         the review paused (a contaminated dataset, a package without a wheel)."""
-        from darwin.evaluation.extra_data import DatasetRefused, check_dataset, source_name
-        from darwin.sandbox.packages import PackageRefused, build_layer, check_requirement
+        from darwin.evaluation import DatasetRefused, check_dataset, source_name
+        from darwin.sandbox import PackageRefused, build_layer, check_requirement
 
         assert review.answer is not None
         asked = {r.id: r for r in review.requests}

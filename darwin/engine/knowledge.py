@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from darwin.engine.run_context import RunContext
 from darwin.engine.selection import Scored
-from darwin.mutation.base import FailureNote
-from darwin.mutation.lessons import aggregate, first_run_outcomes, lesson_lines
+from darwin.mutation import FailureNote, aggregate, first_run_outcomes, lesson_lines
 
 
 class Knowledge:

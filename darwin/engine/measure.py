@@ -11,10 +11,7 @@ from pathlib import Path
 
 from darwin.engine.slots import run_in_slots, slot_cpus
 from darwin.errors import UserError
-from darwin.evaluation.budgets import Budget
-from darwin.evaluation.data import load_dataset
-from darwin.evaluation.hardware import check_device
-from darwin.evaluation.trial import Evaluation, train_then_score
+from darwin.evaluation import Budget, Evaluation, check_device, load_dataset, train_then_score
 from darwin.sandbox import Sandbox
 
 

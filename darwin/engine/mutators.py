@@ -9,10 +9,8 @@ from collections.abc import Callable
 from functools import cached_property
 
 from darwin.engine.run_context import RunContext
-from darwin.llm.client import LLMFailure
-from darwin.llm.ledger import StoredLedger
-from darwin.mutation.base import MutationResult
-from darwin.mutation.registry import make_mutator
+from darwin.llm import LLMFailure, StoredLedger
+from darwin.mutation import MutationResult, make_mutator
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from darwin.engine.ids import SEED_ID
 from darwin.engine.selection import Scored, noise_margin
 from darwin.errors import UserError
-from darwin.memory.records import CandidateRecord, EvaluationRecord, GenerationRecord, Member
+from darwin.memory import CandidateRecord, EvaluationRecord, GenerationRecord, Member
 
 
 class SeedFailed(UserError):

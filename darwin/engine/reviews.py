@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from darwin.errors import UserError
-from darwin.memory.records import (
+from darwin.memory import (
     AskedRequest,
     CandidateRecord,
     EvaluationRecord,
@@ -162,8 +162,8 @@ def check_answer(review: ReviewRecord, answer: ReviewAnswer) -> list[str]:
 
 def _value_problems(kind: str, decision: RequestDecision) -> list[str]:
     """What an approval must say it grants (its value), checked without side effects."""
-    from darwin.evaluation.budgets import BUDGETS
-    from darwin.sandbox.packages import PackageRefused, check_requirement
+    from darwin.evaluation import BUDGETS
+    from darwin.sandbox import PackageRefused, check_requirement
 
     value = decision.value.strip()
     if kind == "dataset":
@@ -186,7 +186,7 @@ def _value_problems(kind: str, decision: RequestDecision) -> list[str]:
 
 
 def _dataset_problems(decision: RequestDecision) -> list[str]:
-    from darwin.evaluation.extra_data import DatasetRefused, local_file
+    from darwin.evaluation import DatasetRefused, local_file
 
     value = decision.value.strip()
     if not value:

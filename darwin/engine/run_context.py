@@ -11,10 +11,9 @@ from functools import cached_property
 
 from darwin.engine.experiment import Experiment
 from darwin.engine.slots import slot_count, warm_pays
-from darwin.evaluation.budgets import Budget, get_budget
-from darwin.memory.store import RunStore
-from darwin.sandbox import Sandbox
-from darwin.sandbox.base import may_renice
+from darwin.evaluation import Budget, get_budget
+from darwin.memory import RunStore
+from darwin.sandbox import Sandbox, may_renice
 from darwin.settings import Settings
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from darwin.engine.experiment import Experiment, make_experiment
 from darwin.engine.ids import SEED_ID
 from darwin.errors import UserError
-from darwin.memory.records import GenerationRecord
-from darwin.memory.store import RunStore
+from darwin.memory import GenerationRecord, RunStore
 
 
 @dataclass
@@ -38,7 +37,7 @@ def environment(sandbox: str, device: str) -> dict:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from darwin.evaluation.data import load_dataset
+    from darwin.evaluation import load_dataset
 
     packages = {}
     for name in ("darwin-evo", "torch", "numpy", "prefect", "openai", "pydantic", "s3fs"):
@@ -82,12 +81,12 @@ def open_for_resume(storage_url: str, run_id: str) -> OpenedRun:
 def reap_leftovers() -> dict[str, int]:
     """Remove what runs that died (kill -9) left on this machine: their sandboxes' cgroups,
     output mounts and Docker containers. Returns how many of each were removed."""
-    from darwin.sandbox.limits import reap_stale_cgroups, reap_stale_output_mounts
+    from darwin.sandbox import reap_stale_cgroups, reap_stale_output_mounts
 
     found = {"cgroups": reap_stale_cgroups(), "output mounts": reap_stale_output_mounts(),
              "containers": 0}
     try:
-        from darwin.sandbox.docker_backend import connect, reap_stale_containers
+        from darwin.sandbox import connect, reap_stale_containers
 
         client = connect()
     except Exception:  # noqa: BLE001 - no Docker here: nothing of it to reap
@@ -158,7 +157,7 @@ class RemoteClaim:
 
 def _dead_here(owner: str) -> bool:
     """Whether a lease's owner ("pid N on HOST") was a process of this host that is gone."""
-    from darwin.sandbox.limits import pid_alive
+    from darwin.sandbox import pid_alive
 
     parts = owner.split()
     return (len(parts) == 4 and parts[0] == "pid" and parts[3] == socket.gethostname()
@@ -168,7 +167,7 @@ def _dead_here(owner: str) -> bool:
 def _claim_remote(store: RunStore) -> RemoteClaim:
     import atexit
 
-    from darwin.memory.store import LeaseHeld
+    from darwin.memory import LeaseHeld
 
     owner = f"pid {os.getpid()} on {socket.gethostname()}"
     try:
@@ -253,7 +252,7 @@ def run_min_runs(store: RunStore) -> int:
 
 def _llm_summary(store: RunStore) -> dict | None:
     """The run's LLM traffic (calls, tokens, cost, failures); None when it made no call."""
-    from darwin.llm.ledger import StoredLedger
+    from darwin.llm import StoredLedger
     from darwin.settings import get_settings
 
     if store.pointer(StoredLedger.NAME) is None:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from darwin.memory.records import mean_loss, rank_key
+from darwin.memory import mean_loss, rank_key
 
 
 @dataclass

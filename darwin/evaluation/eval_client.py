@@ -18,8 +18,16 @@ import numpy as np
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.training import gone, released, runtime_dir
-from darwin.sandbox import LIB_DIR, PKG_DIR, Mount, Outcome, Sandbox, SandboxSpec, Warm
-from darwin.sandbox.base import SandboxProcess
+from darwin.sandbox import (
+    LIB_DIR,
+    PKG_DIR,
+    Mount,
+    Outcome,
+    Sandbox,
+    SandboxProcess,
+    SandboxSpec,
+    Warm,
+)
 
 MODEL_DIR = "/sandbox/model"
 MAX_FRAME = 1 << 16  # bytes of an RDY or ERR frame

@@ -35,11 +35,11 @@ from darwin.sandbox import (
     Outcome,
     Sandbox,
     SandboxError,
+    SandboxProcess,
     SandboxSpec,
     Warm,
     log_tail,
 )
-from darwin.sandbox.base import SandboxProcess
 
 PROGRAM_NAME = "train.py"
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from darwin.evaluation.budgets import Budget
-from darwin.llm.client import Usage
+from darwin.evaluation import Budget
+from darwin.llm import Usage
 from darwin.mutation.answers import MutationAnswer
 from darwin.mutation.edits import EditError, apply_edits, check_program
 from darwin.mutation.untrusted import quote_untrusted

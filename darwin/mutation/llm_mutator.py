@@ -15,8 +15,8 @@ from importlib import resources
 import jinja2
 
 from darwin.errors import LLMError
-from darwin.evaluation.budgets import Budget
-from darwin.llm.client import LLMClient
+from darwin.evaluation import Budget
+from darwin.llm import LLMClient
 from darwin.mutation.answers import (
     AnswerError,
     ChangeKind,

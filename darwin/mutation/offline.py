@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from darwin.evaluation.budgets import Budget
+from darwin.evaluation import Budget
 from darwin.mutation.answers import ChangeKind
 from darwin.mutation.base import MutationContext, MutationResult, RepairCase, apply_answer
 from darwin.mutation.catalogue import CATALOGUE, Operator

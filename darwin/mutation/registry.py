@@ -29,7 +29,7 @@ def mutator_modes(name: str, settings=None) -> tuple[str, ...]:
 
 def make_mutator(name: str, settings=None, rng=0, ledger=None) -> Mutator:
     """``auto``: the LLM when a key is configured, else the offline catalogue (said plainly)."""
-    from darwin.llm.client import LLMClient
+    from darwin.llm import LLMClient
     from darwin.mutation.llm_mutator import LLMMutator
     from darwin.mutation.offline import OfflineMutator, RandomMutator
     from darwin.settings import get_settings

@@ -15,8 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from darwin.evaluation.budgets import Budget
-from darwin.evaluation.failures import Failure
+from darwin.evaluation import Budget, Failure
 from darwin.mutation.answers import ChangeKind, Edit, MutationAnswer
 from darwin.mutation.base import MutationResult, RepairCase, apply_answer
 from darwin.mutation.catalogue import NUM, shape_row, unique_line

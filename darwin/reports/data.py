@@ -13,15 +13,16 @@ import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from darwin.engine.ids import SEED_ID
-from darwin.memory.records import (
+from darwin.engine import SEED_ID
+from darwin.memory import (
     CandidateRecord,
     EvaluationRecord,
     GenerationRecord,
     ReviewRecord,
+    RunStore,
+    StoreError,
     mean_loss,
 )
-from darwin.memory.store import RunStore, StoreError
 
 KEPT, DISCARDED, CRASHED, REPAIRED = "kept", "discarded", "crashed", "repaired"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from darwin.engine.ids import SEED_ID
-from darwin.memory.store import RunStore
+from darwin.engine import SEED_ID
+from darwin.memory import RunStore
 from darwin.reports.data import RunData
 
 PAGE = "report.html"

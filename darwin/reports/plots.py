@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from darwin.engine.ids import SEED_ID
+from darwin.engine import SEED_ID
 from darwin.reports.data import CRASHED, DISCARDED, KEPT, REPAIRED, RunData
 
 DPI = 150
@@ -348,7 +348,7 @@ def time_figure(data: RunData) -> Figure:
 # -- 6. kinds of change ---------------------------------------------------------------------
 def kind_stats(data: RunData) -> list:
     """The memory's lessons (per kind of change, from first runs against the parent's)."""
-    from darwin.mutation.lessons import aggregate, first_run_outcomes
+    from darwin.mutation import aggregate, first_run_outcomes
 
     found = first_run_outcomes(data.candidates, data.evaluations, data.first_seed)
     stats = aggregate([o for _, _, o in found])

@@ -17,9 +17,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from darwin.engine.experiment import Experiment
-from darwin.engine.ids import in_generation
-from darwin.memory.store import RunStore
+from darwin.engine import Experiment, in_generation
+from darwin.memory import RunStore
 
 
 @dataclass

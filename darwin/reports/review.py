@@ -10,8 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 
-from darwin.memory.records import ReviewAnswer, ReviewRecord
-from darwin.memory.store import RunStore
+from darwin.memory import ReviewAnswer, ReviewRecord, RunStore
 from darwin.reports.views import generation_markdown
 
 

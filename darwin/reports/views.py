@@ -10,8 +10,7 @@ import math
 import statistics
 
 from darwin.errors import UserError
-from darwin.memory.records import mean_loss
-from darwin.memory.store import RunStore, StoreError, list_runs
+from darwin.memory import RunStore, StoreError, list_runs, mean_loss
 
 
 def run_rows(storage_url: str) -> list[dict]:
@@ -110,7 +109,7 @@ def candidate_detail(store: RunStore, cid: str) -> dict:
 
 def request_answers(store: RunStore, requests: list[dict]) -> list[dict | None]:
     """What the humans answered to each of these requests (None: not asked yet)."""
-    from darwin.engine.reviews import request_key
+    from darwin.engine import request_key
 
     answers: dict[str, dict] = {}
     for review in store.reviews():

@@ -8,43 +8,44 @@ mode explicitly.
 
 from __future__ import annotations
 
-from darwin.sandbox.base import (
-    IO_DIR,
-    LIB_DIR,
-    OUT_DIR,
-    PKG_DIR,
-    PROGRAM_DIR,
-    Mount,
-    Outcome,
-    Sandbox,
-    SandboxError,
-    SandboxInfraError,
-    SandboxResult,
-    SandboxSpec,
-    SandboxUnavailable,
-    Warm,
-    log_tail,
-)
+from darwin.faces import lazy
+from darwin.sandbox.base import Sandbox, SandboxUnavailable
 
-__all__ = [
-    "IO_DIR",
-    "LIB_DIR",
-    "OUT_DIR",
-    "PKG_DIR",
-    "PROGRAM_DIR",
-    "Mount",
-    "Outcome",
-    "Sandbox",
-    "SandboxError",
-    "SandboxInfraError",
-    "SandboxResult",
-    "SandboxSpec",
-    "SandboxUnavailable",
-    "Warm",
-    "describe",
-    "get_sandbox",
-    "log_tail",
-]
+# What other layers may use (tests/test_layers.py): name -> its module, loaded on first use.
+_FACE = {
+    "IO_DIR": "base",
+    "LIB_DIR": "base",
+    "Mount": "base",
+    "OUT_DIR": "base",
+    "Outcome": "base",
+    "PKG_DIR": "base",
+    "PROGRAM_DIR": "base",
+    "Sandbox": "base",
+    "SandboxError": "base",
+    "SandboxInfraError": "base",
+    "SandboxProcess": "base",
+    "SandboxResult": "base",
+    "SandboxSpec": "base",
+    "SandboxUnavailable": "base",
+    "Warm": "base",
+    "log_tail": "base",
+    "may_renice": "base",
+    "connect": "docker_backend",
+    "reap_stale_containers": "docker_backend",
+    "build_from_dockerfile": "image",
+    "build_offline": "image",
+    "describe_runtime": "image",
+    "image_runtime": "image",
+    "pid_alive": "limits",
+    "reap_stale_cgroups": "limits",
+    "reap_stale_output_mounts": "limits",
+    "PackageRefused": "packages",
+    "build_layer": "packages",
+    "check_requirement": "packages",
+    "check": "probe",
+}
+__all__ = sorted([*_FACE, "BACKENDS", "describe", "get_sandbox"])  # the last: defined below
+__getattr__ = lazy(__name__, _FACE)
 
 BACKENDS = ("auto", "docker", "local", "unsafe")
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from darwin.evaluation.trial import train_then_score
 from darwin.evaluation.training import seed_program
+from darwin.evaluation.trial import train_then_score
 
 pytestmark = pytest.mark.sandbox
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from darwin.evaluation.trial import train_then_score
 from darwin.evaluation.training import seed_program
+from darwin.evaluation.trial import train_then_score
 from darwin.llm.client import LLMClient
 from darwin.mutation.base import apply_answer
 from darwin.mutation.catalogue import CATALOGUE
