@@ -50,6 +50,6 @@ class RunContext:
 
     @property
     def warming(self) -> bool:
-        """Pre-start sandboxes while waiting for a slot (DARWIN_WARM; see README, "Speed")."""
+        """Pre-start sandboxes while waiting for a slot (DARWIN_WARM; see bench/README.md)."""
         free = len(os.sched_getaffinity(0)) - self.slots * self.budget.threads
         return warm_pays(self.settings.warm, self.experiment.device, free, may_renice())

@@ -1,6 +1,6 @@
 """Parent selection and noise-aware survivor selection (pure, seeded).
 
-Promotion rule ("a child only beats its parent beyond the noise", README.md): the noise is the
+Promotion rule ("a child only beats its parent beyond the noise", docs/scoring.md): the noise is the
 seed program's spread over S seeds; a child may replace a population member only when, over at
 least ``min_runs`` seeds (its first run plus re-runs), its mean val loss is lower than that
 member's by more than ``margin = 2 sigma_seed``. We chose the 2-sigma margin over a Welch test
