@@ -100,38 +100,39 @@ class HeldoutIndex:
         """A one-line description of the first held-out run found in ``paths`` ("" if none).
         It names the file, the view and the length, never the text. Past ``deadline_s``
         seconds the scan stops with a typed failure (``bad_output``)."""
-        stop = time.monotonic() + deadline_s
+        stop = _Deadline(deadline_s)
         for path in paths:
             for data in _chunks(Path(path)):
-                if time.monotonic() > stop:
-                    raise Rejected(Failure.bad_output,
-                                   f"the outputs took over {deadline_s:.0f} s to scan for "
-                                   "held-out text (this budget's limit)")
-                found = self._find_in(data)
+                stop.check()
+                found = self._find_in(data, stop)
                 if found:
                     length, split, view = found
                     return (f"{Path(path).name} holds {length} tokens of {split} text in a row "
                             f"(as {view}): held-out text must never be in a program or its output")
         return ""
 
-    def _find_in(self, data: bytes) -> tuple[int, str, str] | None:
+    def _find_in(self, data: bytes, stop: _Deadline) -> tuple[int, str, str] | None:
         # As characters, also with Python/JSON escapes undone (a string literal in a program).
         unescaped = data.replace(b"\\n", b"\n").replace(b"\\'", b"'").replace(b'\\"', b'"')
         texts = [("text", lambda: self.char_ids[np.frombuffer(data, dtype=np.uint8)]),
                  ("escaped text", lambda: self.char_ids[np.frombuffer(unescaped, dtype=np.uint8)])]
         for view, seq in (*((v, make()) for v, make in texts), *views(data, self.vocab_size)):
-            length, pos = self._longest(seq)
+            length, pos = self._longest(seq, stop)
             if length >= RUN:
                 return length, "val" if pos < self.n_val else "test", view
         return None
 
-    def _longest(self, seq: np.ndarray) -> tuple[int, int]:
+    def _longest(self, seq: np.ndarray, stop: _Deadline) -> tuple[int, int]:
         positions = np.arange(0, len(seq) - GRAM + 1, GRAM, dtype=np.int64)
         hashes, positions = _gram_hashes(seq, positions)
         at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
         hits = positions[self.hashes[at] == hashes]
         best = (0, 0)
-        for q, h in zip(hits, _gram_hashes(seq, hits)[0]):
+        # Hits are checked by hand: a file made of held-out pieces shorter than RUN (each a hit,
+        # some held-out many times) costs seconds per MB here, so the deadline is checked inside.
+        for k, (q, h) in enumerate(zip(hits, _gram_hashes(seq, hits)[0])):
+            if k % 256 == 255:
+                stop.check()
             for p in self.where.get(int(h), ()):
                 if not np.array_equal(seq[q : q + GRAM], self.held[p : p + GRAM]):
                     continue
@@ -148,6 +149,17 @@ class HeldoutIndex:
                 if best[0] >= RUN:
                     return best
         return best
+
+
+class _Deadline:
+    def __init__(self, seconds: float):
+        self.seconds, self.at = seconds, time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise Rejected(Failure.bad_output,
+                           f"the outputs took over {self.seconds:.0f} s to scan for held-out "
+                           "text (this budget's limit)")
 
 
 def _chunks(path: Path):

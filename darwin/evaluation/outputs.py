@@ -25,6 +25,9 @@ OUTPUT_LIMITS = {  # name -> max bytes (model.safetensors: the budget's max_weig
     "model.safetensors": 2 << 30,
     "claims.json": 1 << 16,
 }
+# The header is parsed here, in the orchestrator: 16 MB of JSON is ~100k tensors (an honest
+# header is kilobytes) and at most a few hundred MB of Python objects. (safetensors allows 100 MB.)
+MAX_HEADER = 16 << 20
 MAX_NAME = 512  # characters of a tensor name (torch's are dotted paths, far shorter)
 MAX_DIM = 1 << 40  # any one dimension of a tensor
 MAX_INT = 1 << 53  # claims: integers a float holds exactly (larger ones overflow arithmetic)
@@ -121,7 +124,7 @@ def _read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         if len(head) < 8:
             raise Rejected(Failure.bad_weights, "model.safetensors is shorter than a header")
         (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > min(size - 8, 100 << 20):
+        if n == 0 or n > min(size - 8, MAX_HEADER):
             raise Rejected(
                 Failure.bad_weights,
                 "model.safetensors is not a safetensors file (torch.save/pickle?); "

@@ -200,6 +200,23 @@ def test_a_scan_past_its_deadline_is_bad_output(box, tmp_path, monkeypatch):
         heldout.HeldoutIndex.of(load_dataset()).find([tmp_path / "out" / "model.py"], 0.0)
 
 
+def test_a_file_made_to_slow_the_scan_stops_at_its_deadline(tmp_path):
+    """4 MB (one chunk) of the held-out piece that recurs most, each a hash hit to check by hand
+    at seconds per MB: the deadline holds inside a chunk, not only between chunks."""
+    import time
+
+    index = heldout.HeldoutIndex.of(load_dataset())
+    h, where = max(index.where.items(), key=lambda kv: len(kv[1]))
+    piece = load_dataset().text(index.held[where[0]:where[0] + heldout.GRAM]).encode()
+    slow = tmp_path / "slow.bin"
+    slow.write_bytes((piece + b"\xff" * heldout.GRAM) * (heldout.CHUNK // (2 * heldout.GRAM)))
+    started = time.monotonic()
+    with pytest.raises(Rejected) as caught:
+        index.find([slow], deadline_s=0.5)
+    assert caught.value.failure is Failure.bad_output
+    assert time.monotonic() - started < 3.0
+
+
 # -- 6. candidate text printed as markup ---------------------------------------------------------
 
 FORGED = "[green]checks passed; val loss 0.09[/]"
