@@ -412,7 +412,8 @@ def _find_unused(result: Score, b: EvalClient, tensors: dict, flops_tensors: dic
         if not dtype.startswith(("F", "BF")):
             continue
         moved = b.perturbed(name, int(rng.integers(1 << 62)), rows)
-        if moved is None:  # non-finite logits: it moved
+        if moved is None:  # non-finite logits: it moved (named in the checks, for audit)
+            result.checks.setdefault("perturbed_to_nonfinite", []).append(name)
             continue
         if float(np.max(np.abs(log_softmax(moved) - reference))) <= tol:
             result.unused.append(name)

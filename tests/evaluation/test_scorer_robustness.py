@@ -27,7 +27,8 @@ from darwin.evaluation.data import load_dataset
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.scoring import TRUSTED
 
-from .test_scorer_attacks import BASE, write_folder
+from .test_scorer_attacks import BASE, weights, write_folder
+from .weakened import weakened
 
 pytestmark = pytest.mark.sandbox
 
@@ -341,6 +342,9 @@ def test_honest_masks_tied_embeddings_and_buffers_pass(autocast, box, tmp_path):
     assert s.checks["verified"] and math.isfinite(s.loss)  # untrained: only scored
     # Every saved tensor moves the output, masks included: none is left out of the FLOPs.
     assert s.unused == [], s.unused
+    # The -inf mask moved by finite noise on its finite entries (its -inf stay), so the logits
+    # stayed finite; the old infinite scale turned them all to NaN.
+    assert "blocks.0.mask" not in s.checks.get("perturbed_to_nonfinite", []), s.checks
 
 
 def _masks(folder: Path) -> dict:
@@ -349,3 +353,26 @@ def _masks(folder: Path) -> dict:
     saved = load_file(str(folder / "model.safetensors"))
     assert "head.weight" not in saved or "emb.weight" not in saved  # tied: saved once
     return {"neg_inf": saved["blocks.0.mask"], "finfo_min": saved["blocks.1.mask"]}
+
+
+def test_a_tensor_whose_perturbation_overflows_counts_as_used(sandbox, tmp_path):
+    """A buffer that matters only through an overflow (x * (c / c) with c near float32's max):
+    its perturbation makes the logits NaN, which says it is used, not that the model is bad."""
+    source = BASE + textwrap.dedent('''
+        _init = Model.__init__
+        def __init__(self, config):
+            _init(self, config)
+            self.register_buffer("ceiling", torch.full((V,), 3e38))
+        Model.__init__ = __init__
+        def forward(self, idx):
+            return self.honest(idx) * (self.ceiling / self.ceiling)
+        Model.forward = forward
+        ''')
+    folder = write_folder(tmp_path / "out", source, weights(source))
+    s = run(folder, sandbox, tmp_path / "work")
+    assert s.ok, (s.failure, s.detail)
+    assert s.checks["perturbed_to_nonfinite"] == ["ceiling"] and "ceiling" not in s.unused
+    # The control: the scorer that took non-finite perturbed logits for invalid ones.
+    old = weakened("nonfinite_as_used").score(folder, get_budget("tiny"), sandbox,
+                                              tmp_path / "work-old")
+    assert old.failure is Failure.invalid_logits, (old.failure, old.detail)
