@@ -259,6 +259,27 @@ def test_a_tensor_name_in_markup_is_printed_as_text(sandbox, tmp_path):
     assert "\x1b[32mchecks passed; val loss 0.09" in control.export_text(styles=True)
 
 
+def test_darwin_show_prints_a_stored_detail_and_flag_as_text(tmp_path):
+    import darwin.cli.read as cli_read
+    from tests.reports import synthetic
+
+    data = synthetic.run(generations=1, children=3)
+    victim = next(e for e in data.evaluations if e.status == "crash")
+    data.evaluations[data.evaluations.index(victim)] = victim.model_copy(update={
+        "status": "bad_weights", "detail": f"tensor {FORGED!r} has inconsistent offsets",
+        "flags": [f"unused_weights: 1 tensor(s) change nothing ({FORGED})"]})
+    synthetic.write(data, tmp_path / "runs")
+    console = Console(record=True, width=400, force_terminal=True, color_system="truecolor",
+                      highlight=False)
+    original, cli_read.out = cli_read.out, console
+    try:
+        cli_read.show(victim.candidate_id, run_id=data.run_id, storage=str(tmp_path / "runs"))
+    finally:
+        cli_read.out = original
+    assert console.export_text().count(FORGED) == 2
+    assert "\x1b[32m" not in console.export_text(styles=True)
+
+
 # -- 7. honest programs the perturbation check rejected ------------------------------------------
 
 # A tiny causal attention model with three heads of one layer each, masked three common ways
