@@ -220,7 +220,7 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
         "best_val_loss": best.fitness,
         "best_runs": len(best.losses),
         "improvement": seed_loss - best.fitness,
-        "perplexity_change": math.exp(best.fitness - seed_loss) - 1,
+        "perplexity_change": math.exp(min(best.fitness - seed_loss, 709.0)) - 1,
         "beyond_noise": seed_loss - best.fitness > seed_gen.noise,
         "test_loss_best": finals[best.candidate_id].get("test_loss"),
         "test_loss_seed": finals[SEED_ID].get("test_loss"),

@@ -207,7 +207,7 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
                               f"{len(data.losses(SEED_ID))} seeds)")]
     if data.best is not None and data.seed_loss is not None:
         best = data.generations[-1].population[0]
-        change = math.exp(best.fitness - data.seed_loss) - 1
+        change = math.exp(min(best.fitness - data.seed_loss, 709.0)) - 1
         beyond = data.seed_loss - best.fitness > data.noise
         rows += [("best", f"{data.best}: val loss {_fmt(best.fitness)} over {len(best.losses)} "
                           f"seed(s), perplexity {100 * change:+.2f}% vs the seed "
@@ -217,7 +217,7 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
     if test_best is not None and test_seed is not None:
         rows.append(("test split (never used for selection)",
                      f"{_fmt(test_best)} vs seed {_fmt(test_seed)}, perplexity "
-                     f"{100 * (math.exp(test_best - test_seed) - 1):+.2f}%"))
+                     f"{100 * (math.exp(min(test_best - test_seed, 709.0)) - 1):+.2f}%"))
     cost = sum(c.cost_usd for c in data.candidates)
     tokens = sum(c.input_tokens + c.output_tokens for c in data.candidates)
     if tokens:

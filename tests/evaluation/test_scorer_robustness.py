@@ -131,6 +131,24 @@ def test_a_loss_that_overflows_exp_has_infinite_perplexity(box, tmp_path):
         math.exp(s.loss)
 
 
+def test_reports_of_a_population_holding_a_huge_loss_do_not_overflow(tmp_path):
+    """A child with a 1e38 loss (finite logits) that a small population still holds: the
+    markdown published each generation and the runs table compared it with the seed by exp."""
+    from darwin.memory.records import Member
+    from darwin.reports.views import generation_markdown, run_rows
+    from tests.reports import synthetic
+
+    data = synthetic.run(generations=1, children=2)
+    last = data.generations[-1]
+    huge = [Member(candidate_id=m.candidate_id, losses=[1e38]) for m in last.population]
+    data.generations[-1] = last.model_copy(update={"population": huge})
+    with pytest.raises(OverflowError):  # the control: the comparison as it was
+        math.exp(huge[0].fitness - data.generations[0].population[0].fitness)
+    store = synthetic.write(data, tmp_path / "runs")
+    assert "% ppl" in generation_markdown(store, 1)
+    assert run_rows(str(tmp_path / "runs"))[0]["change_pct"] > 1e300
+
+
 def test_a_tensor_name_that_is_not_utf8_is_bad_weights(box, tmp_path):
     folder = write_folder(tmp_path / "out", BASE)
     header = _header(folder / "model.safetensors")
