@@ -272,7 +272,13 @@ class Scorer:
         dataset = load_dataset()
         files = collect_outputs(job.out_dir, job.model_dir, job.budget.max_weights_mb << 20)
         tensors = read_safetensors_header(job.model_dir / "model.safetensors")
-        result.claims = read_claims(job.model_dir / "claims.json")
+        # Unusable claims are a failure only if nothing else is: a diverged model writes a NaN
+        # final loss, and its invalid_logits says more (the repairs read it).
+        try:
+            result.claims = read_claims(job.model_dir / "claims.json")
+            bad_claims = None
+        except Rejected as r:
+            bad_claims = r
         result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
         # The program and every file next to it (an approved file layout's extra modules).
         beside = sorted(p for p in (job.workdir / "program").glob("*") if p.is_file()) \
@@ -342,6 +348,8 @@ class Scorer:
                 f"heldout_suspect: {split} loss {held_losses_mean:.4f} is below the loss on a "
                 f"sample of its own training text ({result.train_sample_loss:.4f}) beyond the "
                 "noise")
+        if bad_claims is not None:
+            raise bad_claims
 
     def _check_with_b(self, result: Score, job: _Job, probes: list[Probe], held: list[Window],
                       tensors: dict, flops_tensors: dict, rng: np.random.Generator,

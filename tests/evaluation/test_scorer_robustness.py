@@ -25,6 +25,7 @@ from darwin.evaluation import heldout
 from darwin.evaluation.budgets import get_budget
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.failures import Failure, Rejected
+from darwin.evaluation.outputs import read_claims
 from darwin.evaluation.scoring import TRUSTED
 
 from .test_scorer_attacks import BASE, weights, write_folder
@@ -72,15 +73,33 @@ BAD_CLAIMS = {
 }
 
 
-def test_claims_that_crashed_the_old_comparison_are_bad_output(box, tmp_path):
+def test_a_claim_that_crashed_the_old_comparison_is_bad_output(box, tmp_path):
     with pytest.raises(OverflowError):  # the control: what the old comparison did with it
         abs(json.loads(BAD_CLAIMS["huge integer"])["val_loss"] - 1.5)
-    for i, (what, text) in enumerate(BAD_CLAIMS.items()):
-        folder = write_folder(tmp_path / f"out-{i}", BASE)
-        (folder / "claims.json").write_text(text)
-        s = run(folder, box, tmp_path / f"work-{i}")
-        assert s.failure is Failure.bad_output, (what, s.failure, s.detail)
-        assert "claims.json" in s.detail and s.claims == {}
+    folder = write_folder(tmp_path / "out", BASE)
+    (folder / "claims.json").write_text(BAD_CLAIMS["huge integer"])
+    s = run(folder, box, tmp_path / "work")
+    assert s.failure is Failure.bad_output, (s.failure, s.detail)
+    assert "claims.json" in s.detail and s.claims == {}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_CLAIMS))
+def test_claims_that_cannot_be_kept_safely_are_refused(what, tmp_path):
+    (tmp_path / "claims.json").write_text(BAD_CLAIMS[what])
+    with pytest.raises(Rejected) as caught:
+        read_claims(tmp_path / "claims.json")
+    assert caught.value.failure is Failure.bad_output
+
+
+def test_a_diverged_model_is_invalid_logits_whatever_its_claims(sandbox, tmp_path):
+    """Its NaN final loss in claims.json is honest: the real failure (read by the repairs)
+    comes first; bad claims are a failure only when nothing else is."""
+    folder = write_folder(tmp_path / "out", BASE + textwrap.dedent('''
+        Model.forward = lambda self, idx: torch.full((*idx.shape, V), float("nan"))
+        '''))
+    (folder / "claims.json").write_text(BAD_CLAIMS["NaN"])
+    s = run(folder, sandbox, tmp_path / "work")
+    assert s.failure is Failure.invalid_logits, (s.failure, s.detail)
 
 
 def test_a_child_whose_claims_crashed_the_score_task_fails_and_its_sibling_is_scored(
