@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from cyclopts import Parameter
+from rich.markup import escape
 
 from darwin.cli.app import JsonFlag, app, err, out
 from darwin.errors import UserError
@@ -97,12 +98,12 @@ def mutate(
         out.print(f"[bold]{report['kind']}[/]: {report['reasoning']}", markup=True)
         out.print(result.diff, markup=False, highlight=False, soft_wrap=True)
         for r in report["requests"]:
-            out.print(f"[yellow]request ({r['kind']}):[/] {r['detail']}")
+            out.print(f"[yellow]request ({r['kind']}):[/] {escape(r['detail'])}")  # the model's
         out.print(f"child written to {target}; {report['input_tokens']}+{report['output_tokens']} "
                   f"tokens, ${report['cost_usd']:.4f}, {result.attempts} attempt(s). "
                   f"Next: darwin score {target}")
     else:
-        out.print(f"[red]mutation failed ({result.failure}):[/] {result.detail}")
+        out.print(f"[red]mutation failed ({result.failure}):[/] {escape(result.detail)}")
     if not result.ok:
         sys.exit(1)
 

@@ -146,20 +146,22 @@ def show(candidate: str, *, run_id: Annotated[str | None, Parameter(name="--run"
     if c["input_tokens"] or c["cost_usd"]:
         out.print(f"LLM: {c['input_tokens']}+{c['output_tokens']} tokens, ${c['cost_usd']:.4f}")
     if c["llm_failure"]:
-        out.print(f"[red]mutation failed ({c['llm_failure']}):[/] {c['llm_detail']}")
+        out.print(f"[red]mutation failed ({escape(c['llm_failure'])}):[/] "
+                  f"{escape(c['llm_detail'])}")
     for e in d["evaluations"]:
         if e["val_loss"] is not None:
             out.print(f"seed {e['seed']}: val loss {e['val_loss']:.4f}, perplexity "
                       f"{e['perplexity']:.2f}, MFU {100 * (e['mfu'] or 0):.2f}%, "
                       f"train {e['train_wall_s']:.1f}s" + (" (cached)" if e["cached"] else ""))
         else:
-            out.print(f"[red]seed {e['seed']}: {e['status']}[/] {e['detail']}", markup=True)
+            # Details and flags can carry the candidate's words (tensor names): never markup.
+            out.print(f"[red]seed {e['seed']}: {escape(e['status'])}[/] {escape(e['detail'])}")
             if e["log_tail"]:
                 out.print(quote_untrusted(e["log_tail"], "log", 1500), markup=False)
         if e["claims"]:
             out.print(f"  claims (untrusted): {json.dumps(e['claims'])}", markup=False)
         for flag in e["flags"]:
-            out.print(f"  [yellow]{flag}[/]")
+            out.print(f"  [yellow]{escape(flag)}[/]")
     if c["diff"]:
         out.print("[dim]--- diff against its parent ---[/]")
         out.print(c["diff"], markup=False, highlight=False, soft_wrap=True)

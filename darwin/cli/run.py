@@ -116,7 +116,7 @@ def run(
         f"{summary['noise']:.4f} (2σ): perplexity "
         f"{100 * summary['perplexity_change']:+.2f}%, {verdict}")
     if summary["test_loss_best"] is not None and summary["test_loss_seed"] is not None:
-        change = math.exp(summary["test_loss_best"] - summary["test_loss_seed"]) - 1
+        change = math.exp(min(summary["test_loss_best"] - summary["test_loss_seed"], 709.0)) - 1
         out.print(f"test split (never used for selection): {summary['test_loss_best']:.4f} vs "
                   f"seed {summary['test_loss_seed']:.4f}, perplexity {100 * change:+.2f}%")
     if llm := summary["llm"]:

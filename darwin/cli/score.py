@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from darwin.cli.app import JsonFlag, app, err, open_sandbox, out
@@ -88,9 +89,10 @@ def _print_rows(title: str, rows: list[dict], summary: dict | None) -> None:
                 f"{c['epsilon']:g}); FLOPs from {len(r['unused_tensors']) and 'the used' or 'all'} "
                 f"tensors{'' if c['verified'] else '; [red]unverified (no sandbox)[/]'}[/]")
         if r["status"] != "ok":
-            out.print(f"[red]seed {r['seed']}: {r['status']}[/] {r['detail']}")
+            # Details and flags can carry the candidate's words (tensor names): never markup.
+            out.print(f"[red]seed {r['seed']}: {r['status']}[/] {escape(r['detail'])}")
         for flag in r["flags"]:
-            out.print(f"[yellow]seed {r['seed']}: {flag}[/]")
+            out.print(f"[yellow]seed {r['seed']}: {escape(flag)}[/]")
     if rows and rows[0]["peak_label"]:
         out.print(f"[dim]MFU against: {rows[0]['peak_label']}; sandbox: {rows[0]['sandbox']}[/]")
 

@@ -232,7 +232,7 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
         "min_runs": min_runs,
         "best_measured": measured,
         "improvement": seed_loss - best.fitness,
-        "perplexity_change": math.exp(best.fitness - seed_loss) - 1,
+        "perplexity_change": math.exp(min(best.fitness - seed_loss, 709.0)) - 1,
         "beyond_noise": beyond,
         "verdict": verdict,
         "test_loss_best": finals[best.candidate_id].get("test_loss"),

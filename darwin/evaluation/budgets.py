@@ -23,6 +23,9 @@ class Budget(BaseModel, frozen=True):
     max_pids: int = Field(default=256, gt=0, description="processes and threads, all together")
     max_file_mb: int = Field(default=256, gt=0, description="per file written, the log included")
     max_out_mb: int = Field(default=1024, gt=0, description="all written output together")
+    max_weights_mb: int = Field(default=256, gt=0, description=(
+        "the largest model.safetensors scored: bounds the held-out scan's time in the "
+        "orchestrator; room for models far beyond what the budget's tokens can train"))
     seed_iterations: int = Field(description="iterations the stock seed gets from `tokens`")
 
 
@@ -31,7 +34,7 @@ BUDGETS: dict[str, Budget] = {
     # takes the stock seed below 3.5 (ln 65 = 4.17; 50 iterations give 3.57).
     "tiny": Budget(
         name="tiny", tokens=64 * 8 * 32, deadline_s=60, eval_context=32, val_windows=1024,
-        memory_mb=2048, seed_iterations=64,
+        memory_mb=2048, max_weights_mb=64, seed_iterations=64,
     ),
     # The CPU default: one single-threaded child per core, two children at once on 2 cores.
     # 400 iterations (was 700): the default run fits ten minutes on 2 cores, and the seed's
@@ -39,12 +42,12 @@ BUDGETS: dict[str, Budget] = {
     # iterations, 0.0131 at 700; the 80 %-detectable effect 0.010 vs 0.037 nats).
     "cpu": Budget(
         name="cpu", tokens=400 * 16 * 64, deadline_s=150, eval_context=64, val_windows=512,
-        memory_mb=3072, seed_iterations=400,
+        memory_mb=3072, max_weights_mb=128, seed_iterations=400,
     ),
     # The paper's setting (6L/6H/384, batch 64, block 256, 100 iterations): for a GPU.
     "paper": Budget(
         name="paper", tokens=100 * 64 * 256, deadline_s=600, eval_context=256, val_windows=512,
-        memory_mb=16384, seed_iterations=100,
+        memory_mb=16384, max_weights_mb=1024, seed_iterations=100,
     ),
 }
 

@@ -102,7 +102,9 @@ class EvalClient:
             raise Rejected(Failure.eval_crash, "protocol violation at start")
         self._frame()  # its content is the candidate's to forge: nothing in it is used
 
-    def _logits(self, b: int, t: int) -> np.ndarray:
+    def _logits(self, b: int, t: int, finite: bool = True) -> np.ndarray | None:
+        """Logits of shape (b, t, vocab); non-finite ones are invalid_logits, or None where
+        ``finite`` is False (a perturbed model may overflow)."""
         tag = self._read(4)
         if tag == b"ERR ":
             raise self._error()
@@ -115,6 +117,8 @@ class EvalClient:
                            "all positions, the full vocabulary)")
         logits = np.frombuffer(self._read(b * t * self.vocab_size * 4), dtype="<f4")
         if not np.isfinite(logits).all():
+            if not finite:
+                return None
             raise Rejected(Failure.invalid_logits, "logits contain NaN or infinity")
         return logits.reshape(b, t, self.vocab_size)
 
@@ -125,14 +129,18 @@ class EvalClient:
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         self._write(b"FWD " + self._tokens(tokens))
-        return self._logits(*tokens.shape)
+        logits = self._logits(*tokens.shape)
+        assert logits is not None
+        return logits
 
     def perturbed(self, name: str, seed: int, tokens: np.ndarray, gain: float = 1.0
-                  ) -> np.ndarray:
+                  ) -> np.ndarray | None:
+        """Logits with tensor ``name`` moved by noise ``gain`` times its scale; None where they
+        turned non-finite. ``name`` is a validated header name (outputs.py: printable UTF-8)."""
         encoded = name.encode()
         self._write(b"PRT " + struct.pack("<I", len(encoded)) + encoded
                     + struct.pack("<Qf", seed, gain) + self._tokens(tokens))
-        return self._logits(*tokens.shape)
+        return self._logits(*tokens.shape, finite=False)
 
     def bye(self) -> None:
         try:

@@ -24,6 +24,10 @@ this side computes every number, in float64, and treats every frame as untrusted
 - Before anything runs, the program and its output folder are scanned for any 32-character run of
   val or test text, as text or as token ids in common integer and float widths
   (``heldout_in_program``).
+- Everything read from the output folder is validated before use (outputs.py: printable tensor
+  names, whole bounded shapes and offsets, claims of bounded numbers and printable text), the
+  weights are capped by the budget (``max_weights_mb``) and the scan streams under a deadline:
+  a candidate's data ends in its typed failure, never in an exception of ours.
 
 What leaves the scorer of the evaluation processes: typed failures, numbers we computed, and for
 an error the stage, a built-in exception class name and model.py line numbers. Never their
@@ -52,7 +56,7 @@ from darwin.evaluation.eval_client import (  # noqa: F401 - PrestartedScorer, pr
 )
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.heldout import HeldoutIndex
-from darwin.evaluation.outputs import collect_outputs, read_safetensors_header
+from darwin.evaluation.outputs import collect_outputs, read_claims, read_safetensors_header
 from darwin.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -89,10 +93,24 @@ class Score:
     audit_seed: str = ""  # the secret batching and probe seed, revealed after scoring
     eval_wall_s: float = 0.0
     log_tail: str = ""  # our own summary of an evaluation error (no text of the candidate's)
+    claims: dict = field(default_factory=dict)  # claims.json, validated (never trusted)
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss); ``inf`` where that overflows (finite logits can give a loss of 1e38)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def scan_deadline_s(budget: Budget) -> float:
+    """How long the held-out scan may take: as long as an evaluation process may live."""
+    return max(60.0, budget.deadline_s / 2)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -220,9 +238,9 @@ class Scorer:
         return result
 
     # -- the checks, each a method a weaker scorer may override --------------------------------
-    def scan_heldout(self, dataset: Dataset, files: list[Path]) -> None:
+    def scan_heldout(self, dataset: Dataset, files: list[Path], deadline_s: float) -> None:
         """Refuse a program or output that carries held-out text."""
-        found = HeldoutIndex.of(dataset).find(files)
+        found = HeldoutIndex.of(dataset).find(files, deadline_s)
         if found:
             raise Rejected(Failure.heldout_in_program, found)
 
@@ -253,14 +271,22 @@ class Scorer:
     # -- the order ------------------------------------------------------------------------------
     def _score(self, result: Score, job: _Job) -> None:
         dataset = load_dataset()
-        files = collect_outputs(job.out_dir, job.model_dir)
+        files = collect_outputs(job.out_dir, job.model_dir, job.budget.max_weights_mb << 20)
         tensors = read_safetensors_header(job.model_dir / "model.safetensors")
+        # Unusable claims are a failure only if nothing else is: a diverged model writes a NaN
+        # final loss, and its invalid_logits says more (the repairs read it).
+        try:
+            result.claims = read_claims(job.model_dir / "claims.json")
+            bad_claims = None
+        except Rejected as r:
+            bad_claims = r
         result.parameters = sum(math.prod(shape) for _, shape in tensors.values())
         # The program and every file next to it (an approved file layout's extra modules).
         beside = sorted(p for p in (job.workdir / "program").glob("*") if p.is_file()) \
             if (job.workdir / "program").is_dir() else []
         self.scan_heldout(dataset, list(files.values())
-                          + ([job.program] if job.program is not None else []) + beside)
+                          + ([job.program] if job.program is not None else []) + beside,
+                          scan_deadline_s(job.budget))
         try:
             job.model_lines = (job.model_dir / "model.py").read_bytes().count(b"\n") + 1
         except OSError:
@@ -298,7 +324,7 @@ class Scorer:
                         train_losses[i - len(held)] = -math.fsum(picked[r]) / context
         result.tokens = len(held) * context
         result.loss = math.fsum(held_sums) / result.tokens
-        result.perplexity = math.exp(result.loss)
+        result.perplexity = perplexity(result.loss)
         held_losses_mean = result.loss
         result.train_sample_loss = float(np.mean(train_losses))
 
@@ -323,6 +349,8 @@ class Scorer:
                 f"heldout_suspect: {split} loss {held_losses_mean:.4f} is below the loss on a "
                 f"sample of its own training text ({result.train_sample_loss:.4f}) beyond the "
                 "noise")
+        if bad_claims is not None:
+            raise bad_claims
 
     def _check_with_b(self, result: Score, job: _Job, probes: list[Probe], held: list[Window],
                       tensors: dict, flops_tensors: dict, rng: np.random.Generator,
@@ -392,15 +420,20 @@ def _find_unused(result: Score, b: EvalClient, tensors: dict, flops_tensors: dic
     of CUDA), so one draw flagged it on one backend and not the other. A tensor that stays within
     the tolerance is therefore drawn again at ``UNUSED_GAINS`` times that noise, and is unused
     only when no draw moves anything: an unused tensor moves nothing at any gain, a used one
-    moves in proportion, far past the tolerance by the last gain."""
+    moves in proportion, far past the tolerance by the last gain. Logits that turn non-finite
+    under a perturbation moved: the tensor is used (a mask buffer of -inf or finfo.min can
+    overflow), which is not a failure."""
     reference = log_softmax(b.forward(rows))
     for name in sorted(tensors):
         dtype, _ = tensors[name]
         if not dtype.startswith(("F", "BF")):
             continue
         for gain in UNUSED_GAINS:
-            moved = log_softmax(b.perturbed(name, int(rng.integers(1 << 62)), rows, gain))
-            if float(np.max(np.abs(moved - reference))) > tol:
+            moved = b.perturbed(name, int(rng.integers(1 << 62)), rows, gain)
+            if moved is None:  # non-finite logits: it moved (named in the checks, for audit)
+                result.checks.setdefault("perturbed_to_nonfinite", []).append(name)
+                break
+            if float(np.max(np.abs(log_softmax(moved) - reference))) > tol:
                 break
         else:
             result.unused.append(name)

@@ -3,7 +3,6 @@ one path `darwin score`, `darwin baseline` and the evolution engine share)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,25 +95,16 @@ class Evaluation:
         }
 
 
-def read_claims(out_dir: Path) -> dict:
-    """What the program said about itself (untrusted: kept, compared, never used as a score)."""
-    path = Path(out_dir) / "model-val" / "claims.json"
-    try:
-        data = json.loads(path.read_text()[: 1 << 16])
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k)[:64]: v for k, v in list(data.items())[:32] if isinstance(v, (int, float, str))}
-
-
 def compare_claims(claims: dict, trusted_loss: float | None) -> list[str]:
+    """Flags for claims far off the trusted numbers. ``claims`` were validated by the scorer
+    (outputs.read_claims: finite floats, integers within +-2**53), so arithmetic on them holds."""
     flags = []
     if trusted_loss is None:
         return flags
     for key in CLAIM_KEYS:
         value = claims.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and abs(value) <= 2 ** 53:
             if abs(value - trusted_loss) > CLAIM_TOLERANCE * trusted_loss:
                 flags.append(
                     f"claimed {key} {value:.4f} disagrees with the trusted val loss "
@@ -155,7 +145,7 @@ def train_then_score(
     ev.score = score(trained.out_dir, budget, sandbox, workdir, device=device, cpus=cpus,
                      program=Path(program), packages=extras.packages,
                      prestarted=prestarted_scorer)
-    ev.claims = read_claims(workdir)
+    ev.claims = ev.score.claims
     ev.flags = compare_claims(ev.claims, ev.loss) + ev.score.flags
     s = ev.score
     if s.ok and s.flops_per_token:

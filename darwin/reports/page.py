@@ -207,7 +207,7 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
                               f"{len(data.losses(SEED_ID))} seeds)")]
     if data.best is not None and data.seed_loss is not None:
         best = data.generations[-1].population[0]
-        change = math.exp(best.fitness - data.seed_loss) - 1
+        change = math.exp(min(best.fitness - data.seed_loss, 709.0)) - 1
         min_runs = max(data.generations[-1].min_runs, int(exp.get("min_runs", 1)))
         measured = len(best.losses) >= min_runs
         beyond = measured and data.seed_loss - best.fitness > data.noise
@@ -220,7 +220,7 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
     if test_best is not None and test_seed is not None:
         rows.append(("test split (never used for selection)",
                      f"{_fmt(test_best)} vs seed {_fmt(test_seed)}, perplexity "
-                     f"{100 * (math.exp(test_best - test_seed) - 1):+.2f}%"))
+                     f"{100 * (math.exp(min(test_best - test_seed, 709.0)) - 1):+.2f}%"))
     cost = sum(c.cost_usd for c in data.candidates)
     tokens = sum(c.input_tokens + c.output_tokens for c in data.candidates)
     if tokens:

@@ -32,7 +32,7 @@ def run_rows(storage_url: str) -> list[dict]:
             best = store.generation(head).population[0]
             row.update(seed_val_loss=seed.fitness, best=best.candidate_id,
                        best_val_loss=best.fitness,
-                       change_pct=100 * (math.exp(best.fitness - seed.fitness) - 1))
+                       change_pct=100 * (math.exp(min(best.fitness - seed.fitness, 709.0)) - 1))
         rows.append(row)
     return rows
 
@@ -143,7 +143,7 @@ def generation_markdown(store: RunStore, gen: int) -> str:
              "## Population", "", "| member | val loss | runs | vs seed |", "|---|---|---|---|"]
     for m in record.population:
         lines.append(f"| {m.candidate_id} | {m.fitness:.4f} | {len(m.losses)} | "
-                     f"{100 * (math.exp(m.fitness - seed) - 1):+.2f}% ppl |")
+                     f"{100 * (math.exp(min(m.fitness - seed, 709.0)) - 1):+.2f}% ppl |")
     if record.children:
         lines += ["", "## Children", "", "| child | kind | operator | val loss | status |",
                   "|---|---|---|---|---|"]

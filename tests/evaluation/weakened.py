@@ -10,7 +10,8 @@ from darwin.evaluation.eval_client import EvalClient, EvalSession, eval_spec
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.scoring import EVAL_BATCH, Scorer
 
-CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages")
+CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages",
+          "nonfinite_as_used")
 
 
 class _TellingClient(EvalClient):
@@ -20,18 +21,32 @@ class _TellingClient(EvalClient):
         return Rejected(Failure.eval_crash, self._frame().decode("utf-8", "replace"))
 
 
+class _StrictPerturbationClient(EvalClient):
+    """As before scorer v3: non-finite logits under a perturbation are invalid_logits, not a
+    sign that the tensor is used."""
+
+    def perturbed(self, name, seed, tokens):
+        logits = super().perturbed(name, seed, tokens)
+        if logits is None:
+            raise Rejected(Failure.invalid_logits, "logits contain NaN or infinity")
+        return logits
+
+
 def weakened(*checks: str) -> Scorer:
     """The trusted scorer without ``checks`` (names from CHECKS)."""
     unknown = set(checks) - set(CHECKS)
     assert not unknown, f"no such check: {unknown}"
 
     class Weaker(Scorer):
+        if "nonfinite_as_used" in checks:
+            client = _StrictPerturbationClient
+
         if "probes" in checks:
             def probes(self, held, dataset, context, rng):
                 return []
 
         if "heldout_scan" in checks:
-            def scan_heldout(self, dataset, files):
+            def scan_heldout(self, dataset, files, deadline_s):
                 return None
 
         if "perturb" in checks:

@@ -113,9 +113,13 @@ def _perturbed(torch, model, name, seed, gain, idx):
     saved = tensor.detach().clone()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float32).to(tensor.device)
-    scale = gain * 0.5 * (float(saved.float().abs().mean()) + 1e-2)
+    # The scale of the finite entries only, in float64 (a -inf or finfo.min mask buffer would
+    # make it infinite); non-finite entries stay as they are.
+    finite = torch.isfinite(saved)
+    magnitude = saved.double().abs()[finite]
+    scale = gain * 0.5 * ((float(magnitude.mean()) if magnitude.numel() else 0.0) + 1e-2)
     with torch.no_grad():
-        tensor.add_((noise * scale).to(tensor.dtype))
+        tensor.add_(torch.where(finite, noise.double() * scale, 0.0).to(tensor.dtype))
     try:
         _answer(torch, model, idx)
     finally:
