@@ -8,9 +8,10 @@ import dataclasses
 
 from darwin.evaluation.eval_client import EvalClient, EvalSession, eval_spec
 from darwin.evaluation.failures import Failure, Rejected
-from darwin.evaluation.scoring import EVAL_BATCH, Scorer
+from darwin.evaluation.flops import GAINS, moved
+from darwin.evaluation.scoring import EVAL_BATCH, Scorer, log_softmax
 
-CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages")
+CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages", "dtype", "subsets")
 
 
 class _TellingClient(EvalClient):
@@ -37,6 +38,21 @@ def weakened(*checks: str) -> Scorer:
         if "perturb" in checks:
             def find_unused(self, result, b, tensors, flops_tensors, rows, rng, tol):
                 return None
+
+        if "dtype" in checks:  # scorer v2: every tensor of two or more dims counts
+            def countable(self, tensors):
+                return {k: v for k, v in tensors.items() if len(v[1]) >= 2}
+
+        if "subsets" in checks:  # scorer v2: whole-tensor noise; moving anything is a matmul
+            def find_unused(self, result, b, tensors, flops_tensors, rows, rng, tol):
+                reference = log_softmax(b.forward(rows))
+                for name, (dtype, _) in sorted(tensors.items()):
+                    if dtype.startswith(("F", "BF")) and not any(
+                            moved(log_softmax(b.perturbed(name, int(rng.integers(1 << 62)), rows,
+                                                          gain)), reference, tol).any()
+                            for gain in GAINS):
+                        result.unused.append(name)
+                        flops_tensors.pop(name, None)
 
         if "batching" in checks:  # in window order, neighbours together
             def batches(self, items, rng, context):
