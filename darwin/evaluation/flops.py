@@ -78,9 +78,9 @@ def classify(tensors: dict, rows: np.ndarray, reference: np.ndarray, perturb: Pe
     avoid = {int(t) for t in np.unique(rows[:, :early])} | set(range(early))
     for name in sorted(tensors):
         dtype, shape = tensors[name]
-        if not is_float(dtype):
+        if not is_float(dtype) or 0 in shape:  # nothing to move (and no FLOPs in it)
             continue
-        if len(shape) >= 2 and _is_matmul(name, shape, avoid, early, reference, perturb, rng,
+        if len(shape) >= 2 and early >= 2 and _is_matmul(name, shape, avoid, early, reference, perturb, rng,
                                           tol):
             uses.matmul.append(name)
         elif not _moves_at_all(name, reference, perturb, rng, tol):
