@@ -64,6 +64,9 @@ class EvaluationRecord(BaseModel):
     val_loss: float | None = None
     perplexity: float | None = None
     mfu: float | None = None
+    # "estimated" (FLOPs shown by perturbation in the candidate's process: reported, never
+    # selected on) or "measured" (by a trusted workload the candidate cannot see).
+    mfu_basis: str = "estimated"
     train_wall_s: float = 0.0
     eval_wall_s: float | None = None
     tokens_served: int = 0

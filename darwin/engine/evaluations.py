@@ -199,6 +199,7 @@ class Evaluations:
             candidate_id=cid, code_sha=sha, seed=seed, budget=self.run.budget.name,
             status=d["status"],
             detail=d["detail"], val_loss=d["val_loss"], perplexity=d["perplexity"], mfu=d["mfu"],
+            mfu_basis=d["mfu_basis"],
             train_wall_s=d["train_wall_s"], eval_wall_s=d["eval_wall_s"],
             tokens_served=d["tokens_served"], claims=d["claims"], flags=d["flags"],
             log_tail=tail[-3000:], isolated=d["isolated"], checks=d["checks"],

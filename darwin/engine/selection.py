@@ -33,6 +33,10 @@ class Scored:
     id: str
     losses: list[float] = field(default_factory=list)
     mfu: float | None = None
+    # True only for an MFU measured by something the candidate cannot see; an estimated one
+    # (FLOPs shown inside the candidate's own process, darwin/evaluation/flops.py) is reported
+    # but never enters the Pareto set.
+    mfu_measured: bool = False
     # False when any run was scored without a sandbox (--sandbox unsafe): its probes prove
     # nothing, so it is never promoted.
     verified: bool = True
@@ -103,13 +107,14 @@ def select(population: list[Scored], children: list[Scored], size: int, keep: in
 
 def pareto(candidates: list[Scored], seed_loss: float | None = None,
            margin: float = 0.0) -> list[str]:
-    """Ids not dominated on (lower val loss, higher MFU). MFU counts only for candidates not
-    worse than the seed beyond the noise (``seed_loss + margin``): a model can buy MFU by
-    wasting served tokens or compute, never by being worse."""
+    """Ids not dominated on (lower val loss, higher MFU). MFU counts only when measured (an
+    estimated one rests on the candidate's own process: it could be bought) and only for
+    candidates not worse than the seed beyond the noise (``seed_loss + margin``): a model can buy
+    MFU by wasting served tokens or compute, never by being worse."""
 
     def mfu(c: Scored) -> float:
         worse = seed_loss is not None and c.fitness > seed_loss + margin
-        return 0.0 if c.mfu is None or worse else c.mfu
+        return 0.0 if c.mfu is None or worse or not c.mfu_measured else c.mfu
 
     pts = [(c.id, c.fitness, mfu(c)) for c in candidates if c.losses]
     out = []

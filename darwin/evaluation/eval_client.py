@@ -10,6 +10,7 @@ import json
 import os
 import select
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +134,16 @@ class EvalClient:
         assert logits is not None
         return logits
 
-    def perturbed(self, name: str, seed: int, tokens: np.ndarray, gain: float = 1.0
-                  ) -> np.ndarray | None:
-        """Logits with tensor ``name`` moved by noise ``gain`` times its scale; None where they
-        turned non-finite. ``name`` is a validated header name (outputs.py: printable UTF-8)."""
+    def perturbed(self, name: str, seed: int, tokens: np.ndarray, gain: float = 1.0,
+                  rows: Sequence[int] = (), cols: Sequence[int] = ()) -> np.ndarray | None:
+        """Logits with tensor ``name`` moved by noise ``gain`` times its scale, only in ``rows`` x
+        ``cols`` (first and last dimension) when given: a secret subset the model cannot watch
+        for in one place. None where the logits turned non-finite. ``name`` is a validated
+        header name (outputs.py: printable UTF-8)."""
         encoded = name.encode()
+        subset = b"".join(struct.pack(f"<I{len(ix)}I", len(ix), *ix) for ix in (rows, cols))
         self._write(b"PRT " + struct.pack("<I", len(encoded)) + encoded
-                    + struct.pack("<Qf", seed, gain) + self._tokens(tokens))
+                    + struct.pack("<Qf", seed, gain) + subset + self._tokens(tokens))
         return self._logits(*tokens.shape, finite=False)
 
     def bye(self) -> None:

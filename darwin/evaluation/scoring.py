@@ -18,9 +18,11 @@ this side computes every number, in float64, and treats every frame as untrusted
   on the true token (mean of A's minus B's log-probability at most ``EDGE``). A model that peeks
   at a fraction f of positions is caught by the probes with probability 1 - (1 - f)^P: 99.4 %
   for f = 2 % and P = 256; peeks too small for the tolerance add up in the edge test.
-- In B, after the probes, every saved floating-point tensor is perturbed in turn; a tensor that
-  moves no log-probability is unused: it is left out of the parameter count behind FLOPs (flag
-  ``unused_weights``).
+- In B, after the probes, every saved floating-point tensor is perturbed in turn
+  (darwin/evaluation/flops.py): only a matrix whose secret random blocks move every early position
+  counts toward FLOPs (a matmul); one that moves only the positions that read it is read by index
+  (``checks["index_read"]``); one that moves nothing is unused (flag ``unused_weights``). Integer
+  and bool tensors never count.
 - Before anything runs, the program and its output folder are scanned for any 32-character run of
   val or test text, as text or as token ids in common integer and float widths
   (``heldout_in_program``).
@@ -55,6 +57,7 @@ from darwin.evaluation.eval_client import (  # noqa: F401 - PrestartedScorer, pr
     prestart_scorer,
 )
 from darwin.evaluation.failures import Failure, Rejected
+from darwin.evaluation.flops import classify, is_float, may_count
 from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_claims, read_safetensors_header
 from darwin.sandbox import Sandbox
@@ -65,7 +68,6 @@ EVAL_BATCH = 32
 PROBES = 256  # at most one per window: min(PROBES, windows) probes per scoring
 TRAIN_SAMPLE = 64  # train windows scored beside the held-out ones (heldout_suspect)
 PERTURB_ROWS = 4
-UNUSED_GAINS = (1.0, 10.0, 100.0, 1000.0)  # noise gains a tensor must move nothing at (unused)
 # Absolute tolerances on log-probabilities (max over the vocabulary at a probe position). CPU:
 # float32 kernels, A and B differ only by batch composition (measured honest: below 1e-5). CUDA:
 # bf16/TF32 kernels and autocast programs; not yet calibrated on a GPU here.
@@ -87,8 +89,9 @@ class Score:
     checks: dict = field(default_factory=dict)  # probes, tolerance, max_diff, edge, verified
     flags: list[str] = field(default_factory=list)
     parameters: int | None = None  # from the safetensors header (trusted)
-    flops_per_token: float | None = None  # 6 x parameters of matrices shown to matter
+    flops_per_token: float | None = None  # 6 x elements of the tensors shown to be matmuls
     unused: list[str] = field(default_factory=list)  # tensors that changed nothing
+    index_read: list[str] = field(default_factory=list)  # used, but not as a matmul
     train_sample_loss: float | None = None
     audit_seed: str = ""  # the secret batching and probe seed, revealed after scoring
     eval_wall_s: float = 0.0
@@ -262,10 +265,15 @@ class Scorer:
         return EvalSession(job.sandbox, spec, job.vocab, job.model_lines, held, job.cpus,
                            self.client)
 
+    def countable(self, tensors: dict) -> dict:
+        """The tensors that could count toward FLOPs: floating point, two or more dimensions (an
+        integer or bool tensor can never be shown to matter, and a mask is not a matmul)."""
+        return {k: v for k, v in tensors.items() if may_count(*v)}
+
     def find_unused(self, result: Score, b: EvalClient, tensors: dict, flops_tensors: dict,
                     rows: np.ndarray, rng: np.random.Generator, tol: float) -> None:
-        """Perturb each floating-point tensor; one that moves no log-probability is left out
-        of the FLOP count."""
+        """Perturb each floating-point tensor in secret blocks; only one shown to be a matmul
+        stays in ``flops_tensors``."""
         _find_unused(result, b, tensors, flops_tensors, rows, rng, tol)
 
     # -- the order ------------------------------------------------------------------------------
@@ -330,11 +338,10 @@ class Scorer:
 
         # Process B, fresh, after A is gone: the probes, then which tensors matter.
         tol, edge_max = TOLERANCE[job.device], EDGE[job.device]
-        flops_tensors = dict(tensors)
+        flops_tensors = self.countable(tensors)
         self._check_with_b(result, job, probes, held, tensors, flops_tensors, rng, context,
                            tol, edge_max)
-        result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values()
-                                           if len(s) >= 2)
+        result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values())
         if not job.sandbox.isolated:  # A and B could share files: the probes prove nothing
             result.checks["verified"] = False
             result.flags.append("unverified: scored without a sandbox (--sandbox unsafe); "
@@ -410,34 +417,28 @@ def score(out_dir: Path, budget: Budget, sandbox: Sandbox, workdir: Path, **opti
     return TRUSTED.score(out_dir, budget, sandbox, workdir, **options)
 
 
+def _log_softmax_or_none(logits: np.ndarray | None) -> np.ndarray | None:
+    return None if logits is None else log_softmax(logits)
+
+
 def _find_unused(result: Score, b: EvalClient, tensors: dict, flops_tensors: dict,
                  rows: np.ndarray, rng: np.random.Generator, tol: float) -> None:
-    """Perturb each floating-point tensor; one that moves no log-probability is left out of the
-    FLOP count.
-
-    Noise of the tensor's own scale moves a near-zero bias of an honest model by about the
-    tolerance (a fork's LayerNorm bias: 1.4e-3 to 1.2e-2 against 1e-3 on CPU, and below the 5e-2
-    of CUDA), so one draw flagged it on one backend and not the other. A tensor that stays within
-    the tolerance is therefore drawn again at ``UNUSED_GAINS`` times that noise, and is unused
-    only when no draw moves anything: an unused tensor moves nothing at any gain, a used one
-    moves in proportion, far past the tolerance by the last gain. Logits that turn non-finite
-    under a perturbation moved: the tensor is used (a mask buffer of -inf or finfo.min can
-    overflow), which is not a failure."""
+    """Sort the tensors into matmuls, reads by index and unused (darwin/evaluation/flops.py);
+    everything but the matmuls leaves ``flops_tensors``. Logits that turn non-finite under a
+    perturbation moved: the tensor is used (a mask buffer of -inf or finfo.min can overflow),
+    which is not a failure."""
     reference = log_softmax(b.forward(rows))
-    for name in sorted(tensors):
-        dtype, _ = tensors[name]
-        if not dtype.startswith(("F", "BF")):
-            continue
-        for gain in UNUSED_GAINS:
-            moved = b.perturbed(name, int(rng.integers(1 << 62)), rows, gain)
-            if moved is None:  # non-finite logits: it moved (named in the checks, for audit)
-                result.checks.setdefault("perturbed_to_nonfinite", []).append(name)
-                break
-            if float(np.max(np.abs(log_softmax(moved) - reference))) > tol:
-                break
-        else:
-            result.unused.append(name)
+    uses = classify(tensors, rows, reference,
+                    lambda name, seed, gain, r, c: _log_softmax_or_none(
+                        b.perturbed(name, seed, rows, gain, r, c)),
+                    rng, tol)
+    for name, (dtype, _) in tensors.items():  # integer tensors are ``countable``'s to drop
+        if is_float(dtype) and name not in uses.matmul:
             flops_tensors.pop(name, None)
+    result.unused, result.index_read = uses.unused, uses.index_read
+    result.checks["index_read"] = list(uses.index_read)
+    if uses.nonfinite:
+        result.checks["perturbed_to_nonfinite"] = list(uses.nonfinite)
     if result.unused:
         shown = ", ".join(result.unused[:4]) + (" ..." if len(result.unused) > 4 else "")
         result.flags.append(f"unused_weights: {len(result.unused)} tensor(s) change nothing "

@@ -37,6 +37,10 @@ class Evaluation:
     claims: dict = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     mfu: float | None = None
+    # "estimated": the FLOPs behind it rest on perturbations inside the candidate's own process
+    # (darwin/evaluation/flops.py), which a model that watches its weights can fake; only a
+    # "measured" MFU (by a workload the candidate cannot see; none yet) may enter the Pareto set.
+    mfu_basis: str = "estimated"
     peak_flops: float | None = None
     peak_label: str = ""
 
@@ -76,9 +80,11 @@ class Evaluation:
             "parameters": s.parameters if s else None,
             "flops_per_token": s.flops_per_token if s else None,
             "unused_tensors": s.unused if s else [],
+            "index_read_tensors": s.index_read if s else [],
             "train_sample_loss": s.train_sample_loss if s and s.ok else None,
             "audit_seed": s.audit_seed if s else "",
             "mfu": self.mfu,
+            "mfu_basis": self.mfu_basis,
             "peak_flops": self.peak_flops,
             "peak_label": self.peak_label,
             "train_wall_s": round(self.train.wall_s, 3),

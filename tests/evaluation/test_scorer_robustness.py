@@ -310,7 +310,7 @@ def test_darwin_show_prints_a_stored_detail_and_flag_as_text(tmp_path):
                       highlight=False)
     original, cli_read.out = cli_read.out, console
     try:
-        cli_read.show(victim.candidate_id, run_id=data.run_id, storage=str(tmp_path / "runs"))
+        cli_read.show(victim.candidate_id, run_id=data.run_id, storage_url=str(tmp_path / "runs"))
     finally:
         cli_read.out = original
     assert console.export_text().count(FORGED) == 2

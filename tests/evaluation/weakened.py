@@ -8,10 +8,11 @@ import dataclasses
 
 from darwin.evaluation.eval_client import EvalClient, EvalSession, eval_spec
 from darwin.evaluation.failures import Failure, Rejected
-from darwin.evaluation.scoring import EVAL_BATCH, Scorer
+from darwin.evaluation.flops import GAINS, moved
+from darwin.evaluation.scoring import EVAL_BATCH, Scorer, log_softmax
 
-CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages",
-          "nonfinite_as_used")
+CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages", "nonfinite_as_used",
+          "dtype", "subsets")
 
 
 class _TellingClient(EvalClient):
@@ -25,8 +26,8 @@ class _StrictPerturbationClient(EvalClient):
     """As before scorer v3: non-finite logits under a perturbation are invalid_logits, not a
     sign that the tensor is used."""
 
-    def perturbed(self, name, seed, tokens):
-        logits = super().perturbed(name, seed, tokens)
+    def perturbed(self, name, seed, tokens, gain=1.0, rows=(), cols=()):
+        logits = super().perturbed(name, seed, tokens, gain, rows, cols)
         if logits is None:
             raise Rejected(Failure.invalid_logits, "logits contain NaN or infinity")
         return logits
@@ -52,6 +53,21 @@ def weakened(*checks: str) -> Scorer:
         if "perturb" in checks:
             def find_unused(self, result, b, tensors, flops_tensors, rows, rng, tol):
                 return None
+
+        if "dtype" in checks:  # scorer v2: every tensor of two or more dims counts
+            def countable(self, tensors):
+                return {k: v for k, v in tensors.items() if len(v[1]) >= 2}
+
+        if "subsets" in checks:  # scorer v2: whole-tensor noise; moving anything is a matmul
+            def find_unused(self, result, b, tensors, flops_tensors, rows, rng, tol):
+                reference = log_softmax(b.forward(rows))
+                for name, (dtype, _) in sorted(tensors.items()):
+                    if dtype.startswith(("F", "BF")) and not any(
+                            moved(log_softmax(b.perturbed(name, int(rng.integers(1 << 62)), rows,
+                                                          gain)), reference, tol).any()
+                            for gain in GAINS):
+                        result.unused.append(name)
+                        flops_tensors.pop(name, None)
 
         if "batching" in checks:  # in window order, neighbours together
             def batches(self, items, rng, context):

@@ -118,15 +118,26 @@ def test_an_unverified_child_is_never_promoted():
 
 
 def test_mfu_counts_in_the_pareto_set_only_when_not_worse_than_the_seed():
-    c = [Scored("good", [2.0], mfu=0.1), Scored("waster", [2.5], mfu=0.9)]
+    c = [Scored("good", [2.0], mfu=0.1, mfu_measured=True),
+         Scored("waster", [2.5], mfu=0.9, mfu_measured=True)]
     assert sorted(pareto(c)) == ["good", "waster"]  # without the seed's bound
     assert pareto(c, seed_loss=2.1, margin=0.05) == ["good"]
 
 
 def test_pareto_front():
-    c = [Scored("fast", [2.2], mfu=0.5), Scored("good", [2.0], mfu=0.3),
-         Scored("bad", [2.3], mfu=0.2)]
+    c = [Scored("fast", [2.2], mfu=0.5, mfu_measured=True),
+         Scored("good", [2.0], mfu=0.3, mfu_measured=True),
+         Scored("bad", [2.3], mfu=0.2, mfu_measured=True)]
     assert sorted(pareto(c)) == ["fast", "good"]
+
+
+def test_an_estimated_mfu_never_enters_the_pareto_set():
+    """FLOPs shown inside the candidate's own process can be faked (issue #31): an estimated MFU
+    is reported, never selected on; the same numbers measured from outside do count."""
+    estimated = [Scored("fast", [2.2], mfu=0.5), Scored("good", [2.0], mfu=0.3)]
+    assert pareto(estimated) == ["good"]
+    measured = [Scored(c.id, c.losses, mfu=c.mfu, mfu_measured=True) for c in estimated]
+    assert sorted(pareto(measured)) == ["fast", "good"]
 
 
 def test_offline_children_do_not_repeat_an_earlier_generation(tmp_path):

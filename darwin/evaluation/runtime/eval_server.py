@@ -11,10 +11,11 @@ never leaves the scorer:
              | "ERR " u32 n, n bytes JSON {stage, error, frames} (then exit)
     client  -> "FWD " u32 B, u32 T, B*T u16 tokens
     server  -> "LOG " u32 B, u32 T, u32 V, B*T*V f32 logits  |  "ERR " ...
-    client  -> "PRT " u32 n, n bytes tensor name, u64 noise seed, f32 gain, u32 B, u32 T, B*T u16
-               tokens
+    client  -> "PRT " u32 n, n bytes tensor name, u64 noise seed, f32 gain,
+               u32 r, r u32 rows, u32 c, c u32 columns, u32 B, u32 T, B*T u16 tokens
     server  -> like FWD, with that tensor perturbed by gain x noise of its own scale (and
-               restored afterwards)
+               restored afterwards); only in the given rows (first dimension) and columns (last
+               dimension) when the lists are not empty: the scorer's secret subset
     client  -> "BYE "
 An error frame names the stage, the exception's class and the (file, line) frames of the
 traceback, never its message: a message could carry the tokens the model was shown.
@@ -103,7 +104,28 @@ def _answer(torch, model, idx):
     _send(b"LOG ", struct.pack("<III", *shape[:3]) + arr.astype("<f4").tobytes())
 
 
-def _perturbed(torch, model, name, seed, gain, idx):
+# --- secret subsets (issue #31, FLOPs): the scorer picks which rows/columns move ------------
+def _read_indices():
+    (n,) = struct.unpack("<I", _read_exact(4))
+    return list(struct.unpack(f"<{n}I", _read_exact(4 * n)))
+
+
+def _subset(torch, noise, rows, cols):
+    """``noise`` kept only in ``rows`` (first dimension) x ``cols`` (last); all where empty."""
+    if noise.dim() < 2 or not (rows or cols):
+        return noise
+    keep_rows = torch.zeros(noise.shape[0], dtype=torch.bool)
+    keep_rows[torch.tensor(rows, dtype=torch.long) if rows else slice(None)] = True
+    keep_cols = torch.zeros(noise.shape[-1], dtype=torch.bool)
+    keep_cols[torch.tensor(cols, dtype=torch.long) if cols else slice(None)] = True
+    shape = [noise.shape[0]] + [1] * (noise.dim() - 1)
+    return noise * (keep_rows.view(shape) & keep_cols)
+
+
+# --- end secret subsets ---------------------------------------------------------------------
+
+
+def _perturbed(torch, model, name, seed, gain, idx, rows=(), cols=()):
     """Logits with one saved tensor moved by ``gain`` x noise of its own scale, then put back."""
     state = model.state_dict()
     tensor = state.get(name)
@@ -112,7 +134,8 @@ def _perturbed(torch, model, name, seed, gain, idx):
         return
     saved = tensor.detach().clone()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float32).to(tensor.device)
+    noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float32)
+    noise = _subset(torch, noise, rows, cols).to(tensor.device)  # secret subsets (FLOPs)
     # The scale of the finite entries only, in float64 (a -inf or finfo.min mask buffer would
     # make it infinite); non-finite entries stay as they are.
     finite = torch.isfinite(saved)
@@ -155,7 +178,8 @@ def main():
             (n,) = struct.unpack("<I", _read_exact(4))
             name = _read_exact(n).decode("utf-8")
             seed, gain = struct.unpack("<Qf", _read_exact(12))
-            _perturbed(torch, model, name, seed, gain, _tokens(torch, device))
+            rows, cols = _read_indices(), _read_indices()  # secret subsets (FLOPs)
+            _perturbed(torch, model, name, seed, gain, _tokens(torch, device), rows, cols)
         else:
             return 2
 
