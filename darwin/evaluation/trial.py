@@ -78,6 +78,7 @@ class Evaluation:
             "flops_per_token": s.flops_per_token if s else None,
             "unused_tensors": s.unused if s else [],
             "train_sample_loss": s.train_sample_loss if s and s.ok else None,
+            "private_loss": s.private_loss if s and s.ok else None,
             "audit_seed": s.audit_seed if s else "",
             "mfu": self.mfu,
             "peak_flops": self.peak_flops,

@@ -8,9 +8,9 @@ import dataclasses
 
 from darwin.evaluation.eval_client import EvalClient, EvalSession, eval_spec
 from darwin.evaluation.failures import Failure, Rejected
-from darwin.evaluation.scoring import EVAL_BATCH, Scorer
+from darwin.evaluation.scoring import EVAL_BATCH, PROBES, Scorer, make_probes
 
-CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages")
+CHECKS = ("probes", "train_probes", "heldout_scan", "program_bounds", "perturb", "batching", "messages")
 
 
 class _TellingClient(EvalClient):
@@ -29,6 +29,15 @@ def weakened(*checks: str) -> Scorer:
         if "probes" in checks:
             def probes(self, held, dataset, context, rng):
                 return []
+
+        elif "train_probes" in checks:  # the held-out windows only (scorer v2)
+            def probes(self, items, dataset, context, rng):
+                held = [w for w in items if w.region == "held"]
+                return make_probes(held, dataset, PROBES, context, rng)
+
+        if "program_bounds" in checks:
+            def bound_program(self, sources):
+                return None
 
         if "heldout_scan" in checks:
             def scan_heldout(self, dataset, files):
