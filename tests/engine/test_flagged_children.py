@@ -76,6 +76,7 @@ def test_a_flagged_child_is_listed_at_the_review_and_enters_only_when_pinned(eng
     record = engine.select(1, ["g001-c00", "g001-c01"], started_at=0.0)
     assert "g001-c00" not in [m.candidate_id for m in record.population]
     assert "g001-c01" in [m.candidate_id for m in record.population]
+    assert "g001-c00" not in record.pareto + record.promoted + record.filled
     engine.store.commit(record)
     review = engine.humans.review_due(1, ReviewPolicy(every=1))
     assert review is not None and review.flagged == {"g001-c00": SUSPECT}
