@@ -198,6 +198,9 @@ class ReviewRecord(BaseModel):
     gate: bool = False
     population: list[str] = Field(default_factory=list)  # who may be vetoed
     pinnable: list[str] = Field(default_factory=list)  # who may be pinned
+    # Children kept out of the population by an integrity flag since the previous review, with
+    # the flag: the review's page lists them, and pinning one is the only way in.
+    flagged: dict[str, str] = Field(default_factory=dict)
     asked_at: float = 0.0
     deadline: float = 0.0
     answered_at: float = 0.0

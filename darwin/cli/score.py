@@ -88,6 +88,9 @@ def _print_rows(title: str, rows: list[dict], summary: dict | None) -> None:
                 f"{c['max_diff']:.2g}, tolerance {c['tolerance']:g}; edge {c['edge']:.2g}, at most "
                 f"{c['epsilon']:g}); FLOPs from {len(r['unused_tensors']) and 'the used' or 'all'} "
                 f"tensors{'' if c['verified'] else '; [red]unverified (no sandbox)[/]'}[/]")
+            if r.get("private_loss") is not None:
+                out.print(f"[dim]seed {r['seed']}: loss on the private text {r['private_loss']:.4f} "
+                          f"(memorisation gap {r['private_loss'] - r['val_loss']:+.4f} nats)[/]")
         if r["status"] != "ok":
             # Details and flags can carry the candidate's words (tensor names): never markup.
             out.print(f"[red]seed {r['seed']}: {r['status']}[/] {escape(r['detail'])}")

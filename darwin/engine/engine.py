@@ -59,8 +59,10 @@ class Engine(RunContext):
             population=[Member(candidate_id=m.id, losses=m.losses, mfu=m.mfu) for m in new_pop],
             children=children, promoted=chosen.promoted, filled=chosen.filled,
             noise=previous.noise,
-            # A promoted child is in both lists: each candidate once.
-            pareto=pareto(list({s.id: s for s in new_pop + children_scored}.values()),
+            # A promoted child is in both lists: each candidate once. A flagged child left out
+            # of the population is no trade-off to show either.
+            pareto=pareto(list({s.id: s for s in new_pop + [
+                c for c in children_scored if not c.flagged]}.values()),
                           self.knowledge.seed_fitness(), previous.noise),
             wall_s=time.time() - started_at,
         )

@@ -189,6 +189,11 @@ class Evaluations:
         tmp = cache.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # writers race
         tmp.write_text(ev.model_dump_json())
         tmp.replace(cache)
+        if not self.run.store.local and ev.status == "ok" and seed == self.run.seeds()[0]:
+            # On a shared store the machine that trained a child may die before the commit that
+            # would keep its model (kill -9, a lost worker): the model goes with the record, so
+            # whoever commits or runs the final test reads it instead of training it again.
+            self.keep_models([cid])
         self.run.store.put_evaluation(ev)
         return ev
 

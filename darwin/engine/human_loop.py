@@ -178,6 +178,21 @@ class HumanLoop:
         population = self.population_ids(gen)
         record = self.run.store.generation(gen)
         scored_children = [c for c in record.children if self.knowledge.scored(c).losses]
-        pinnable = population + [c for c in scored_children if c not in population]
+        flagged = self.flagged_since_last_review(gen, reviews)
+        pinnable = population + [c for c in [*scored_children, *flagged] if c not in population]
         return hitl.due(self.run.store.run_id, gen, self.planned_generations(), policy, requests,
-                        population, pinnable)
+                        population, list(dict.fromkeys(pinnable)), flagged)
+
+    def flagged_since_last_review(self, gen: int, reviews: list[ReviewRecord]) -> dict[str, str]:
+        """Children of the generations after the last review up to ``gen`` that an integrity
+        flag kept out of the population: {id: its first such flag}. Selection never takes them;
+        this is where a person sees them (and may pin one)."""
+        last = max((r.generation for r in reviews if r.generation < gen), default=0)
+        out: dict[str, str] = {}
+        for g in range(last + 1, gen + 1):
+            record = self.run.store.generation(g)
+            for c in record.children if record is not None else []:
+                s = self.knowledge.scored(c)
+                if s.flagged and s.losses and c not in out:
+                    out[c] = s.flagged[0]
+        return out

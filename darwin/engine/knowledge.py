@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from darwin.engine.run_context import RunContext
 from darwin.engine.selection import Scored
+from darwin.evaluation import integrity_flags
 from darwin.mutation import FailureNote, aggregate, first_run_outcomes, lesson_lines
 
 
@@ -17,7 +18,8 @@ class Knowledge:
         losses = [e.val_loss for e in sorted(evals, key=lambda e: e.seed) if e.val_loss is not None]
         mfus = [e.mfu for e in evals if e.mfu is not None]
         return Scored(cid, losses, mfu=sum(mfus) / len(mfus) if mfus else None,
-                      verified=all(e.isolated for e in evals))
+                      verified=all(e.isolated for e in evals),
+                      flagged=[f for e in evals for f in integrity_flags(e.flags)])
 
     def seed_fitness(self) -> float:
         """The seed program's mean val loss (generation 0)."""

@@ -61,7 +61,7 @@ def to_confirm(population: Sequence[Scored], children: Sequence[Scored], more_se
 
     known = [c for c in [*population, *children] if measured(c)]
     bar = min((c.fitness for c in known), default=float("inf"))
-    lucky = [c for c in children if c.losses and c.verified and not measured(c)
+    lucky = [c for c in children if c.losses and c.verified and not c.flagged and not measured(c)
              and c.id not in done and c.fitness < bar]
     seeds = list(more_seeds)[: max(0, min_runs - 1)]
     return [(c.id, s) for c in sorted(lucky, key=lambda c: c.fitness) for s in seeds]

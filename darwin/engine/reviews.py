@@ -98,8 +98,8 @@ def gate_due(generation: int, policy: ReviewPolicy) -> bool:
 
 
 def due(run_id: str, generation: int, planned: int, policy: ReviewPolicy,
-        requests: list[AskedRequest], population: list[str], pinnable: list[str]
-        ) -> ReviewRecord | None:
+        requests: list[AskedRequest], population: list[str], pinnable: list[str],
+        flagged: dict[str, str] | None = None) -> ReviewRecord | None:
     """The review to hold after ``generation`` committed, or None. Requests are asked when a
     next generation could act on them, or when a gate pauses anyway."""
     gate = gate_due(generation, policy)
@@ -108,7 +108,7 @@ def due(run_id: str, generation: int, planned: int, policy: ReviewPolicy,
         return None
     return ReviewRecord(run_id=run_id, generation=generation, gate=gate,
                         requests=requests if asking else [], population=population,
-                        pinnable=pinnable)
+                        pinnable=pinnable, flagged=flagged or {})
 
 
 def default_answer(review: ReviewRecord, via: str = "timeout") -> ReviewAnswer:

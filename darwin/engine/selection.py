@@ -40,6 +40,10 @@ class Scored:
     # False when any run was scored without a sandbox (--sandbox unsafe): its probes prove
     # nothing, so it is never promoted.
     verified: bool = True
+    # Integrity flags of any run (darwin.evaluation.integrity_flags: held-out text suspected,
+    # a program past the size bounds, ...): the loss may be memory, not modelling, so the child
+    # never enters the population unless a person pins it at a review.
+    flagged: list[str] = field(default_factory=list)
 
     @property
     def fitness(self) -> float:
@@ -84,11 +88,14 @@ def select(population: list[Scored], children: list[Scored], size: int, keep: in
     """The next population, the children promoted into it and those that filled an empty slot.
     Members a human pinned are never displaced (they may hold the population above ``size``).
     Children are taken measured first, so a child measured on ``min_runs`` seeds gets an empty
-    slot before a one-seed child that looks better."""
+    slot before a one-seed child that looks better. A child with an integrity flag is not taken
+    at all unless pinned (a person looked at it)."""
     current = ranked(population, min_runs)
     promoted: list[str] = []
     filled: list[str] = []
-    for child in ranked([c for c in children if c.losses and c.verified], min_runs):
+    eligible = [c for c in children
+                if c.losses and c.verified and (not c.flagged or c.id in pinned)]
+    for child in ranked(eligible, min_runs):
         if len(current) < size:
             current.append(child)
             filled.append(child.id)

@@ -18,6 +18,7 @@ _FACE = {
     "local_file": "extra_data",
     "source_name": "extra_data",
     "Failure": "failures",
+    "integrity_flags": "failures",
     "check_device": "hardware",
     "OUTPUT_LIMITS": "outputs",
     "PrestartedScorer": "scoring",

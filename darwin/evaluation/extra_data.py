@@ -11,6 +11,14 @@ The contamination check is exact and linear: every shared run of 64 characters c
 the held-out text's 32-character blocks at a multiple of 32, so hashing those blocks (tens of
 thousands) and every 32-character window of the file (vectorised, in chunks) finds each
 candidate; candidates are then confirmed by comparing the characters themselves.
+
+An exact run is beaten by light changes (re-indented lines, changed case, other punctuation), so
+both texts are also compared after normalising: lowercase letters and digits only (whitespace,
+line breaks and punctuation dropped). A file is refused when it holds more than
+``MAX_OVERLAP`` of a held-out split's normalised ``_BLOCK``-character pieces (about seven words
+each): the held-out text lightly changed holds nearly all of them, other English text next to
+none (a share, not one run, so a shared proverb is no contamination). What it does not catch: a
+paraphrase, or under ``MAX_OVERLAP`` of the text (a few hundred words).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from darwin.evaluation.data import load_dataset
 MAX_BYTES = 16 << 20
 MIN_CHARS = 10_000  # enough windows of any sensible block size
 CONTAMINATION_RUN = 64
+MAX_OVERLAP = 0.01  # the most of a held-out split's normalised pieces a dataset may hold
 _BLOCK = CONTAMINATION_RUN // 2
 _CHUNK = 1 << 20
 _BASE = np.uint64(0x9E3779B97F4A7C15)
@@ -90,6 +99,12 @@ def check_dataset(path: str | Path, name: str | None = None) -> CleanDataset:
     if len(kept) < MIN_CHARS:
         raise DatasetRefused(f"{path} has {len(kept)} usable characters; at least {MIN_CHARS} "
                              "are needed")
+    share, split = normalised_overlap(kept)
+    if share > MAX_OVERLAP:
+        raise DatasetRefused(f"{path} is contaminated: once case, spacing, line breaks and "
+                             f"punctuation are set aside it holds {share:.1%} of the {split} "
+                             f"split (at most {MAX_OVERLAP:.0%}); a score measured on text the "
+                             "model trained on means nothing")
     shared = shared_passage(encode(kept))
     if shared is not None:
         passage, split = shared
@@ -148,3 +163,23 @@ def shared_passage(codes: np.ndarray) -> tuple[str, str] | None:
             if left + _BLOCK + right >= CONTAMINATION_RUN:
                 return data.text(held[p - left:end_h + right]), split
     return None
+
+
+def normalise(text: str) -> np.ndarray:
+    """``text`` as lowercase letters and digits only (as bytes): what light editing keeps."""
+    return np.frombuffer(re.sub(r"[^a-z0-9]+", "", text.lower()).encode("ascii", "ignore"),
+                         dtype=np.uint8)
+
+
+def normalised_overlap(text: str) -> tuple[float, str]:
+    """The largest share of a held-out split's normalised pieces (every ``_BLOCK``-character
+    window) found in ``text`` normalised, and that split."""
+    data = load_dataset()
+    mine = np.unique(_window_hashes(normalise(text), 1))
+    best = (0.0, "val")
+    for split in ("val", "test"):
+        held = _window_hashes(normalise(data.text(data.split(split))), 1)
+        if len(held) and len(mine):
+            share = float(np.isin(held, mine, assume_unique=False).mean())
+            best = max(best, (share, split))
+    return best

@@ -24,6 +24,7 @@ class Failure(str, enum.Enum):
     noncausal = "noncausal"  # a fresh process, shown other later tokens, disagreed: it peeks
     inconsistent_logits = "inconsistent_logits"  # a fresh process disagreed on the same prefix
     heldout_in_program = "heldout_in_program"  # val/test text in the program or its outputs
+    program_too_large = "program_too_large"  # a program file or its literal data past the bounds
     scorer_error = "scorer_error"  # a bug of ours: the candidate is not at fault
     # Only in records written before scorer v2 (checks then ran inside the process they checked).
     batch_leak = "batch_leak"
@@ -34,11 +35,22 @@ class Failure(str, enum.Enum):
         if self in (Failure.crash, Failure.timeout, Failure.oom, Failure.disk):
             return "train"
         if self in (Failure.missing_output, Failure.bad_output, Failure.bad_weights,
-                    Failure.heldout_in_program):
+                    Failure.heldout_in_program, Failure.program_too_large):
             return "output"
         if self is Failure.scorer_error:
             return "scorer"
         return "eval"
+
+
+# Flags (a Score's ``flags``, "name: why") that say the score itself may not be honest. A child
+# with any of them never enters the population by selection; a person may pin it at a review
+# (darwin/engine/selection.py, darwin/engine/human_loop.py).
+INTEGRITY_FLAGS = ("heldout_suspect", "heldout_in_program", "heldout_gap")
+
+
+def integrity_flags(flags: list[str]) -> list[str]:
+    """The flags among ``flags`` that keep a child out of the population."""
+    return [f for f in flags if f.split(":", 1)[0].strip() in INTEGRITY_FLAGS]
 
 
 class Rejected(Exception):

@@ -6,10 +6,12 @@ The candidate's model code has to run to be scored, so it runs in fresh sandboxe
 this side computes every number, in float64, and treats every frame as untrusted input.
 
 - **Process A** answers the fixed held-out windows (the loss) plus a fixed sample of train windows
-  (for the held-out suspicion flag), in batches whose order and composition come from a secret
+  (for the held-out suspicion flag) and, when the user names one, windows of a private text (the
+  memorisation gap, private_eval.py), in batches whose order and composition come from a secret
   per-scoring seed (``os.urandom``, kept in the result for audit afterwards). No two windows that
   touch in the text share a batch, since a window's last target is its neighbour's first token.
-- **Process B** starts after A is gone and answers probes it cannot tell from real rows: a
+- **Process B** starts after A is gone and answers probes (of secret held-out windows and of every
+  train-sample and private window) it cannot tell from real rows: a
   window's tokens up to a secret position l, then train text whose token at l+1 differs from the
   true one, at full length. A causal model gives B the log-probabilities it gave A at l (same
   prefix). A model that read the future, remembered earlier requests or read other rows gave A
@@ -23,8 +25,9 @@ this side computes every number, in float64, and treats every frame as untrusted
   counts toward FLOPs (a matmul); one that moves only the positions that read it is read by index
   (``checks["index_read"]``); one that moves nothing is unused (flag ``unused_weights``). Integer
   and bool tensors never count.
-- Before anything runs, the program and its output folder are scanned for any 32-character run of
-  val or test text, as text or as token ids in common integer and float widths
+- Before anything runs, each Python file is bounded in size and in literal data (program_bounds.py:
+  ``program_too_large``), and the program and its output folder are scanned for any 32-character
+  run of val or test text, as text or as token ids in common integer and float widths
   (``heldout_in_program``).
 - Everything read from the output folder is validated before use (outputs.py: printable tensor
   names, whole bounded shapes and offsets, claims of bounded numbers and printable text), the
@@ -60,6 +63,9 @@ from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.flops import classify, is_float, may_count
 from darwin.evaluation.heldout import HeldoutIndex
 from darwin.evaluation.outputs import collect_outputs, read_claims, read_safetensors_header
+from darwin.evaluation.private_eval import WINDOWS as PRIVATE_WINDOWS
+from darwin.evaluation.private_eval import gap_flag, private_tokens
+from darwin.evaluation.program_bounds import check_program
 from darwin.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,7 @@ class Score:
     unused: list[str] = field(default_factory=list)  # tensors that changed nothing
     index_read: list[str] = field(default_factory=list)  # used, but not as a matmul
     train_sample_loss: float | None = None
+    private_loss: float | None = None  # on the user's private text (private_eval.py), if any
     audit_seed: str = ""  # the secret batching and probe seed, revealed after scoring
     eval_wall_s: float = 0.0
     log_tail: str = ""  # our own summary of an evaluation error (no text of the candidate's)
@@ -125,7 +132,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Window:
     tokens: np.ndarray  # context + 1 tokens: inputs [:-1], targets [1:]
-    region: str  # "held" (the split being scored) or "train" (the sample)
+    region: str  # "held" (the split being scored), "train" (the sample) or "private"
     start: int  # where it starts in its region's text
 
 
@@ -156,20 +163,28 @@ def train_sample(dataset: Dataset, context: int, n: int) -> list[Window]:
 
 @dataclass
 class Probe:
-    window: int  # index into the held-out windows
+    window: int  # index into process A's windows (held-out, then train sample, then private)
     pos: int  # the secret position l: B's row keeps the window's tokens up to l
     row: np.ndarray  # B's input row
     a_logp: np.ndarray | None = None  # A's log-probabilities at positions 0..l
 
 
-def make_probes(held: list[Window], dataset: Dataset, n: int, context: int,
+def make_probes(items: list[Window], dataset: Dataset, n: int, context: int,
                 rng: np.random.Generator) -> list[Probe]:
-    """One probe for each of ``n`` secret windows: its tokens up to a secret position, then train
-    text whose next token differs from the true one, at full length."""
+    """One probe for each of ``n`` secret held-out windows and for every train-sample window:
+    its tokens up to a secret position, then train text whose next token differs from the true
+    one, at full length.
+
+    The train sample is probed too: the held-out suspicion flag compares the held-out loss with
+    the train sample's, so a model that memorised the held-out text could otherwise read ahead
+    on the (unprobed) train rows alone and pull their loss down to hide the gap."""
+    held = [i for i, w in enumerate(items) if w.region == "held"]
+    train_rows = [i for i, w in enumerate(items) if w.region != "held"]
+    chosen = rng.choice(held, size=min(n, len(held)), replace=False).tolist() if held else []
     probes = []
     train = dataset.train
-    for w in sorted(rng.choice(len(held), size=n, replace=False).tolist()):
-        x = held[w].tokens[:-1]
+    for w in sorted(chosen + train_rows):
+        x = items[w].tokens[:-1]
         pos = int(rng.integers(0, context - 1))  # the true next token x[pos+1] is in the row
         while True:
             s = int(rng.integers(0, len(train) - context))
@@ -247,9 +262,23 @@ class Scorer:
         if found:
             raise Rejected(Failure.heldout_in_program, found)
 
-    def probes(self, held: list[Window], dataset: Dataset, context: int,
+    def bound_program(self, sources: list[Path]) -> None:
+        """Refuse a program file (or model.py) too large, or carrying too much literal data."""
+        check_program(sources)
+
+    def probes(self, items: list[Window], dataset: Dataset, context: int,
                rng: np.random.Generator) -> list[Probe]:
-        return make_probes(held, dataset, min(PROBES, len(held)), context, rng)
+        """Probes of process A's windows (``items``: held-out, train sample, private)."""
+        return make_probes(items, dataset, PROBES, context, rng)
+
+    def private_windows(self, context: int) -> list[Window]:
+        """Windows of the user's private text (none without one): the memorisation gap."""
+        private = private_tokens()
+        if private is None or len(private[0]) <= 2 * (context + 1):
+            return []
+        ids = private[0]
+        starts = window_starts(len(ids), context, PRIVATE_WINDOWS)
+        return [Window(ids[s : s + context + 1], "private", int(s)) for s in starts]
 
     def batches(self, items: list[Window], rng: np.random.Generator,
                 context: int) -> list[list[int]]:
@@ -292,8 +321,10 @@ class Scorer:
         # The program and every file next to it (an approved file layout's extra modules).
         beside = sorted(p for p in (job.workdir / "program").glob("*") if p.is_file()) \
             if (job.workdir / "program").is_dir() else []
-        self.scan_heldout(dataset, list(files.values())
-                          + ([job.program] if job.program is not None else []) + beside,
+        program = [job.program] if job.program is not None else []
+        self.bound_program([p for p in [*program, *beside, *files.values()]
+                            if p.suffix == ".py"])
+        self.scan_heldout(dataset, list(files.values()) + program + beside,
                           scan_deadline_s(job.budget))
         try:
             job.model_lines = (job.model_dir / "model.py").read_bytes().count(b"\n") + 1
@@ -306,40 +337,43 @@ class Scorer:
             eval_windows(dataset.split(split), context, job.budget.val_windows),
             window_starts(len(dataset.split(split)), context, job.budget.val_windows))]
         sample = train_sample(dataset, context, TRAIN_SAMPLE)
+        private = self.private_windows(context)
+        if private:
+            result.checks["private_eval"] = private_tokens()[1][:16]  # which file, not its text
         seed = int.from_bytes(os.urandom(8), "little")
         result.audit_seed = f"{seed:016x}"
         rng = np.random.default_rng(seed)
-        probes = self.probes(held, dataset, context, rng)
-        by_window = {p.window: p for p in probes}
-
         # Process A: the windows that count, and the train sample, in a secret batching.
-        items = held + sample
+        items = held + sample + private
+        probes = self.probes(items, dataset, context, rng)
+        by_window = {p.window: p for p in probes}
         batches = self.batches(items, rng, context)
         # Per-window sums, added in window order: the secret batch order must not move the
         # last bits.
-        held_sums, train_losses = np.zeros(len(held)), np.zeros(len(sample))
+        held_sums, other_losses = np.zeros(len(held)), np.zeros(len(sample) + len(private))
         with self.session("a", job) as a:
             for batch in batches:
                 rows = np.stack([items[i].tokens for i in batch])
                 logp = log_softmax(a.forward(rows[:, :-1]))
                 picked = np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
                 for r, i in enumerate(batch):
+                    if i in by_window:
+                        by_window[i].a_logp = logp[r, : by_window[i].pos + 1].copy()
                     if i < len(held):
                         held_sums[i] = -math.fsum(picked[r])
-                        if i in by_window:
-                            by_window[i].a_logp = logp[r, : by_window[i].pos + 1].copy()
                     else:
-                        train_losses[i - len(held)] = -math.fsum(picked[r]) / context
+                        other_losses[i - len(held)] = -math.fsum(picked[r]) / context
         result.tokens = len(held) * context
         result.loss = math.fsum(held_sums) / result.tokens
         result.perplexity = perplexity(result.loss)
         held_losses_mean = result.loss
+        train_losses, private_losses = other_losses[: len(sample)], other_losses[len(sample):]
         result.train_sample_loss = float(np.mean(train_losses))
 
         # Process B, fresh, after A is gone: the probes, then which tensors matter.
         tol, edge_max = TOLERANCE[job.device], EDGE[job.device]
         flops_tensors = self.countable(tensors)
-        self._check_with_b(result, job, probes, held, tensors, flops_tensors, rng, context,
+        self._check_with_b(result, job, probes, items, tensors, flops_tensors, rng, context,
                            tol, edge_max)
         result.flops_per_token = 6.0 * sum(math.prod(s) for _, s in flops_tensors.values())
         if not job.sandbox.isolated:  # A and B could share files: the probes prove nothing
@@ -356,13 +390,19 @@ class Scorer:
                 f"heldout_suspect: {split} loss {held_losses_mean:.4f} is below the loss on a "
                 f"sample of its own training text ({result.train_sample_loss:.4f}) beyond the "
                 "noise")
+        if private:
+            result.private_loss = float(np.mean(private_losses))
+            result.checks["private_loss"] = result.private_loss  # kept in the record
+            gap = gap_flag(held_losses_mean, private_losses)
+            if gap is not None:
+                result.flags.append(gap)
         if bad_claims is not None:
             raise bad_claims
 
-    def _check_with_b(self, result: Score, job: _Job, probes: list[Probe], held: list[Window],
+    def _check_with_b(self, result: Score, job: _Job, probes: list[Probe], items: list[Window],
                       tensors: dict, flops_tensors: dict, rng: np.random.Generator,
                       context: int, tol: float, edge_max: float) -> None:
-        rows = [Window(p.row, "held", held[p.window].start) for p in probes]
+        rows = [Window(p.row, items[p.window].region, items[p.window].start) for p in probes]
         worst, edges = 0.0, []
         peeked = mixed = 0  # probes that differ only at l / already before l
         with self.session("b", job) as b:
@@ -380,10 +420,10 @@ class Scorer:
                     worst = max(worst, at, before)
                     mixed += before > tol
                     peeked += at > tol >= before
-                    true_next = held[p.window].tokens[p.pos + 1]
+                    true_next = items[p.window].tokens[p.pos + 1]
                     edges.append(float(p.a_logp[-1, true_next] - mine[-1, true_next]))
             if first_rows is None:  # no probes (a weaker scorer's): any held-out rows will do
-                first_rows = np.stack([w.tokens[:-1] for w in held[:PERTURB_ROWS]])
+                first_rows = np.stack([w.tokens[:-1] for w in items[:PERTURB_ROWS]])
             self.find_unused(result, b, tensors, flops_tensors, first_rows[:PERTURB_ROWS], rng,
                              tol)
         if not probes:

@@ -119,8 +119,11 @@ class TokenServer:
                     source = name.decode()
                 else:
                     source = DEFAULT_SOURCE
-                if batch < 1 or block < 1 or block >= len(tokens) - 1:
+                if batch < 1 or block < 1:
                     return  # malformed: hang up
+                # A block longer than the source is answered by _take like a request the budget
+                # cannot cover, after the budget check and charged: hanging up here would tell
+                # the program a source's length for free.
                 payload = self._take(batch, block, tokens, source)
                 try:
                     if payload is None:
@@ -136,6 +139,10 @@ class TokenServer:
             self.requests += 1
             if cost > self.remaining or batch * (block + 1) > MAX_TOKENS_PER_REQUEST:
                 self.refused += 1
+                return None
+            if block >= len(tokens) - 1:  # over-long: the same refusal, at a served reply's cost
+                self.refused += 1
+                self.tokens_served += cost
                 return None
             self.tokens_served += cost
             self.served_by_source[source] = self.served_by_source.get(source, 0) + cost

@@ -82,6 +82,7 @@ class Evaluation:
             "unused_tensors": s.unused if s else [],
             "index_read_tensors": s.index_read if s else [],
             "train_sample_loss": s.train_sample_loss if s and s.ok else None,
+            "private_loss": s.private_loss if s and s.ok else None,
             "audit_seed": s.audit_seed if s else "",
             "mfu": self.mfu,
             "mfu_basis": self.mfu_basis,

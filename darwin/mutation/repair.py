@@ -43,7 +43,8 @@ def repair_case(failure: Failure, detail: str, log_tail: str) -> RepairCase:
     elif re.search(r"shape|size mismatch|mat1 and mat2|must match the size", log):
         cls = "shape"
     elif failure in (Failure.missing_output, Failure.bad_output, Failure.bad_weights,
-                     Failure.weights_mismatch, Failure.import_error, Failure.heldout_in_program):
+                     Failure.weights_mismatch, Failure.import_error, Failure.heldout_in_program,
+                     Failure.program_too_large):
         cls = "contract"
     elif failure in (Failure.noncausal, Failure.inconsistent_logits, Failure.batch_leak,
                      Failure.stateful, Failure.invalid_logits):

@@ -58,6 +58,13 @@ def review_markdown(store: RunStore, review: ReviewRecord, message: str = "") ->
                   "what it grants: a dataset, the local text file; a package, the requirement "
                   "(`einops==0.8.1`); a file layout, the file names (`model.py`); a budget, "
                   "`tiny`, `cpu` or `paper` (a new run: the answer prints its command).", ""]
+    if review.flagged:
+        lines += ["## Children kept out by an integrity flag", "",
+                  "Their loss may come from held-out text, not modelling; selection never takes "
+                  "them. Pin one at a review gate only after reading its program.", "",
+                  "| child | flag |", "|---|---|"]
+        lines += [f"| {cid} | {cell(flag)} |" for cid, flag in review.flagged.items()]
+        lines.append("")
     body = generation_markdown(store, review.generation).split("\n", 1)[1]
     lines += ["## The generation", body.strip(), ""]
     if review.gate:

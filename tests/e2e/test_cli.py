@@ -134,3 +134,24 @@ def test_a_bad_setting_is_one_line_naming_the_variable(env, words, tmp_path):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], r.stderr
+
+
+@pytest.mark.sandbox
+def test_score_with_a_private_text_reports_the_memorisation_gap_of_an_honest_seed(tmp_path):
+    """`darwin score` with DARWIN_PRIVATE_EVAL: the honest seed's val loss and its loss on
+    private Shakespeare it never saw stay close, unflagged, and the gap is printed."""
+    from darwin.evaluation.data import load_dataset
+    from darwin.evaluation.training import seed_program
+
+    corpus = load_dataset()
+    private = tmp_path / "private.txt"
+    private.write_text(corpus.text(corpus.train[300_000:340_000]))
+    env = cli_env(tmp_path, DARWIN_PRIVATE_EVAL=str(private))
+    r = run_darwin(["score", str(seed_program()), "--budget", "tiny", "--sandbox", "local",
+                    "--json"], env)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["status"] == "ok" and s["private_loss"] is not None
+    assert abs(s["private_loss"] - s["val_loss"]) < 0.25, s
+    assert not any(f.startswith("heldout_gap") for f in s["flags"]), s["flags"]
+    assert s["checks"]["probes"] == 256 + 64 + 64 and len(s["checks"]["private_eval"]) == 16

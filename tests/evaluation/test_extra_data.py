@@ -12,8 +12,12 @@ import pytest
 from darwin.evaluation.data import load_dataset
 from darwin.evaluation.extra_data import (
     CONTAMINATION_RUN,
+    MAX_OVERLAP,
     DatasetRefused,
     check_dataset,
+    encode,
+    normalised_overlap,
+    shared_passage,
     source_name,
 )
 from darwin.evaluation.token_server import TokenServer
@@ -57,6 +61,38 @@ def test_the_complete_works_would_be_refused(tmp_path, corpus):
     with pytest.raises(DatasetRefused, match="contaminated"):
         check_dataset(_write(tmp_path, "complete_works.txt", corpus.text(corpus.val)
                              + corpus.text(corpus.train[:20_000])))
+
+
+def _lightly_changed(text: str, how: str) -> str:
+    if how == "reindented":
+        return "\n".join("    " + " ".join(line.split()) for line in text.splitlines())
+    if how == "case":
+        return text.swapcase()
+    if how == "punctuation_and_breaks":  # line breaks as spaces, punctuation changed
+        return text.replace("\n", " ").replace(",", ";").replace(".", "!").replace("'", "")
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["reindented", "case", "punctuation_and_breaks"])
+def test_the_heldout_text_lightly_changed_is_refused_on_its_overlap(tmp_path, corpus, how):
+    """Every line changed, so no exact run of 64 characters is shared: the normalised overlap
+    refuses it (the exact check alone lets the case-changed one through)."""
+    held = corpus.text(corpus.val[:40_000])
+    text = _lightly_changed(held, how) + corpus.text(corpus.train[:20_000])
+    with pytest.raises(DatasetRefused, match=r"contaminated.*holds \d+\.\d% of the val split"):
+        check_dataset(_write(tmp_path, "plays.txt", text))
+    if how == "case":
+        assert shared_passage(encode("".join(c for c in text if c in set(corpus.vocab)))) \
+            is None
+
+
+def test_other_text_with_a_few_shared_phrases_passes(tmp_path, corpus):
+    held = corpus.text(corpus.test)
+    lines = [ln for ln in held.splitlines() if len(ln) > 40][:8]  # a few quoted lines
+    text = corpus.text(corpus.train[:60_000]) + "\n" + "\n".join(ln.upper() for ln in lines)
+    share, split = normalised_overlap(text)
+    assert 0 < share < MAX_OVERLAP, share
+    check_dataset(_write(tmp_path, "quotes.txt", text))
 
 
 @pytest.mark.parametrize(("name", "data", "words"), [

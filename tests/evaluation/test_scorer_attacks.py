@@ -139,7 +139,7 @@ def honest(sandbox, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("honest")
     s = run(write_folder(tmp / "out", BASE), sandbox, tmp)
     assert s.ok, (s.failure, s.detail)
-    assert s.checks["probes"] == 256 and s.checks["verified"] is True
+    assert s.checks["probes"] == 256 + 64 and s.checks["verified"] is True
     assert s.checks["max_diff"] <= TOLERANCE["cpu"] and s.checks["edge"] <= EDGE["cpu"]
     return s
 
@@ -373,3 +373,129 @@ def test_heldout_text_the_scan_cannot_see_is_still_flagged(sandbox, tmp_path, ho
     assert any(f.startswith("heldout_suspect") for f in s.flags), s.flags
     # The control: an honest model's val loss sits near its train-sample loss, unflagged.
     assert not any(f.startswith("heldout_suspect") for f in honest.flags)
+
+
+# Val text stored shifted by 1000 (no scan view holds it), looked up causally.
+MEMORISED_VAL = textwrap.dedent('''
+    _init = Model.__init__
+    def __init__(self, config):
+        _init(self, config)
+        self.register_buffer("notes", torch.zeros(NOTES))
+    Model.__init__ = __init__
+    def lookup(self, idx, out):
+        if not hasattr(self, "_next"):
+            text = [int(v) - 1000 for v in self.notes.tolist()]
+            self._next = {tuple(text[i:i + 8]): text[i + 8] for i in range(len(text) - 8)}
+            self._starts = {tuple(text[i:i + 9]) for i in range(len(text) - 9)}
+        known = []
+        for b, row in enumerate(idx.tolist()):
+            for t in range(9, len(row)):  # from 9 on, as the peek below: the losses match
+                nxt = self._next.get(tuple(row[t - 7:t + 1]))
+                if nxt is not None:
+                    out[b, t, nxt] += 20.0
+            known.append(tuple(row[:9]) in self._starts)
+        return known
+    Model.lookup = lookup
+    ''')
+
+
+def _memorised_val_folder(folder: Path, forward: str) -> Path:
+    source = BASE + MEMORISED_VAL + textwrap.dedent(forward)
+    val = load_dataset().val
+    source = source.replace("NOTES", str(len(val)))
+    state = weights(source)
+    state["notes"] = torch.tensor(val.astype("float32") + 1000.0)
+    return write_folder(folder, source, state)
+
+
+def test_reading_ahead_on_train_rows_to_hide_the_gap_is_caught(sandbox, tmp_path, honest):
+    """The memorised-val model of the test above, which also reads ahead on every row that does
+    not start with val text (the train sample), from position 9 on: its train-sample loss falls
+    with its val loss, so the held-out suspicion flag sees no gap. Every probe of a held-out
+    window keeps val text up to its secret position (no peek there), so only probing the train
+    sample too catches it."""
+    folder = _memorised_val_folder(tmp_path / "out", '''
+        def forward(self, idx):
+            out = self.honest(idx)
+            known = self.lookup(idx, out)
+            bonus = peek(idx, 20.0)
+            bonus[:, :9] = 0.0
+            for b, is_val in enumerate(known):
+                if not is_val:
+                    out[b] += bonus[b]
+            return out
+        Model.forward = forward
+        ''')
+    caught = run(folder, sandbox, tmp_path)
+    assert caught.failure is Failure.noncausal, (caught.failure, caught.detail, caught.checks)
+    # The control: probing the held-out windows only, it passes unflagged at a far better loss.
+    weakened_ = run(folder, sandbox, tmp_path, weaken=("train_probes",))
+    assert weakened_.ok, (weakened_.failure, weakened_.detail)
+    assert weakened_.loss < honest.loss - 1.0
+    assert not any(f.startswith("heldout_suspect") for f in weakened_.flags), weakened_.flags
+
+
+def test_compressed_heldout_text_in_the_model_code_is_refused_by_the_literal_bound(
+        sandbox, tmp_path, honest):
+    """A quarter of the val split, zlib-compressed and base85-encoded in a string literal of
+    model.py (no scan view reads it), looked up causally: refused for the literal data it
+    carries; without the bound it passes every check at a far better loss."""
+    import base64
+    import zlib
+
+    val = load_dataset().val[:30000].astype("uint8").tobytes()
+    blob = base64.b85encode(zlib.compress(val, 9)).decode()
+    source = BASE + textwrap.dedent(f'''
+        import base64, zlib
+        DATA = {blob!r}
+        def forward(self, idx):
+            if not hasattr(self, "_next"):
+                text = list(zlib.decompress(base64.b85decode(DATA)))
+                self._next = {{tuple(text[i:i + 8]): text[i + 8] for i in range(len(text) - 8)}}
+            out = self.honest(idx)
+            for b, row in enumerate(idx.tolist()):
+                for t in range(7, len(row)):
+                    nxt = self._next.get(tuple(row[t - 7:t + 1]))
+                    if nxt is not None:
+                        out[b, t, nxt] += 20.0
+            return out
+        Model.forward = forward
+        ''')
+    folder = write_folder(tmp_path / "out", source)
+    caught = run(folder, sandbox, tmp_path)
+    assert caught.failure is Failure.program_too_large, (caught.failure, caught.detail)
+    assert "model.py carries" in caught.detail and "literal data" in caught.detail
+    weakened_ = run(folder, sandbox, tmp_path, weaken=("program_bounds",))
+    assert weakened_.ok, (weakened_.failure, weakened_.detail)
+    assert weakened_.loss < honest.loss - 0.3
+
+
+def test_memorised_val_text_shows_a_gap_on_private_text(sandbox, tmp_path, honest, monkeypatch):
+    """The memorised-val model (causal, consistent, nothing for a scan to read) against a
+    private text it could not know: its val loss sits far below the private loss, flagged
+    ``heldout_gap``; an honest model's two losses stay close and unflagged. The private text
+    here is a slice of the train split (Shakespeare the model never memorised)."""
+    corpus = load_dataset()
+    private = tmp_path / "private.txt"
+    private.write_text(corpus.text(corpus.train[200_000:260_000]))
+    monkeypatch.setenv("DARWIN_PRIVATE_EVAL", str(private))
+    folder = _memorised_val_folder(tmp_path / "out", '''
+        def forward(self, idx):
+            out = self.honest(idx)
+            self.lookup(idx, out)
+            return out
+        Model.forward = forward
+        ''')
+    s = run(folder, sandbox, tmp_path)
+    assert s.ok, (s.failure, s.detail)
+    assert s.private_loss is not None and s.private_loss > s.loss + 1.0
+    assert any(f.startswith("heldout_gap") for f in s.flags), s.flags
+    assert s.checks["probes"] == 256 + 64 + 64  # the private windows are probed too
+    plain = run(write_folder(tmp_path / "plain", BASE), sandbox, tmp_path)
+    assert plain.ok and abs(plain.private_loss - plain.loss) < 0.25
+    assert not any(f.startswith("heldout_gap") for f in plain.flags), plain.flags
+    # The control: without a private file there is no gap to measure, nothing flagged.
+    monkeypatch.delenv("DARWIN_PRIVATE_EVAL")
+    blind = run(folder, sandbox, tmp_path)
+    assert blind.ok and blind.private_loss is None
+    assert not any(f.startswith("heldout_gap") for f in blind.flags)

@@ -53,3 +53,22 @@ def test_same_seed_same_batches(tmp_path):
             got.append(_ask(sock, 2, 10))
             sock.close()
     assert np.array_equal(got[0], got[1])
+
+
+def test_an_over_long_block_tells_nothing_a_served_one_would_not(tmp_path):
+    """A block longer than the source gets the budget's refusal, after the budget check and at
+    a served reply's cost: probing lengths costs what asking for data costs, and a hang-up (a
+    length for free) never happens."""
+    train = np.arange(10_000, dtype=np.uint16) % 65
+    extra = np.arange(500, dtype=np.uint16) % 65
+    with TokenServer(tmp_path / "s.sock", train, budget_tokens=3000, seed=0,
+                     sources={"poems": extra}) as server:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(tmp_path / "s.sock"))
+        assert _ask(sock, 1, 600, source="poems") is None  # longer than the source: refused...
+        assert server.tokens_served == 600  # ...and charged like a served block
+        assert _ask(sock, 1, 5000, source="poems") is None  # over the budget: refused, free
+        assert server.tokens_served == 600
+        assert _ask(sock, 1, 400, source="poems").shape == (1, 401)  # the connection lives on
+        assert _ask(sock, 1, 20_000) is None  # the default source too
+        sock.close()

@@ -9,10 +9,10 @@ import dataclasses
 from darwin.evaluation.eval_client import EvalClient, EvalSession, eval_spec
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.flops import GAINS, moved
-from darwin.evaluation.scoring import EVAL_BATCH, Scorer, log_softmax
+from darwin.evaluation.scoring import EVAL_BATCH, PROBES, Scorer, log_softmax, make_probes
 
-CHECKS = ("probes", "heldout_scan", "perturb", "batching", "messages", "nonfinite_as_used",
-          "dtype", "subsets")
+CHECKS = ("probes", "train_probes", "heldout_scan", "program_bounds", "perturb", "batching",
+          "messages", "nonfinite_as_used", "dtype", "subsets")
 
 
 class _TellingClient(EvalClient):
@@ -45,6 +45,15 @@ def weakened(*checks: str) -> Scorer:
         if "probes" in checks:
             def probes(self, held, dataset, context, rng):
                 return []
+
+        elif "train_probes" in checks:  # the held-out windows only (scorer v2)
+            def probes(self, items, dataset, context, rng):
+                held = [w for w in items if w.region == "held"]
+                return make_probes(held, dataset, PROBES, context, rng)
+
+        if "program_bounds" in checks:
+            def bound_program(self, sources):
+                return None
 
         if "heldout_scan" in checks:
             def scan_heldout(self, dataset, files, deadline_s):
