@@ -144,6 +144,7 @@ def hide_reported_errors() -> None:
     prefect is imported)."""
     import logging
 
+    import prefect.main  # noqa: F401 - sets up Prefect's logging: its console handler exists
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:

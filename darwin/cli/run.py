@@ -85,7 +85,7 @@ def run(
         Seconds a review waits before its defaults apply.
     """
     from darwin.engine import make_experiment, make_policy
-    from darwin.flows import Start, hide_reported_errors, launch_run, quiet_prefect
+    from darwin.flows import Start, launch_run, quiet_prefect
 
     quiet_prefect()
     # Nobody can answer a run on the embedded Prefect whose stdin is not a terminal: it applies
@@ -97,7 +97,6 @@ def run(
         children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
         repair_tries=repair_tries, memory=memory, device=device,
         seed_program=str(seed_program) if seed_program else None)
-    hide_reported_errors()
     start = Start(experiment=experiment, resume=resume, sandbox=sandbox, slots=slots,
                   review=policy)
     summary = launch_run(start, say, attend=_attend_terminal(policy))
@@ -137,9 +136,10 @@ def _attend_terminal(policy):
     @contextlib.contextmanager
     def attend(run):
         from darwin.cli.review import TerminalReviewer
-        from darwin.flows import set_local_reviewer
+        from darwin.flows import hide_reported_errors, set_local_reviewer
         from darwin.reports import LiveProgress
 
+        hide_reported_errors()  # from now on the CLI alone reports a DarwinError, in one line
         with LiveProgress(run.store, run.experiment, run.slots, err,
                           enabled=err.is_terminal) as live:
             _stop_on_signals(run.store, run.run_id, live, run.claim)

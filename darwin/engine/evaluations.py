@@ -215,8 +215,9 @@ class Evaluations:
 
     def keep_models(self, cids: list[str]) -> int:
         """Put the trained models (first seed) of ``cids`` into the store, so the final test
-        and later readers need no scratch folder. Only population members: children that did
-        not survive would fill the bucket with models nobody reads. Returns bytes stored."""
+        and later readers need no scratch folder. On a local store only population members
+        (children that did not survive would fill it with models nobody reads); on a shared one
+        every child's, when it is scored (``score``). Returns bytes stored."""
         seed = self.run.seeds()[0]
         stored = 0
         for cid in cids:
