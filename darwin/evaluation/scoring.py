@@ -52,12 +52,11 @@ import numpy as np
 
 from darwin.evaluation.budgets import Budget
 from darwin.evaluation.data import Dataset, eval_windows, load_dataset, window_starts
-from darwin.evaluation.eval_client import (  # noqa: F401 - PrestartedScorer, prestart_scorer: re-exported
+from darwin.evaluation.eval_client import (
     EvalClient,
     EvalSession,
     PrestartedScorer,
     eval_spec,
-    prestart_scorer,
 )
 from darwin.evaluation.failures import Failure, Rejected
 from darwin.evaluation.flops import classify, is_float, may_count

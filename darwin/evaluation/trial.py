@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from darwin.evaluation.budgets import Budget
+from darwin.evaluation.eval_client import PrestartedScorer
 from darwin.evaluation.failures import Failure
 from darwin.evaluation.hardware import device_peak
-from darwin.evaluation.scoring import PrestartedScorer, Score, score
+from darwin.evaluation.scoring import Score, score
 from darwin.evaluation.training import NO_EXTRAS, Extras, Prestarted, TrainResult, train
 from darwin.sandbox import Outcome, Sandbox
 

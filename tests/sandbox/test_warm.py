@@ -15,7 +15,8 @@ import pytest
 
 from darwin.engine.slots import slot_count, warm_pays
 from darwin.errors import UserError
-from darwin.evaluation.scoring import prestart_scorer, score
+from darwin.evaluation.eval_client import prestart_scorer
+from darwin.evaluation.scoring import score
 from darwin.evaluation.training import prestart, runtime_dir, seed_program, train
 from darwin.sandbox import LIB_DIR, OUT_DIR, PROGRAM_DIR, Mount, Outcome, SandboxSpec, Warm
 from darwin.sandbox.base import READY_NAME, may_renice, process_tree
