@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         default="auto", description="pre-start sandboxes while children wait for a slot: auto "
         "(on a GPU, with a core no slot uses, or at idle priority where it can be raised back), "
         "on, off")
+    lost_after_s: float = Field(
+        default=90.0, gt=0, description="darwin run --pool: a child whose heartbeat stands "
+        "still this long is lost with its worker, and tried once more on any worker")
+    pool_wait_s: float = Field(
+        default=120.0, gt=0, description="darwin run --pool: how long a child may wait for a "
+        "worker before the run asks whether any worker of the pool is online")
     llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from darwin.faces import lazy
 
 # What other layers may use (tests/test_layers.py): name -> its module, loaded on first use.
 _FACE = {
+    "ensure_work_pool": "child",
     "hide_reported_errors": "admin",
     "mark_stale_runs_crashed": "admin",
     "quiet_prefect": "admin",

@@ -49,7 +49,8 @@ def mark_stale_runs_crashed(run_id: str) -> int:
             state=FlowRunFilterState(type=FlowRunFilterStateType(
                 any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])),
         ))
-        for fr in stale:
+        stale = [fr for fr in stale if "darwin-child" not in fr.tags]  # they run on workers:
+        for fr in stale:  # a resumed run finds them again (tasks/pool.py)
             client.set_flow_run_state(fr.id, Crashed(message="its process died; resumed"),
                                       force=True)
     return len(stale)

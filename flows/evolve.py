@@ -52,7 +52,8 @@ def evolve(experiment: Experiment, run_id: str, storage_url: str,
     engine = engine_for(ref)
     pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)
     steps.ensure_slot_limit(experiment.device, pool.size)
-    runner = ThreadPoolTaskRunner(max_workers=2 * pool.size)
+    # With a pool, a thread per child in flight only waits for its worker.
+    runner = ThreadPoolTaskRunner(max_workers=64 if experiment.pool else 2 * pool.size)
     head = engine.store.head()
     last = _generation_zero(ref) if head is None else engine.store.generation(head)
     while True:

@@ -29,8 +29,8 @@ from darwin.engine import (
     to_rerun,
 )
 from darwin.memory import EvaluationRecord, GenerationRecord, io_stats
+from darwin.tasks import pool, steps
 from darwin.tasks import publish as ui
-from darwin.tasks import steps
 
 
 class Progress:
@@ -48,6 +48,16 @@ def train_and_score(ref: RunRef, ids: list[str], seeds: list[int],
                     progress: Progress | None = None) -> list[EvaluationRecord]:
     """Train each (id, seed) in the sandbox, then score it, each score waiting only for its
     own training."""
+    if ref.experiment.pool:  # workers elsewhere train and score them (darwin run --pool)
+        scored = pool.evaluate_on_pool.map(unmapped(ref), ids, seeds)
+        try:
+            for _ in as_completed(list(scored)):
+                if progress is not None:
+                    progress.one_done()
+        except BaseException:  # SIGTERM arrives here as Prefect's TerminationSignal: its
+            pool.stop_waiting()  # teardown would wait for tasks that wait for workers
+            raise
+        return scored.result()
     trained = steps.train.map(unmapped(ref), ids, seeds)
     scored = steps.score.map(unmapped(ref), ids, seeds, trained)
     for _ in as_completed(list(scored)):

@@ -37,6 +37,8 @@ class Start:
     sandbox: str | None = None  # a backend name; None: $DARWIN_SANDBOX or auto
     slots: int | None = None  # None: $DARWIN_SLOTS or what the machine holds
     review: ReviewPolicy = field(default_factory=ReviewPolicy)
+    # With experiment.pool: the workers mount the store's folder too (else a folder is refused).
+    shared_store: bool = False
 
 
 @dataclass
@@ -102,7 +104,12 @@ def open_run(start: Start, say: Say) -> Launched:
                                    opened.run_id)
         else:
             experiment = opened.experiment
-        check_device(experiment.device)
+        if experiment.pool:  # the workers check their device; this machine trains nothing
+            from darwin.flows.child import check_pool
+
+            check_pool(experiment.pool, storage_url, start.shared_store)
+        else:
+            check_device(experiment.device)
         budget = get_budget(experiment.budget)
         slots = slot_count(experiment.device, budget.threads, budget.memory_mb,
                            start.slots if start.slots is not None else settings.slots)
@@ -138,6 +145,12 @@ def open_run(start: Start, say: Say) -> Launched:
         state += f", continued for {start.more_generations} more, up to {experiment.generations}"
     say(f"run {opened.run_id} ({state}); store {storage_url}; resume with: "
         f"darwin run --resume {opened.run_id}")
+    if experiment.pool:
+        from darwin.flows.child import deploy_child
+
+        say(f"children train on the workers of pool {experiment.pool} (deployment "
+            f"{deploy_child(experiment.pool)}); start one on each machine with: darwin worker "
+            f"--pool {experiment.pool}")
     if opened.resumed:
         from darwin.flows.admin import mark_stale_runs_crashed
 
@@ -155,5 +168,12 @@ def _evolve(run: Launched, review: ReviewPolicy, attend) -> Any:
                 run_context(run.run_id, run.experiment.budget, run.storage_url):
             return evolve(run.experiment, run.run_id, run.storage_url, review=review,
                           sandbox=run.sandbox, slots=run.slots)
-    except StorageError as e:  # the store stayed down: what was committed stays committed
-        raise StorageError(f"{e}; continue with: darwin run --resume {run.run_id}") from None
+    except BaseException as e:
+        if run.experiment.pool:  # Prefect does not cascade a cancellation to subflows
+            from darwin.tasks import pool as on_pool
+
+            on_pool.cancel_children()
+        if isinstance(e, StorageError):  # what was committed stays committed
+            raise StorageError(f"{e}; continue with: darwin run --resume {run.run_id}") \
+                from None
+        raise

@@ -8,6 +8,7 @@ from darwin.faces import lazy
 # What other layers may use (tests/test_layers.py): name -> its module, loaded on first use.
 _FACE = {
     "IOStats": "blobs",
+    "ImmutableConflict": "blobs",
     "io_stats": "blobs",
     "export_run": "history",
     "resolve_at": "history",

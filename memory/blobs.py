@@ -206,6 +206,18 @@ class Blobs:
             return []
         return sorted(self._name(p) for p in found)
 
+    def stamps(self, folder: str) -> dict[str, str]:
+        """The names directly in ``folder`` with a stamp that changes whenever the object is
+        written again (S3's ETag; a local file's inode and mtime): one listing tells which of
+        many mutable objects moved since the last one."""
+        try:
+            with _counted():
+                found = self.fs.ls(self.path(folder), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {self._name(d["name"]): str(d.get("ETag") or (d.get("ino"), d.get("mtime")))
+                for d in found}
+
     def find(self) -> list[str]:
         """Every object under the root, by name, sorted."""
         with _counted():

@@ -90,6 +90,10 @@ class EvaluationRecord(BaseModel):
     # The losses the program printed, [step, seconds since its start, loss]: its claims, stamped
     # by the trusted side as it read each line (reports draw them, nothing scores with them).
     curve: list[list[float]] = Field(default_factory=list)
+    # Where it trained and scored (the host name), and which attempt it was: a later attempt
+    # when an earlier one was lost with its worker (darwin run --pool; lost/ has those).
+    machine: str = ""
+    attempt: int = 1
 
 
 def mean_loss(losses: list[float]) -> float:

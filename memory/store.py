@@ -175,6 +175,43 @@ class RunStore:
     def evaluations(self) -> list[EvaluationRecord]:
         return [EvaluationRecord.model_validate_json(d) for d in self._records("evaluations")]
 
+    # -- children training on other machines (darwin run --pool) ---------------------------
+    def beat(self, cid: str, seed: int, info: dict) -> None:
+        """The heartbeat of (cid, seed)'s training on a worker: ``info`` and a counter that
+        moves with every beat (the orchestrator watches it move, never compares clocks)."""
+
+        def forward(old: bytes | None) -> bytes:
+            n = json.loads(old).get("beat", 0) + 1 if old else 1
+            return json.dumps({**info, "beat": n}).encode()
+
+        self.update_pointer(f"beats/{cid}-s{seed}.json", forward)
+
+    def last_beat(self, cid: str, seed: int) -> dict | None:
+        return self.pointer(f"beats/{cid}-s{seed}.json")
+
+    def beat_stamps(self) -> dict[tuple[str, int], str]:
+        """Every child's heartbeat as one listing: (cid, seed) -> a stamp that changes with
+        each beat (the orchestrator watches many children with one request)."""
+        return {_cid_seed(name): stamp for name, stamp in self.blobs.stamps("beats").items()
+                if name.endswith(".json")}
+
+    def evaluated(self) -> set[tuple[str, int]]:
+        """The (cid, seed) pairs with an evaluation record, from one listing."""
+        return {_cid_seed(n) for n in self.blobs.names("evaluations") if n.endswith(".json")}
+
+    def put_lost(self, cid: str, seed: int, attempt: int, what: dict) -> None:
+        """Attempt ``attempt`` of (cid, seed) was lost with its worker: an infrastructure
+        failure, never the child's (its evaluation comes from a later attempt)."""
+        self.blobs.create(f"lost/{cid}-s{seed}-a{attempt}.json",
+                          json.dumps(what, sort_keys=True).encode())
+
+    def lost(self, cid: str | None = None, seed: int | None = None) -> list[dict]:
+        """The lost attempts (of (cid, seed), or all), oldest attempt first."""
+        prefix = f"{cid}-s{seed}-a" if cid is not None else ""
+        names = [n for n in self.blobs.names("lost")
+                 if n.rsplit("/", 1)[-1].startswith(prefix) and n.endswith(".json")]
+        return [json.loads(d) for d in self.blobs.read_many(sorted(names))]
+
     # -- generations and HEAD -----------------------------------------------------------------
     def head_versions(self) -> list[dict] | None:
         """Every version of HEAD, oldest first: {version, at, generation, host, pid}; None when
@@ -348,6 +385,12 @@ class RunStore:
 
 
 @storage_errors
+def _cid_seed(name: str) -> tuple[str, int]:
+    """``evaluations/g001-c02-s3.json`` -> ("g001-c02", 3)."""
+    cid, seed = name.rsplit("/", 1)[-1].removesuffix(".json").rsplit("-s", 1)
+    return cid, int(seed)
+
+
 def list_runs(storage_url: str | Path) -> list[str]:
     fs, root = open_fs(storage_url)
     try:

@@ -7,6 +7,7 @@ from darwin.faces import lazy
 
 # What other layers may use (tests/test_layers.py): name -> its module, loaded on first use.
 _FACE = {
+    "pool": None,
     "publish": None,
     "steps": None,
 }

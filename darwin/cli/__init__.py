@@ -9,6 +9,7 @@
     mutate.py     darwin mutate                    one mutation, written as a child
     sandbox.py    darwin sandbox check | build     the sandbox and its Docker image
     dev.py        darwin dev llm-server            a local OpenAI-compatible server
+    worker.py     darwin worker                    this machine trains a pool's children
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from darwin.cli import (  # noqa: F401 - registration
     sandbox,
     score,
     serve,
+    worker,
 )
 from darwin.cli.app import app, err
 from darwin.errors import DarwinError

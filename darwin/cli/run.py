@@ -30,6 +30,8 @@ def run(
     device: str = "cpu",
     sandbox: str | None = None,
     slots: int | None = None,
+    pool: str | None = None,
+    shared_store: bool = False,
     review: bool = True,
     review_every: int = 0,
     review_timeout: float = 900.0,
@@ -74,6 +76,12 @@ def run(
     slots
         Children trained at once (default: $DARWIN_SLOTS, or one per core on CPU, 4 on a GPU,
         fewer when memory is short); refused when the machine cannot hold them.
+    pool
+        Train the children on the workers of this Prefect work pool (`darwin worker --pool
+        NAME` on each machine) instead of on this machine; needs a Prefect server
+        (PREFECT_API_URL) and a store the workers reach (s3://...). A resumed run keeps its pool.
+    shared_store
+        With --pool and a store that is a folder: every worker mounts this same folder.
     review
         Pause between generations for the model's requests and the review gates (answer in the
         terminal, the Prefect UI, or with `darwin review`). --no-review applies the defaults at
@@ -92,13 +100,18 @@ def run(
     # the defaults at once, as --no-review does.
     asks = review and (bool(os.environ.get("PREFECT_API_URL")) or sys.stdin.isatty())
     policy = make_policy(asks, review_every, review_timeout)
+    if resume and pool:
+        from darwin.errors import UserError
+
+        raise UserError(f"--pool {pool}: a resumed run keeps the pool it started with; drop "
+                        f"--pool (or start a new run with it)")
     experiment = None if resume else make_experiment(
         budget=budget, generations=generations, population=population, keep=keep,
         children=children, mutator=mutator, seeds=seeds, seed=seed, reruns=reruns,
         repair_tries=repair_tries, memory=memory, device=device,
-        seed_program=str(seed_program) if seed_program else None)
+        seed_program=str(seed_program) if seed_program else None, pool=pool)
     start = Start(experiment=experiment, resume=resume, sandbox=sandbox, slots=slots,
-                  review=policy)
+                  review=policy, shared_store=shared_store)
     summary = launch_run(start, say, attend=_attend_terminal(policy))
     if json_:
         print(json.dumps(summary, indent=2))
@@ -142,7 +155,8 @@ def _attend_terminal(policy):
         hide_reported_errors()  # from now on the CLI alone reports a DarwinError, in one line
         with LiveProgress(run.store, run.experiment, run.slots, err,
                           enabled=err.is_terminal) as live:
-            _stop_on_signals(run.store, run.run_id, live, run.claim)
+            _stop_on_signals(run.store, run.run_id, live, run.claim,
+                             bool(run.experiment.pool))
             if policy.mode == "ask":
                 set_local_reviewer(TerminalReviewer(run.run_id, live, sys.stdin.isatty()))
             yield live
@@ -150,7 +164,7 @@ def _attend_terminal(policy):
     return attend
 
 
-def _stop_on_signals(store, run_id: str, live, claim) -> None:
+def _stop_on_signals(store, run_id: str, live, claim, pool: bool = False) -> None:
     """SIGINT and SIGTERM stop a run the same way: what is persisted stays (every write is
     atomic), the line says how to resume, and the process ends at once (exit 130 / 143), as if
     killed: the watchdog then stops the children and the run resumes like after a crash.
@@ -167,6 +181,10 @@ def _stop_on_signals(store, run_id: str, live, claim) -> None:
             from darwin.flows import mark_stale_runs_crashed  # hold the stop
 
             try:
+                if pool:  # Prefect does not cancel a stopped run's subflows by itself
+                    from darwin.tasks import pool as on_pool
+
+                    on_pool.cancel_children()
                 heads.append(store.head())
                 claim.release()  # on S3, another machine may resume at once
                 mark_stale_runs_crashed(run_id)  # else the resumed run marks them

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from functools import cached_property
@@ -47,6 +48,9 @@ class Evaluations:
         # Seconds each (candidate, seed) waited for a training slot in this process (the tasks
         # add to it; its evaluation record takes it).
         self.waits: dict[tuple[str, int], float] = {}
+        # Which attempt of (candidate, seed) this process makes (a worker's second try after
+        # the first was lost with its machine); its evaluation record says so.
+        self.attempts: dict[tuple[str, int], int] = {}
 
     @cached_property
     def scorer_version(self) -> str:
@@ -189,10 +193,12 @@ class Evaluations:
         tmp = cache.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # writers race
         tmp.write_text(ev.model_dump_json())
         tmp.replace(cache)
-        if not self.run.store.local and ev.status == "ok" and seed == self.run.seeds()[0]:
+        shared = not self.run.store.local or self.run.experiment.pool
+        if shared and ev.status == "ok" and seed == self.run.seeds()[0]:
             # On a shared store the machine that trained a child may die before the commit that
-            # would keep its model (kill -9, a lost worker): the model goes with the record, so
-            # whoever commits or runs the final test reads it instead of training it again.
+            # would keep its model (kill -9, a lost worker), and with a pool it is not the
+            # machine that commits: the model goes with the record, so whoever commits or runs
+            # the final test reads it instead of training it again.
             self.keep_models([cid])
         self.run.store.put_evaluation(ev)
         return ev
@@ -211,6 +217,7 @@ class Evaluations:
             audit_seed=d["audit_seed"], train_started_at=d["train_started_at"] or 0.0,
             scored_at=time.time(), curve=d["curve"],
             queue_wait_s=round(self.waits.pop((cid, seed), 0.0), 3), warm_s=d["warm_s"],
+            machine=socket.gethostname(), attempt=self.attempts.get((cid, seed), 1),
         )
 
     def keep_models(self, cids: list[str]) -> int:

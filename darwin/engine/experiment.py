@@ -5,6 +5,7 @@ they come from DARWIN_* variables, and secrets are never flow parameters."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -45,6 +46,10 @@ class Experiment(BaseModel):
     seed: int = Field(default=0, ge=0, description="the run's seed: same seed, same run")
     device: Device = Field(default="cpu", description="cpu | cuda")
     seed_program: str | None = Field(default=None, description="path of a program to evolve")
+    # A Prefect work pool whose workers train the children (darwin worker --pool NAME on each
+    # machine); None: this machine trains them. Where they train changes no score.
+    pool: str | None = Field(default=None,
+                             description="a work pool whose workers train the children")
     # Set by a continuation (a deployment's "N more generations"): the generations committed
     # then. Review gates answered up to there no longer set the run's length.
     continued_after: int | None = Field(default=None, ge=0,
@@ -64,6 +69,14 @@ class Experiment(BaseModel):
     @classmethod
     def _device(cls, value: object) -> object:
         return _one_of(Device, value)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a work pool name; use letters, digits, '-', "
+                             "'_' or '.', for example gpu-boxes")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:

@@ -133,3 +133,39 @@ def warm_gate(device: str, threads: int, n: int | None = None) -> threading.Sema
         if key not in _gates:
             _gates[key] = threading.Semaphore(shared_pool(device, threads, n).size)
         return _gates[key]
+
+
+class MachineSlot:
+    """One of a machine's ``n`` slots, held across processes (a worker starts each child as
+    its own process): slot i is ``folder/<device>-<i>.lock``, held with flock, which the
+    kernel releases when the holder dies, kill -9 included. Gives the slot's cores."""
+
+    def __init__(self, folder, device: str, threads: int, n: int, poll_s: float = 0.2):
+        self.folder, self.device, self.threads, self.n, self.poll_s = (
+            folder, device, threads, n, poll_s)
+        self._file = None
+
+    def __enter__(self) -> list[int] | None:
+        import fcntl
+        import time
+        from pathlib import Path
+
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cpus = slot_cpus(self.device, self.threads, self.n)
+        while True:  # the worker's limit starts no more children than slots: rarely waits
+            for i in range(self.n):
+                f = open(folder / f"{self.device}-{i}.lock", "w")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                self._file = f
+                return cpus[i]
+            time.sleep(self.poll_s)
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None
