@@ -36,10 +36,16 @@ def start_prefect() -> float:
     return time.monotonic() - started
 
 
-def through_flow(budget: str, seeds: list[int]) -> tuple[float, list[EvaluationRecord], int]:
-    """Train and score the seed program once per seed as a run's children; returns the wall time
-    of the flow, the evaluation records and the number of slots used."""
-    experiment = make_experiment(budget=budget, mutator="offline")
+def through_flow(budget: str, seeds: list[int], pool: str | None = None
+                 ) -> tuple[float, list[EvaluationRecord], int]:
+    """Train and score the seed program once per seed as a run's children (on the workers of
+    ``pool`` when given: its deployment is registered first); returns the wall time of the
+    flow, the evaluation records and the number of slots used."""
+    experiment = make_experiment(budget=budget, mutator="offline", pool=pool)
+    if pool:
+        from darwin.flows.child import deploy_child
+
+        deploy_child(pool)
     url = get_settings().storage_url
     opened = create_run(url, experiment, seed_program(), {})
     ref = RunRef(run_id=opened.run_id, storage_url=url, experiment=experiment)
@@ -48,7 +54,8 @@ def through_flow(budget: str, seeds: list[int]) -> tuple[float, list[EvaluationR
     pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)
     steps.ensure_slot_limit(experiment.device, pool.size)
 
-    @flow(name="bench-children", task_runner=ThreadPoolTaskRunner(max_workers=2 * pool.size))
+    @flow(name="bench-children",
+          task_runner=ThreadPoolTaskRunner(max_workers=64 if experiment.pool else 2 * pool.size))
     def children() -> list[EvaluationRecord]:
         return train_and_score(ref, [SEED_ID] * len(seeds), seeds)
 

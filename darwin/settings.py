@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(
         default=90.0, gt=0, description="darwin run --pool: a child whose heartbeat stands "
         "still this long is lost with its worker, and tried once more on any worker")
+    pool_start_s: float = Field(
+        default=120.0, ge=0, description="darwin run --pool: how much longer than "
+        "lost_after_s a child may take to send its first heartbeat (its worker starts a new "
+        "process for it)")
     pool_wait_s: float = Field(
         default=120.0, gt=0, description="darwin run --pool: how long a child may wait for a "
         "worker before the run asks whether any worker of the pool is online")

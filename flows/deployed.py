@@ -27,10 +27,12 @@ def _run_name() -> str:
 @flow(name="darwin", flow_run_name=_run_name, log_prints=True)
 def darwin_run(experiment_file: str | None = None, continue_run: str | None = None,
                more_generations: int = 1, review_every: int = 0,
-               review_timeout: float = 900.0):
+               review_timeout: float = 900.0, shared_store: bool = False):
     """Start a run from ``experiment_file`` (defaults when None), or continue ``continue_run``
     for ``more_generations`` more generations; returns the run's summary. A bad setting fails
-    the flow run with one line naming the parameter (its state message in the UI)."""
+    the flow run with one line naming the parameter (its state message in the UI).
+    ``shared_store``: with a pool (the experiment's ``pool``) and a store that is a folder,
+    every worker mounts that same folder."""
     from darwin.engine import make_policy
     from darwin.flows.launch import Start, launch_run
 
@@ -38,11 +40,11 @@ def darwin_run(experiment_file: str | None = None, continue_run: str | None = No
         policy = make_policy(True, review_every, review_timeout)
         if continue_run:
             start = Start(resume=continue_run, more_generations=more_generations,
-                          review=policy)
+                          review=policy, shared_store=shared_store)
         else:
             experiment = read_experiment(experiment_file) if experiment_file else \
                 make_experiment()
-            start = Start(experiment=experiment, review=policy)
+            start = Start(experiment=experiment, review=policy, shared_store=shared_store)
         summary = launch_run(start, print)
     except UserError as e:
         words = _as_parameter(str(e))

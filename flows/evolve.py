@@ -27,6 +27,10 @@ from darwin.memory import GenerationRecord, io_stats
 from darwin.tasks import publish as ui
 from darwin.tasks import steps
 
+# With a pool, the children one orchestrator keeps in flight at once (each a thread that only
+# waits; the watcher polls for all of them with three requests): docs/scale.md.
+POOL_IN_FLIGHT = 256
+
 
 def _generation_zero(ref: RunRef) -> GenerationRecord:
     started, io_start = time.monotonic(), asdict(io_stats())
@@ -52,8 +56,8 @@ def evolve(experiment: Experiment, run_id: str, storage_url: str,
     engine = engine_for(ref)
     pool = shared_pool(experiment.device, engine.budget.threads, engine.slots)
     steps.ensure_slot_limit(experiment.device, pool.size)
-    # With a pool, a thread per child in flight only waits for its worker.
-    runner = ThreadPoolTaskRunner(max_workers=64 if experiment.pool else 2 * pool.size)
+    runner = ThreadPoolTaskRunner(max_workers=POOL_IN_FLIGHT if experiment.pool
+                                  else 2 * pool.size)
     head = engine.store.head()
     last = _generation_zero(ref) if head is None else engine.store.generation(head)
     while True:

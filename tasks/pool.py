@@ -60,16 +60,16 @@ class _Child:
 class PoolWatcher:
     """Follows this process's children in flight on one run (see the module's docstring)."""
 
-    def __init__(self, store, pool: str, lost_after_s: float, wait_s: float):
+    def __init__(self, store, pool: str, lost_after_s: float, wait_s: float, start_s: float):
         self.store, self.pool = store, pool
-        self.lost_after_s, self.wait_s = lost_after_s, wait_s
+        self.lost_after_s, self.wait_s, self.start_s = lost_after_s, wait_s, start_s
         self._children: dict[UUID, _Child] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def wait(self, flow_run: UUID, cid: str, seed: int, attempt: int):
-        child = _Child(flow_run, cid, seed, attempt, ChildWatch(time.monotonic(), self.lost_after_s,
-                                                       self.wait_s))
+        child = _Child(flow_run, cid, seed, attempt, ChildWatch(
+            time.monotonic(), self.lost_after_s, self.wait_s, self.start_s))
         with self._lock:
             self._children[flow_run] = child
             if self._thread is None or not self._thread.is_alive():
@@ -154,7 +154,8 @@ def _watcher(engine) -> PoolWatcher:
         if key not in _WATCHERS:
             _WATCHERS[key] = PoolWatcher(engine.store, engine.experiment.pool,
                                          engine.settings.lost_after_s,
-                                         engine.settings.pool_wait_s)
+                                         engine.settings.pool_wait_s,
+                                         engine.settings.pool_start_s)
         return _WATCHERS[key]
 
 

@@ -30,13 +30,18 @@ class ChildWatch:
     """One submitted attempt of one (candidate, seed), watched from the orchestrator.
 
     ``submitted``: when it was submitted (monotonic seconds). ``lost_after_s``: how long its beat
-    may stand still once a worker took it. ``no_worker_after_s``: how long it may wait for a
-    worker before we ask whether any worker is online for the pool at all."""
+    may stand still once it beats. ``start_s``: how much longer it may take to beat at all once a
+    worker took it (a new process imports torch; on a busy machine that takes a while).
+    ``no_worker_after_s``: how long it may wait for a worker before we ask whether any worker
+    is online for the pool at all."""
 
     submitted: float
     lost_after_s: float
     no_worker_after_s: float
+    start_s: float = 0.0
     _beat: object = None
+    _first: object = None  # the beat seen when a worker took it: an earlier attempt's, or none
+    _beating: bool = False
     _moved_at: float | None = field(default=None)
 
     def verdict(self, now: float, *, evaluated: bool, state: str, message: str = "",
@@ -57,13 +62,18 @@ class ChildWatch:
             if now - self.submitted >= self.no_worker_after_s and workers_online is False:
                 return Verdict("no_worker")
             return Verdict("wait")
-        if self._moved_at is None or beat != self._beat:
-            self._beat, self._moved_at = beat, now
+        if self._moved_at is None:  # a worker took it just now
+            self._beat, self._first, self._moved_at = beat, beat, now
             return Verdict("wait")
-        if now - self._moved_at >= self.lost_after_s:
-            last = "no heartbeat at all" if beat is None else "its heartbeat stopped"
-            return Verdict("lost", f"{last} for {self.lost_after_s:.0f} s (its worker or machine "
-                                   "died, or lost the network)")
+        if beat != self._beat:
+            self._beat, self._moved_at = beat, now
+            self._beating = self._beating or beat != self._first
+            return Verdict("wait")
+        allowed = self.lost_after_s + (0.0 if self._beating else self.start_s)
+        if now - self._moved_at >= allowed:
+            last = "its heartbeat stopped" if self._beating else "no heartbeat at all"
+            return Verdict("lost", f"{last} for {allowed:.0f} s (its worker or machine died, "
+                                   "or lost the network)")
         return Verdict("wait")
 
     def excuse(self, now: float) -> None:

@@ -275,11 +275,11 @@ def test_a_pool_run_survives_a_dead_worker_and_a_dead_orchestrator(
     try:
         run_id = _wait_for(lambda: list_runs(storage), 120, proc, "the run was created")[0]
         store = RunStore(storage, run_id)
-        # A machine dies while it trains a child of generation 1.
+        # A machine dies while it trains a child of generation 1 (beating: its third beat).
         beat = _wait_for(lambda: next((b for cid, seed in store.beat_stamps()
                                        if cid.startswith("g001")
                                        and (b := {**store.last_beat(cid, seed), "cid": cid,
-                                                  "seed": seed})), None),
+                                                  "seed": seed})["beat"] >= 3), None),
                          240, proc, "a child of generation 1 trained")
         victim = next(m for m in machines if m.runs(beat["pid"]))
         victim.die()
@@ -339,11 +339,15 @@ def test_sigterm_on_the_orchestrator_cancels_its_children(prefect_server, s3_env
                     DARWIN_STORAGE_URL=storage)
     proc = subprocess.Popen([*DARWIN, *RUN, "--pool", pool], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    run_id = _wait_for(lambda: list_runs(storage), 120, proc, "the run was created")[0]
-    _wait_for(lambda: len(_child_flow_runs(prefect_server, run_id)) >= 3, 60, proc,
-              "the seed's trainings were submitted")
-    proc.terminate()
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        run_id = _wait_for(lambda: list_runs(storage), 120, proc, "the run was created")[0]
+        _wait_for(lambda: len(_child_flow_runs(prefect_server, run_id)) >= 3, 60, proc,
+                  "the seed's trainings were submitted")
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
     assert f"darwin run --resume {run_id}" in stderr
     states = {fr["state_type"] for fr in _child_flow_runs(prefect_server, run_id)}
