@@ -45,6 +45,8 @@ _FACE = {
     "run_summary": "runs",
     "choose_parents": "selection",
     "shared_pool": "slots",
+    "RunStatus": "status",  # a stand-in until issue 35 lands its own
+    "run_status": "status",
     "slot_count": "slots",
     "warm_gate": "slots",
 }
