@@ -119,9 +119,16 @@ def missing_parts(data: RunData) -> list[str]:
     return missing
 
 
-def build_report(store: RunStore, out: Path) -> Report:
+INTERACTIVE = {"fitness": "Fitness per generation", "lineage": "Lineage",
+               "curves": "Training-loss curves", "pareto": "Validation loss against MFU"}
+REFRESH_S = 30  # how often a running run's page reloads itself
+
+
+def build_report(store: RunStore, out: Path, *, index: str | None = None) -> Report:
     """Write ``out``/report.html and the PNGs of ``store``'s run; what is missing is said on
-    the page (and returned), never raised."""
+    the page (and returned), never raised. ``index``: a link to the runs index, if any."""
+    from darwin.reports import interactive
+    from darwin.reports.sections import candidate_sections
     from darwin.reports.views import leaderboard_rows, stored_code
 
     out = Path(out)
@@ -137,17 +144,28 @@ def build_report(store: RunStore, out: Path) -> Report:
     diff = "".join(difflib.unified_diff(
         (seed_code or "").splitlines(keepends=True), (best_code or "").splitlines(keepends=True),
         "seed/train.py", f"{best}/train.py")) if best and best != SEED_ID else ""
+    leaderboard = leaderboard_rows(store) if data.generations else []
+    order = [r["candidate"] for r in leaderboard] or [c.id for c in data.candidates]
+    plots = interactive.figures(data)
+    scripts = [interactive.plotly_js(), interactive.page_js()]
     page = _templates().get_template("report.html.j2").render(
         title=f"DARWIN report: {data.run_id}" + (
             f" as of generation {data.as_of}" if data.as_of is not None else ""),
         run_id=data.run_id, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         css=_css(), summary=_summary(data), missing=missing,
-        figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()],
-        leaderboard=leaderboard_rows(store) if data.generations else [],
+        plots=[(name, title) for name, title in INTERACTIVE.items() if name in plots],
+        figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()
+                 if name not in plots],
+        plot_specs=interactive.embedded_json(plots),
+        plotly_js=Markup(scripts[0]), page_js=Markup(scripts[1]),
+        script_hashes=Markup(" ".join(interactive.script_hash(s) for s in scripts)),
+        refresh=REFRESH_S if data.as_of is None and _running(store) else None, index=index,
+        leaderboard=leaderboard, anchor=interactive.anchor, num=_num,
+        sections=candidate_sections(data, order, lambda c: stored_code(store, c), _highlight),
         best=best, best_code=_highlight(best_code, "python") if best_code else None,
         diff=_highlight(diff, "diff") if diff else None,
         lineage=_lineage(data), reviews=_reviews(data),
-        settings=sorted(data.experiment.items()),
+        settings=_settings(data),
         environment=_environment(data), finals=sorted(data.finals.values(),
                                                       key=lambda f: f.get("candidate", "")),
         fmt=_fmt,
@@ -157,6 +175,21 @@ def build_report(store: RunStore, out: Path) -> Report:
     tmp.write_text(page)
     tmp.replace(path)  # a reader (a browser reloading) never sees half a page
     return Report(path, {name: out / f"{name}.png" for name in figures}, missing)
+
+
+def _running(store: RunStore) -> bool:
+    """Whether a process works on the run now (its page then reloads itself)."""
+    from darwin.engine import run_status
+
+    try:
+        return run_status(store).state == "running"
+    except Exception:  # noqa: BLE001 - a status that cannot be read is not worth a report
+        return False
+
+
+def _num(x) -> str:
+    """A sortable cell's value: a number, or empty (sorted last)."""
+    return f"{x:.6g}" if isinstance(x, (int, float)) and math.isfinite(x) else ""
 
 
 def write_run_report(store: RunStore, say: Callable[[str], None]) -> Report | None:
@@ -270,6 +303,22 @@ def _reviews(data: RunData) -> list[dict]:
                          for q in r.requests],
             "rejected": r.rejected})
     return out
+
+
+def _settings(data: RunData) -> list[tuple[str, str]]:
+    """The experiment's settings as a person reads them: no Python None, no raw JSON."""
+    rows = []
+    for k, v in sorted(data.experiment.items()):
+        if v is None:
+            v = "-"
+        elif isinstance(v, bool):
+            v = "yes" if v else "no"
+        elif isinstance(v, (list, tuple)):
+            v = ", ".join(str(x) for x in v) or "-"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items()) or "-"
+        rows.append((k, str(v)))
+    return rows
 
 
 def _environment(data: RunData) -> list[tuple[str, str]]:
