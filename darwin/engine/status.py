@@ -29,8 +29,10 @@ def run_status(store: RunStore) -> RunStatus:
         return RunStatus("crashed", f"unreadable: {e}")
     done = head if head is not None else -1
     if run_alive(store):
-        return RunStatus("running", f"running (generation {max(done, 0)} of {planned} committed)")
+        of = f" of {planned}" if planned is not None else ""
+        return RunStatus("running", f"running (generation {max(done, 0)}{of} committed)")
     if planned is not None and done >= int(planned):
         return RunStatus("finished", f"finished ({done} generations)")
-    return RunStatus("crashed", f"stopped after generation {max(done, 0)} of {planned}: "
+    of = f" of {planned}" if planned is not None else ""
+    return RunStatus("crashed", f"stopped after generation {max(done, 0)}{of}: "
                                 f"darwin run --resume {store.run_id}")

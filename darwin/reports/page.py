@@ -193,15 +193,24 @@ def _num(x) -> str:
 
 
 def write_run_report(store: RunStore, say: Callable[[str], None]) -> Report | None:
-    """The run's report in its default folder, (re)drawn; None when it could not be drawn,
-    which ``say`` tells (the run itself is stored: the page is only a view of it, never worth
-    failing a generation or a finished run)."""
+    """The run's report in its default folder, (re)drawn, and the runs index beside it (for a
+    local store: on S3 the index would read every run at every generation; `darwin report
+    --index` draws it there); None when it could not be drawn, which ``say`` tells (the run
+    itself is stored: the page is only a view of it, never worth failing a generation)."""
+    from darwin.reports.index import INDEX, build_index
+
+    target = report_dir([store.run_id])
     try:
-        return build_report(store, report_dir([store.run_id]))
+        local = getattr(store, "local", False)
+        made = build_report(store, target, index=f"../{INDEX}" if local or (
+            target.parent / INDEX).is_file() else None)
+        if local:
+            build_index(str(Path(store.root).parent), target.parent)
     except Exception as e:  # noqa: BLE001
         say(f"the report of {store.run_id} could not be drawn: {type(e).__name__}: {e} "
             f"(try: darwin report {store.run_id})")
         return None
+    return made
 
 
 def build_comparison(stores: list[RunStore], out: Path) -> Report:

@@ -304,11 +304,14 @@ def test_the_run_ends_with_a_report(reference_run):
     assert page == home / "reports" / store.run_id / "report.html"
     html = page.read_text()
     for name in ("fitness", "lineage", "curves", "pareto", "time", "kinds"):
-        assert f'<figure id="{name}"><img src="data:image/png;base64,' in html, name
+        interactive = name in ("fitness", "lineage", "curves", "pareto")
+        assert (f'<div class="plot" id="plot-{name}">' if interactive else
+                f'<figure id="{name}"><img src="data:image/png;base64,') in html, name
         assert (page.parent / f"{name}.png").stat().st_size > 10_000
     for c in store.candidates():
-        assert f"<td>{c.id}</td>" in html
-    assert f"Best program: {summary['best']}" in html
+        assert f'<td><a href="#c-{c.id}">{c.id}</a></td>' in html and f'id="c-{c.id}"' in html
+    assert f"Best program: <a href=\"#c-{summary['best']}\">{summary['best']}</a>" in html
+    assert (home / "reports" / "index.html").is_file()  # the runs index beside it
     assert "Test split (never used for selection)" in html and "Not measured yet" not in html
     env = store.meta()["environment"]
     assert env["sandbox"] == _auto_backend() and len(env["dataset_sha256"]) == 64
