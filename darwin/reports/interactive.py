@@ -64,8 +64,19 @@ def hover(data: RunData, cid: str) -> str:
             parts.append(how)
         parts.append(f"generation {rec.generation}" + (
             f", from {_t(rec.parents[0])}" if rec.parents else ""))
-    parts.append(FATES[data.status(cid)][2])
+    parts.append(fate_words(data, cid))
     return "<br>".join(parts)
+
+
+def fate_words(data: RunData, cid: str) -> str:
+    """What became of a candidate, in words: kept now, kept then displaced, promoted or only
+    filling an empty slot, discarded, repaired, crashed."""
+    fate = data.status(cid)
+    if fate != KEPT:
+        return FATES[fate][2]
+    how = next((("promoted (displaced a member)" if cid in g.promoted else "filled an empty slot")
+                for g in data.generations if cid in g.promoted or cid in g.filled), "kept")
+    return f"{how}; {'in the population now' if cid in data.members_now() else 'displaced later'}"
 
 
 def _points(data: RunData, ids: list[str], xy: dict, **marker) -> dict:
@@ -108,8 +119,16 @@ def fitness(data: RunData) -> dict:
     xy = {c: (x, top if y is None else y) for c, (x, y) in xy.items()}
     last = max(by_gen, default=0)
     traces = _band(data, -0.5, last + 0.5)
+    now = data.members_now()
     for fate, (colour, symbol, words) in FATES.items():
         ids = [c for c in xy if data.status(c) == fate]
+        if fate == KEPT:  # those still in the population apart from those displaced later
+            dropped = [c for c in ids if c not in now]
+            ids, words = [c for c in ids if c in now], "in the population now"
+            if dropped:
+                traces.append({**_points(data, dropped, xy, color="white", symbol=symbol, size=9,
+                                         line={"color": colour, "width": 1.5}),
+                               "name": f"kept, displaced later ({len(dropped)})"})
         if ids:
             traces.append({**_points(data, ids, xy, color=colour, symbol=symbol, size=9,
                                      line={"color": "white", "width": 0.5}),

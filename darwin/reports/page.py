@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from markupsafe import Markup
 from darwin.engine import SEED_ID
 from darwin.memory import RunStore
 from darwin.reports.data import RunData
+from darwin.reports.index import llm_line, mutators_ran
 
 PAGE = "report.html"
 
@@ -241,9 +241,11 @@ def build_comparison(stores: list[RunStore], out: Path) -> Report:
 def _summary(data: RunData) -> list[tuple[str, str]]:
     exp = data.experiment
     rows = [("run", data.run_id),
-            ("budget / mutator", f"{exp.get('budget', '-')} / {exp.get('mutator', '-')}"),
+            ("budget / mutator", f"{exp.get('budget', '-')} / {exp.get('mutator', '-')}"
+                                 f" (what made the children: {mutators_ran(data.candidates)})"),
             ("generations committed", f"{data.generations[-1].generation if data.generations else '-'}"
-                                      f" of {exp.get('generations', '-')}"),
+                                      + (f" of {exp['generations']}" if exp.get("generations")
+                                         is not None else "")),
             ("candidates", str(len(data.candidates))),
             ("seed val loss", f"{_fmt(data.seed_loss)} ± {_fmt(data.noise)} (2σ over "
                               f"{len(data.losses(SEED_ID))} seeds)")]
@@ -263,6 +265,8 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
         rows.append(("test split (never used for selection)",
                      f"{_fmt(test_best)} vs seed {_fmt(test_seed)}, perplexity "
                      f"{100 * (math.exp(min(test_best - test_seed, 709.0)) - 1):+.2f}%"))
+    if (model := llm_line(data.meta)) and any(c.llm_latency_s for c in data.candidates):
+        rows.append(("LLM model", model))
     cost = sum(c.cost_usd for c in data.candidates)
     tokens = sum(c.input_tokens + c.output_tokens for c in data.candidates)
     if tokens:
@@ -308,7 +312,7 @@ def _reviews(data: RunData) -> list[dict]:
                           "asked_by": ", ".join(q.asked_by),
                           "verdict": verdicts[q.id].verdict if q.id in verdicts else "-",
                           "comment": verdicts[q.id].comment if q.id in verdicts else "",
-                          "granted": json.dumps(r.granted[q.id]) if q.id in r.granted else ""}
+                          "granted": _granted(r.granted[q.id]) if q.id in r.granted else ""}
                          for q in r.requests],
             "rejected": r.rejected})
     return out
@@ -330,9 +334,22 @@ def _settings(data: RunData) -> list[tuple[str, str]]:
     return rows
 
 
+def _granted(value) -> str:
+    """What a review granted, as words ("dataset: tinystories, files: 2"), not JSON."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_granted(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_granted(v) for v in value) or "-"
+    if value is None or value is True:
+        return "yes" if value else "-"
+    return "no" if value is False else str(value)
+
+
 def _environment(data: RunData) -> list[tuple[str, str]]:
     env = data.meta.get("environment") or {}
-    rows = [(k, str(v)) for k, v in env.items() if k != "packages"]
+    rows = [(k, str(v)) for k, v in env.items() if k not in ("packages", "llm")]
+    if llm_line(data.meta):
+        rows.insert(0, ("LLM (model at endpoint)", llm_line(data.meta)))
     rows += [(f"package {k}", str(v)) for k, v in (env.get("packages") or {}).items()]
     if "darwin" in data.meta:
         rows.insert(0, ("darwin", str(data.meta["darwin"])))

@@ -12,7 +12,7 @@ import math
 
 from darwin.engine import SEED_ID
 from darwin.reports.data import RunData
-from darwin.reports.interactive import anchor
+from darwin.reports.interactive import anchor, fate_words
 
 MAX_PROGRAMS = 60  # whole programs inlined (the best first); the rest: `darwin show`
 
@@ -51,7 +51,7 @@ def candidate_sections(data: RunData, order: list[str], code_of, highlight) -> l
         before = data.fitness(parent) if parent else None
         sections.append({
             "id": cid, "anchor": anchor(cid), "generation": rec.generation,
-            "fate": data.status(cid), "on_best_path": cid in ancestry, "best": cid == data.best,
+            "fate": fate_words(data, cid), "on_best_path": cid in ancestry, "best": cid == data.best,
             "kind": rec.kind, "mutator": rec.mutator, "mode": rec.mode, "operator": rec.operator,
             "parents": [(p, anchor(p), "target" if i == 0 else "proposer")
                         for i, p in enumerate(rec.parents)],

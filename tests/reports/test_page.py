@@ -153,14 +153,13 @@ def test_the_page_in_a_browser(stored, tmp_path):
     try:
         b.open(report.path)
         b.wait_for("document.querySelector('#plot-lineage .scatterlayer path.point')")
-        kept = next(c.id for c in data.candidates if c.id not in ("seed", data.best)
-                    and data.status(c.id) == "kept")
-        b.mouse("mouseMoved", *_center(b, _point("fitness", "kept", kept)))
+        kept = next(c.id for c in data.candidates if data.status(c.id) == "discarded")
+        b.mouse("mouseMoved", *_center(b, _point("fitness", "discarded", kept)))
         b.wait_for("document.querySelector('#plot-fitness .hoverlayer')?.textContent"
                    f".includes({json.dumps(kept)})")
         shown = b.js("document.querySelector('#plot-fitness .hoverlayer').textContent")
-        assert "val loss" in shown and "kind " in shown, shown
-        b.click(*_center(b, _point("fitness", "kept", kept)))
+        assert "val loss" in shown and "kind " in shown and "discarded" in shown, shown
+        b.click(*_center(b, _point("fitness", "discarded", kept)))
         b.wait_for(f"location.hash === '#c-{kept}'")
         assert b.js(f"document.getElementById('c-{kept}').classList.contains('picked')")
         top = b.js(f"document.getElementById('c-{kept}').getBoundingClientRect().top")
