@@ -2,7 +2,8 @@
 theirs wins). It has the same face, ``run_status(store) -> RunStatus`` with ``.state`` and
 ``.line``, so the runs index (issue 36) can be built against it now.
 
-finished: the head generation is the planned last; running: a live process holds the run's
+finished: the head generation is the planned last (checked first: the finishing process still
+holds the claim while it writes the last report); running: a live process holds the run's
 claim; otherwise crashed (stopped before its plan, nobody works on it: resume it).
 """
 
@@ -28,11 +29,11 @@ def run_status(store: RunStore) -> RunStatus:
     except StoreError as e:
         return RunStatus("crashed", f"unreadable: {e}")
     done = head if head is not None else -1
+    if planned is not None and done >= int(planned):
+        return RunStatus("finished", f"finished ({done} generations)")
     if run_alive(store):
         of = f" of {planned}" if planned is not None else ""
         return RunStatus("running", f"running (generation {max(done, 0)}{of} committed)")
-    if planned is not None and done >= int(planned):
-        return RunStatus("finished", f"finished ({done} generations)")
     of = f" of {planned}" if planned is not None else ""
     return RunStatus("crashed", f"stopped after generation {max(done, 0)}{of}: "
                                 f"darwin run --resume {store.run_id}")

@@ -20,7 +20,9 @@ _FACE = {
     "artifact_key": "views",
     "candidate_detail": "views",
     "generation_markdown": "views",
+    "LEADERBOARD_NOTE": "views",
     "leaderboard_rows": "views",
+    "leaderboard_table": "views",
     "open_run": "views",
     "run_rows": "views",
 }

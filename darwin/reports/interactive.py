@@ -201,7 +201,8 @@ def lineage(data: RunData) -> dict:
         xaxis={"title": {"text": "generation"}, "dtick": 1},
         yaxis={"autorange": "reversed", "showticklabels": False, "zeroline": False,
                "title": {"text": "candidates of the generation, best first"}},
-        legend={"orientation": "h", "y": -0.12, "font": {"size": 11}})}
+        margin={"l": 70, "r": 20, "t": 50, "b": 110},
+        legend={"orientation": "h", "y": -0.16, "yanchor": "top", "font": {"size": 11}})}
 
 
 def pareto(data: RunData) -> dict | None:

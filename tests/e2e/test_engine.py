@@ -238,23 +238,31 @@ def test_each_generation_publishes_artifacts(reference_run, prefect_server):
     latest = max(report, key=lambda a: a["created"])["data"]
     assert latest.count("](data:image/png;base64,") == 2
     assert f"reports/{store.run_id}/report.html" in latest
+    # The newest report and leaderboard also hang off the run's own flow run, not only the
+    # generation's subflow.
+    (newest,) = [a for a in _artifacts(prefect_server, artifact_key(store.run_id, "latest"))
+                 if "after generation 2" in a["data"]]
+    assert f"reports/{store.run_id}/report.html" in newest["data"] and "| ★ |" in newest["data"]
+    (evolve,) = [fr for fr in _flow_runs(prefect_server, store.run_id)
+                 if fr["name"] == store.run_id]
+    assert newest["flow_run_id"] == evolve["id"]
 
 
 def test_the_past_reads_back_as_it_was_printed(reference_run, prefect_server):
     """`leaderboard --at-generation 1` equals the leaderboard the run published after
     generation 1 (the Prefect table artifact of that time)."""
-    from darwin.reports.views import artifact_key
-    from darwin.tasks.publish import TABLE_COLUMNS
+    from darwin.reports.views import artifact_key, leaderboard_table
 
     home, _ = reference_run
     store = _store(home)
     tables = _artifacts(prefect_server, artifact_key(store.run_id, "leaderboard"))
-    (then,) = [a for a in tables if a["description"].endswith("after generation 1, best first")]
+    (then,) = [a for a in tables if "after generation 1, best first" in a["description"]]
     printed = then["data"] if isinstance(then["data"], list) else json.loads(then["data"])
     r = run_darwin(["leaderboard", store.run_id, "--at-generation", "1", "--json"],
                    cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto"))
     now = json.loads(r.stdout)["candidates"]
-    assert [{k: row[k] for k in TABLE_COLUMNS} for row in now] == printed
+    assert leaderboard_table(now) == printed  # rounded and labelled as the CLI prints it
+    assert printed[0]["val loss"].count(".") == 1 and len(printed[0]["val loss"]) <= 7
     assert {row["generation"] for row in now} == {0, 1}
 
 

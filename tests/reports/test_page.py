@@ -74,6 +74,8 @@ def test_untrusted_text_is_shown_as_text(stored):
 
 
 def test_an_empty_run_renders_and_says_what_is_missing(tmp_path):
+    from darwin.engine import claim_run
+
     store = RunStore(tmp_path, "young")
     store.create({"run_id": "young", "experiment": {"generations": 3}})
     report = build_report(store, tmp_path / "out")
@@ -81,6 +83,13 @@ def test_an_empty_run_renders_and_says_what_is_missing(tmp_path):
     assert any("no generation is committed yet" in m for m in report.missing)
     assert "no generation is committed yet" in page and "No committed generation yet" in page
     assert len(report.figures) == 6
+    assert 'http-equiv="refresh"' not in page  # nobody works on it: nothing will change
+    claim = claim_run(store)  # a live process works on the run: its page reloads itself
+    try:
+        page = build_report(store, tmp_path / "out").path.read_text()
+    finally:
+        claim.release()
+    assert '<meta http-equiv="refresh" content="30">' in page and "reloads itself" in page
 
 
 def test_a_run_whose_children_all_crashed(tmp_path):
