@@ -49,7 +49,9 @@ def index_row(store: RunStore, reports: Path) -> dict:
         mutator = exp.get("mutator") or "-"
         if mutator == "auto":
             mutator = f"auto: {mutators_ran(store.candidates())}"
-        row.update(mutator=mutator, model=llm_line(meta), budget=exp.get("budget"))
+        # the model only where an LLM made children (an offline run names none)
+        llm = llm_line(meta) if "openai" in mutator else None
+        row.update(mutator=mutator, model=llm, budget=exp.get("budget"))
         head = store.head()
         if head is not None:
             g0, last = store.generation(0), store.generation(head)
@@ -71,12 +73,12 @@ def index_row(store: RunStore, reports: Path) -> dict:
 
 def build_index(storage_url: str, reports: Path) -> Path:
     """Write ``reports``/index.html for every run in ``storage_url``, newest first."""
-    from darwin.reports.page import _templates
+    from darwin.reports.jinja import templates
 
     reports = Path(reports)
     reports.mkdir(parents=True, exist_ok=True)
     rows = [index_row(RunStore(storage_url, r), reports) for r in reversed(list_runs(storage_url))]
-    html = _templates().get_template("index.html.j2").render(
+    html = templates().get_template("index.html.j2").render(
         title="DARWIN runs", storage=str(storage_url), rows=rows,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         running=any(r["state"] == "running" for r in rows))

@@ -169,8 +169,11 @@ def lineage(data: RunData) -> dict:
             if kind == "target" and c.id in ancestry and parent in ancestry:
                 kind = "best"
             xs, ys = edges[kind]
-            xs += [pos[parent][0], pos[c.id][0], None]
-            ys += [pos[parent][1], pos[c.id][1], None]
+            for x, y in _edge(pos[parent], pos[c.id]):
+                xs.append(x)
+                ys.append(y)
+            xs.append(None)
+            ys.append(None)
     traces = [{"type": "scatter", "mode": "lines", "x": xs, "y": ys, "hoverinfo": "skip",
                "line": {"color": colour, "dash": dash, "width": width}, "name": words}
               for kind, (colour, dash, width, words) in styles.items()
@@ -201,8 +204,21 @@ def lineage(data: RunData) -> dict:
         xaxis={"title": {"text": "generation"}, "dtick": 1},
         yaxis={"autorange": "reversed", "showticklabels": False, "zeroline": False,
                "title": {"text": "candidates of the generation, best first"}},
-        margin={"l": 70, "r": 20, "t": 50, "b": 110},
-        legend={"orientation": "h", "y": -0.16, "yanchor": "top", "font": {"size": 11}})}
+        margin={"l": 70, "r": 20, "t": 95, "b": 50},
+        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom",
+                "font": {"size": 11}})}
+
+
+def _edge(a: tuple[float, float], b: tuple[float, float]) -> list[tuple[float, float]]:
+    """An edge's points: straight between neighbouring generations; bowed (a quadratic curve
+    half a row below) when it skips one, so it never runs through the nodes between."""
+    (x0, y0), (x1, y1) = a, b
+    if abs(x1 - x0) <= 1.01:
+        return [a, b]
+    cx, cy = (x0 + x1) / 2, max(y0, y1) + 0.6  # the y axis is reversed: larger is lower
+    return [((1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t ** 2 * x1,
+             (1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t ** 2 * y1)
+            for t in (i / 16 for i in range(17))]
 
 
 def pareto(data: RunData) -> dict | None:
@@ -250,11 +266,52 @@ def curves(data: RunData) -> dict | None:
         "training loss (nats / token), as printed")}
 
 
+def kinds(data: RunData) -> dict | None:
+    """Per kind of change: its mean effect against the parent with a 95 % interval; hover for
+    how often it was tried and crashed."""
+    from darwin.reports.plots import kind_stats
+
+    every = kind_stats(data)
+    stats = [s for s in every if s.mean is not None]
+    if not stats:
+        return None
+    names = [f"{s.kind.value} (tried {s.tried})" for s in stats]
+    crashed = [s for s in every if s.mean is None]
+    traces = []
+    if data.noise:
+        traces.append({"type": "scatter", "x": [-data.noise, data.noise, data.noise, -data.noise,
+                                                -data.noise],
+                       "y": [names[0], names[0], names[-1], names[-1], names[0]],
+                       "fill": "toself", "fillcolor": "rgba(153,153,153,0.25)", "mode": "lines",
+                       "line": {"width": 0}, "hoverinfo": "skip", "name": "± noise (2σ of the seed)"})
+    traces.append({
+        "type": "scatter", "mode": "markers", "x": [s.mean for s in stats], "y": names,
+        "error_x": {"type": "data", "array": [s.half_width or 0.0 for s in stats]},
+        "marker": {"color": BLUE, "size": 10}, "name": "mean effect, 95 % interval",
+        "hoverinfo": "text", "hovertext": [
+            f"<b>{_t(s.kind.value)}</b><br>tried {s.tried}, crashed {s.crashed} "
+            f"({100 * s.crashed / s.tried:.0f} %)<br>mean change {s.mean:+.4f}"
+            + (f" ± {s.half_width:.4f}" if s.half_width is not None else " (one try)")
+            + ("<br>helped" if s.mean < 0 else "<br>hurt") for s in stats]})
+    if crashed:
+        traces.append({"type": "scatter", "mode": "markers", "x": [0.0] * len(crashed),
+                       "y": [f"{s.kind.value} (tried {s.tried})" for s in crashed],
+                       "marker": {"color": VERMILLION, "symbol": "x", "size": 10},
+                       "name": "every try crashed (no effect)", "hoverinfo": "text",
+                       "hovertext": [f"<b>{_t(s.kind.value)}</b><br>tried {s.tried}, all crashed"
+                                     for s in crashed]})
+    return {"data": traces, "layout": _layout(
+        "Kinds of change: effect on val loss against the parent (< 0 helped)",
+        "val-loss change against the parent (nats / token)", "",
+        height=max(300, 120 + 40 * len(stats)),
+        yaxis={"autorange": "reversed", "automargin": True})}
+
+
 def figures(data: RunData) -> dict[str, dict]:
     """name -> Plotly figure spec, for the figures this run can draw."""
     made = {"fitness": fitness(data) if data.candidates else None,
             "lineage": lineage(data) if data.candidates else None,
-            "curves": curves(data), "pareto": pareto(data)}
+            "curves": curves(data), "pareto": pareto(data), "kinds": kinds(data)}
     return {k: v for k, v in made.items() if v is not None}
 
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from darwin.engine import SEED_ID
-from darwin.memory import RunStore
+from darwin.memory import RunStore, StoreError
 from darwin.reports.data import RunData
 from darwin.reports.index import llm_line, mutators_ran
+from darwin.reports.jinja import templates as _templates
 
 PAGE = "report.html"
 
@@ -45,12 +45,6 @@ def report_dir(run_ids: list[str]) -> Path:
 
     name = run_ids[0] if len(run_ids) == 1 else "compare-" + "-".join(run_ids)
     return get_settings().home / "reports" / name[:200]
-
-
-def _templates() -> Environment:
-    return Environment(loader=PackageLoader("darwin.reports", "templates"),
-                       autoescape=select_autoescape(default=True, default_for_string=True),
-                       trim_blocks=True, lstrip_blocks=True)
 
 
 def _highlight(text: str, lexer: str) -> Markup:
@@ -120,7 +114,8 @@ def missing_parts(data: RunData) -> list[str]:
 
 
 INTERACTIVE = {"fitness": "Fitness per generation", "lineage": "Lineage",
-               "curves": "Training-loss curves", "pareto": "Validation loss against MFU"}
+               "curves": "Training-loss curves", "pareto": "Validation loss against MFU",
+               "kinds": "Kinds of change"}
 REFRESH_S = 30  # how often a running run's page reloads itself
 
 
@@ -161,7 +156,7 @@ def build_report(store: RunStore, out: Path, *, index: str | None = None) -> Rep
         script_hashes=Markup(" ".join(interactive.script_hash(s) for s in scripts)),
         refresh=REFRESH_S if data.as_of is None and _running(store) else None, index=index,
         leaderboard=leaderboard, anchor=interactive.anchor, num=_num,
-        sections=candidate_sections(data, order, lambda c: stored_code(store, c), _highlight),
+        sections=candidate_sections(data, order, lambda c: _code(store, data, c), _highlight),
         best=best, best_code=_highlight(best_code, "python") if best_code else None,
         diff=_highlight(diff, "diff") if diff else None,
         lineage=_lineage(data), reviews=_reviews(data),
@@ -175,6 +170,17 @@ def build_report(store: RunStore, out: Path, *, index: str | None = None) -> Rep
     tmp.write_text(page)
     tmp.replace(path)  # a reader (a browser reloading) never sees half a page
     return Report(path, {name: out / f"{name}.png" for name in figures}, missing)
+
+
+def _code(store: RunStore, data: RunData, cid: str) -> str | None:
+    """A candidate's program from the record already read (one read, not two)."""
+    rec = data.by_id.get(cid)
+    if rec is None or not rec.code_sha:
+        return None
+    try:
+        return store.code(rec.code_sha)
+    except StoreError:
+        return None
 
 
 def _running(store: RunStore) -> bool:

@@ -11,10 +11,13 @@ from tests.reports import synthetic
 
 
 def _runs(root):
-    synthetic.write(synthetic.run(run_id="20260101-000000-tiny"), root)
-    young = synthetic.run(run_id="20260102-000000-tiny", seed=4, llm=False, generations=1)
+    llm = {"llm": {"model": "qwen-7b", "endpoint": "http://gpu:8000/v1"}}
+    old = synthetic.run(run_id="20260101-000000-tiny", llm=False)
+    old.meta["environment"] = llm  # set, but no LLM made its children: not shown
+    synthetic.write(old, root)
+    young = synthetic.run(run_id="20260102-000000-tiny", seed=4, generations=1)
     young.meta["experiment"].update(mutator="auto", generations=5)
-    young.meta["environment"] = {"llm": {"model": "qwen-7b", "endpoint": "http://gpu:8000/v1"}}
+    young.meta["environment"] = llm
     synthetic.write(young, root)
     (root / "20260103-000000-tiny").mkdir()
     (root / "20260103-000000-tiny" / "run.json").write_text("{not json")
@@ -30,11 +33,12 @@ def test_the_index_lists_every_run(tmp_path):
     assert "20260103" in broken and "20260102" in young and "20260101" in old
     assert "unreadable" in broken and "cannot be read" in broken
     assert "crashed" in young and "stopped after generation 1 of 5" in young
-    assert "auto: offline 5" in young  # what ran, not "auto"
+    assert "auto: openai 5" in young  # what ran, not "auto"
     assert "qwen-7b at http://gpu:8000/v1" in young and "no report yet" in young
     assert '<a href="./20260101-000000-tiny/report.html">20260101-000000-tiny</a>' in old
     assert 'href="./20260101-000000-tiny/report.html#c-' in old  # its best's section
     assert "%" in old and "± 2.02 %" in old and "(within the noise)" in old
+    assert "<td>offline</td><td>-</td>" in old and "qwen" not in old
 
 
 def test_cli_index(tmp_path):

@@ -46,7 +46,9 @@
         th.setAttribute("aria-sort", down ? "descending" : "ascending");
         rows.sort(function (a, b) {
           var x = key(a.cells[col]), y = key(b.cells[col]);
-          var c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+          var c = typeof x === "number" && typeof y === "number"
+            ? (x === y ? 0 : (x < y ? -1 : 1))  // an empty cell is Infinity
+            : String(x).localeCompare(String(y));
           return down ? -c : c;
         });
         rows.forEach(function (r) { body.appendChild(r); });
