@@ -49,10 +49,9 @@ def hover(data: RunData, cid: str) -> str:
     rec = data.by_id.get(cid)
     losses = data.losses(cid)
     if losses:
-        spread = (max(losses) - min(losses)) / 2 if len(losses) > 1 else None
         loss = f"val loss {data.fitness(cid):.4f}" + (
-            f" ± {spread:.4f}" if spread is not None else "") + (
-            f" over {len(losses)} runs" if len(losses) > 1 else " (1 run)")
+            f", mean of {len(losses)} runs ({min(losses):.4f} to {max(losses):.4f})"
+            if len(losses) > 1 else " (1 run)")
     else:
         loss = "no val loss (crashed)"
     parts = [f"<b>{_t(cid)}</b>", loss]

@@ -37,7 +37,7 @@ def test_the_index_lists_every_run(tmp_path):
     assert "qwen-7b at http://gpu:8000/v1" in young and "no report yet" in young
     assert '<a href="./20260101-000000-tiny/report.html">20260101-000000-tiny</a>' in old
     assert 'href="./20260101-000000-tiny/report.html#c-' in old  # its best's section
-    assert "%" in old and "± 2.02 %" in old and "(within the noise)" in old
+    assert "%" in old and "± 2.02 %" in old and "within the noise" in old
     assert "<td>offline</td><td>-</td>" in old and "qwen" not in old
 
 
