@@ -35,10 +35,10 @@ def test_the_index_lists_every_run(tmp_path):
     assert "crashed" in young and "stopped after generation 1 of 5" in young
     assert "auto: openai 5" in young  # what ran, not "auto"
     assert "qwen-7b at http://gpu:8000/v1" in young and "no report yet" in young
-    assert '<a href="./20260101-000000-tiny/report.html">20260101-000000-tiny</a>' in old
+    assert 'href="./20260101-000000-tiny/report.html">20260101-000000-tiny</a>' in old
     assert 'href="./20260101-000000-tiny/report.html#c-' in old  # its best's section
     assert "%" in old and "± 2.02 %" in old and "within the noise" in old
-    assert "<td>offline</td><td>-</td>" in old and "qwen" not in old
+    assert '<td>offline</td><td class="model">-</td>' in old and "qwen" not in old
 
 
 def test_cli_index(tmp_path):
