@@ -79,6 +79,13 @@ def publish(run_id: str, storage_url: str, gen: int) -> None:
 def publish_latest(run_id: str, storage_url: str, gen: int) -> None:
     """On the run's own flow-run page (the generations' artifacts hang off their subflows):
     where the newest report is and the top of the leaderboard, after each generation."""
+    try:
+        _latest(run_id, storage_url, gen)
+    except Exception as e:  # noqa: BLE001 - a picture in the UI is never worth failing the run
+        log.warning("the run page's latest artifact of %s could not be written: %s", run_id, e)
+
+
+def _latest(run_id: str, storage_url: str, gen: int) -> None:
     store = RunStore(storage_url, run_id)
     page = report_dir([run_id]) / "report.html"
     rows = leaderboard_table(leaderboard_rows(store)[:LATEST_ROWS])
