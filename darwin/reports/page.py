@@ -341,7 +341,8 @@ def _settings(data: RunData) -> list[tuple[str, str]]:
 
 
 def _granted(value) -> str:
-    """What a review granted, as words ("dataset: tinystories, files: 2"), not JSON."""
+    """A value as words ("dataset: tinystories, files: 2"), not JSON or Python's None: what a
+    review granted, an environment's entry."""
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_granted(v)}" for k, v in value.items()) or "-"
     if isinstance(value, (list, tuple)):
@@ -353,10 +354,11 @@ def _granted(value) -> str:
 
 def _environment(data: RunData) -> list[tuple[str, str]]:
     env = data.meta.get("environment") or {}
-    rows = [(k, str(v)) for k, v in env.items() if k not in ("packages", "llm")]
+    rows = [(k, _granted(v)) for k, v in env.items() if k not in ("packages", "llm")]
     if llm_line(data.meta):
-        rows.insert(0, ("LLM (model at endpoint)", llm_line(data.meta)))
-    rows += [(f"package {k}", str(v)) for k, v in (env.get("packages") or {}).items()]
+        rows.insert(0, ("LLM set (model at endpoint)", llm_line(data.meta)))
+    rows += [(f"package {k}", "not installed" if v is None else str(v))
+             for k, v in (env.get("packages") or {}).items()]
     if "darwin" in data.meta:
         rows.insert(0, ("darwin", str(data.meta["darwin"])))
     return rows

@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 
 from darwin.engine import Experiment
-from darwin.reports.page import _granted, _settings
+from darwin.reports.page import _environment, _granted, _settings
 from darwin.reports.progress import Snapshot, render
 from tests.reports import synthetic
 
@@ -38,3 +38,8 @@ def test_settings_and_grants_read_as_words():
     assert "None" not in " ".join(rows.values())
     assert _granted({"dataset": "tinystories", "files": ["a.txt"], "gpu": True}) == \
         "dataset: tinystories, files: a.txt, gpu: yes"
+    data.meta["environment"] = {"device": "cpu", "cpus": None, "packages": {"s3fs": None},
+                                "llm": {"model": "m", "endpoint": "http://h:1/v1"}}
+    env = dict(_environment(data))
+    assert env["cpus"] == "-" and env["package s3fs"] == "not installed"
+    assert env["LLM set (model at endpoint)"] == "m at http://h:1/v1"
