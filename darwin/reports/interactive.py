@@ -197,7 +197,9 @@ def lineage(data: RunData) -> dict:
                        "text": crashed if labels else None, "textposition": "top center",
                        "textfont": {"size": 9, "color": "#777"}})
     height = max(420, min(1100, 120 + 46 * _widest(data)))
-    return {"data": traces, "layout": _layout(
+    # Hovering a node lights up its ancestors and descendants (page.js): who made whom.
+    family = {anchor(c.id): [anchor(p) for p in c.parents if p in pos] for c in data.candidates}
+    return {"family": family, "data": traces, "layout": _layout(
         "Lineage: who was made from whom (drag to pan, scroll or box to zoom; click a node)",
         "generation", "candidates of the generation, best first", height=height,
         xaxis={"title": {"text": "generation"}, "dtick": 1},

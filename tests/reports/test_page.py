@@ -148,6 +148,15 @@ def _point(plot: str, trace_name: str, cid: str) -> str:
             ".querySelectorAll('path.point')[i]; })()")
 
 
+def _reach(start: str, edges: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        if (c := todo.pop()) not in seen:
+            seen.add(c)
+            todo += edges.get(c, ())
+    return seen
+
+
 def test_the_page_in_a_browser(stored, tmp_path):
     """Hover a point: its candidate; click it, a lineage node or a leaderboard row: its section;
     tables sort; nothing is fetched and nothing the run wrote executes."""
@@ -178,6 +187,16 @@ def test_the_page_in_a_browser(stored, tmp_path):
                       ".map(t => t.textContent)")
         assert sorted(labels) == sorted(c.id for c in data.candidates)
         best = data.best
+        # Hovering a node keeps its kin (ancestors, descendants) bright and dims the others.
+        b.mouse("mouseMoved", *_center(b, _point("lineage", "scored", best)))
+        bright = "(() => { const t = document.getElementById('plot-lineage').data.find(" \
+                 "d => d.name.startsWith('scored')); return t.customdata.filter(" \
+                 "(c, i) => (t.marker.opacity || [])[i] === 1); })()"
+        b.wait_for(f"{bright}.length > 0")
+        up = {c.id: set(c.parents) for c in data.candidates}
+        down = {c.id: {k for k, ps in up.items() if c.id in ps} for c in data.candidates}
+        kin = _reach(best, up) | _reach(best, down)
+        assert set(b.js(bright)) == {f"c-{c}" for c in kin if data.fitness(c) is not None}
         b.click(*_center(b, _point("lineage", "scored", best)))
         b.wait_for(f"location.hash === '#c-{best}'")
         # A leaderboard row's link; then sort the table by val loss, both ways.

@@ -23,7 +23,42 @@
       var p = ev && ev.points && ev.points[0];
       if (p && typeof p.customdata === "string") show(p.customdata);
     });
+    if (fig.family) highlightFamily(div, fig.family);
   });
+
+  // The lineage: hovering a node keeps its ancestors and descendants bright, dims the rest.
+  function highlightFamily(div, parents) {
+    var children = {};
+    Object.keys(parents).forEach(function (c) {
+      parents[c].forEach(function (p) { (children[p] = children[p] || []).push(c); });
+    });
+    function walk(start, edges, seen) {
+      var todo = [start];
+      while (todo.length) {
+        var id = todo.pop();
+        if (seen[id]) continue;
+        seen[id] = true;
+        (edges[id] || []).forEach(function (n) { todo.push(n); });
+      }
+      return seen;
+    }
+    var nodes = [];
+    div.data.forEach(function (t, i) { if (Array.isArray(t.customdata)) nodes.push(i); });
+    function paint(kin) {
+      var opacity = nodes.map(function (i) {
+        return div.data[i].customdata.map(function (id) { return !kin || kin[id] ? 1 : 0.15; });
+      });
+      Plotly.restyle(div, {"marker.opacity": opacity}, nodes);
+    }
+    div.on("plotly_hover", function (ev) {
+      var p = ev && ev.points && ev.points[0];
+      if (!p || typeof p.customdata !== "string") return;
+      var kin = walk(p.customdata, parents, {});
+      Object.assign(kin, walk(p.customdata, children, {}));
+      paint(kin);
+    });
+    div.on("plotly_unhover", function () { paint(null); });
+  }
   window.addEventListener("hashchange", function () { show(location.hash.slice(1)); });
   if (location.hash.length > 1) show(location.hash.slice(1));
 
