@@ -36,7 +36,9 @@ class Browser:
         try:
             port_file = Path(self._profile.name) / "DevToolsActivePort"
             deadline = time.monotonic() + 60
-            while not port_file.exists() and time.monotonic() < deadline:
+            # The file appears before its port is written: wait for the port itself.
+            while not (port_file.exists() and port_file.read_text().split()) and \
+                    time.monotonic() < deadline:
                 time.sleep(0.1)
             port = port_file.read_text().split()[0]
             targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json",
