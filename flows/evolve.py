@@ -42,6 +42,7 @@ def _generation_zero(ref: RunRef) -> GenerationRecord:
                              ref.experiment.min_runs)
     steps.commit(ref, 0, record, io_start)
     ui.publish(ref.run_id, ref.storage_url, 0)
+    ui.publish_latest(ref.run_id, ref.storage_url, 0)  # on the run's own page
     return record
 
 
@@ -68,6 +69,7 @@ def evolve(experiment: Experiment, run_id: str, storage_url: str,
             break
         last = generation.with_options(task_runner=runner)(
             experiment, run_id, storage_url, last.generation + 1, sandbox=sandbox, slots=slots)
+        ui.publish_latest(run_id, storage_url, last.generation)  # on the run's own page
     last = engine.humans.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
     steps.final_test.map(unmapped(ref), final_candidates(last, experiment.min_runs)).result()

@@ -18,13 +18,19 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from darwin.memory import RunStore
-from darwin.reports import artifact_key, generation_markdown, leaderboard_rows
+from darwin.reports import (
+    LEADERBOARD_NOTE,
+    artifact_key,
+    generation_markdown,
+    leaderboard_rows,
+    leaderboard_table,
+    report_dir,
+)
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("candidate", "generation", "parent", "kind", "operator", "val_loss", "runs",
-                 "delta_vs_seed", "status", "in_population")
 KEY_FIGURES = ("fitness", "lineage")
+LATEST_ROWS = 15  # the run page's artifact: the top of the leaderboard
 
 
 def start_progress(run_id: str, gen: int):
@@ -60,9 +66,36 @@ def write_report(store: RunStore) -> str:
 @task(name="publish", task_run_name="publish-g{gen:03d}", cache_policy=NO_CACHE)
 def publish(run_id: str, storage_url: str, gen: int) -> None:
     store = RunStore(storage_url, run_id)
-    rows = [{k: r[k] for k in TABLE_COLUMNS} for r in leaderboard_rows(store)[:50]]
+    rows = leaderboard_table(leaderboard_rows(store)[:50])  # as `darwin leaderboard` shows it
     create_table_artifact(key=artifact_key(store.run_id, "leaderboard"), table=rows,
-                          description=f"{store.run_id} after generation {gen}, best first")
+                          description=f"{store.run_id} after generation {gen}, best first. "
+                                      f"{LEADERBOARD_NOTE}")
     create_markdown_artifact(key=artifact_key(store.run_id, "report"),
                              markdown=generation_markdown(store, gen) + write_report(store),
                              description=f"generation {gen} report")
+
+
+@task(name="publish-latest", task_run_name="latest-g{gen:03d}", cache_policy=NO_CACHE)
+def publish_latest(run_id: str, storage_url: str, gen: int) -> None:
+    """On the run's own flow-run page (the generations' artifacts hang off their subflows):
+    where the newest report is and the top of the leaderboard, after each generation."""
+    try:
+        _latest(run_id, storage_url, gen)
+    except Exception as e:  # noqa: BLE001 - a picture in the UI is never worth failing the run
+        log.warning("the run page's latest artifact of %s could not be written: %s", run_id, e)
+
+
+def _latest(run_id: str, storage_url: str, gen: int) -> None:
+    store = RunStore(storage_url, run_id)
+    page = report_dir([run_id]) / "report.html"
+    rows = leaderboard_table(leaderboard_rows(store)[:LATEST_ROWS])
+    lines = [f"# {run_id}: after generation {gen}", "",
+             f"Newest report: [{page}]({page.as_uri()}) (it reloads itself while the run goes; "
+             f"or `darwin report {run_id}`). All runs: `{page.parent.parent / 'index.html'}`.", ""]
+    if rows:
+        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(v.replace("|", "\\|") for v in r.values()) + " |"
+                  for r in rows]
+        lines += ["", LEADERBOARD_NOTE]
+    create_markdown_artifact(key=artifact_key(run_id, "latest"), markdown="\n".join(lines),
+                             description=f"{run_id}: the newest report and leaderboard")

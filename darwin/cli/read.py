@@ -74,7 +74,7 @@ def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
     run_id
         The run (see `darwin runs`).
     """
-    from darwin.reports import leaderboard_rows
+    from darwin.reports import LEADERBOARD_NOTE, leaderboard_rows, leaderboard_table
 
     store = open_as_of(run_id, storage_url, at, at_generation)
     rows = leaderboard_rows(store)
@@ -84,19 +84,14 @@ def leaderboard(run_id: str | None = None, *, at: AtFlag = None,
         return
     table = Table(title=f"leaderboard {store.run_id}" + (
         f" as of generation {store.head()}" if getattr(store, "at", None) is not None else ""))
-    for col in ("", "candidate", "gen", "parent", "kind", "operator", "val loss", "runs",
-                "Δ seed", "status"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row("★" if r["in_population"] else "", r["candidate"], str(r["generation"]),
-                      r["parent"] or "-", r["kind"] or "-", r["operator"] or "-",
-                      f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
-                      str(r["runs"]) + ("" if r["measured"] or not r["runs"] else "*"),
-                      f"{r['delta_vs_seed']:+.4f}" if r["delta_vs_seed"] is not None else "-",
-                      r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]")
+    shown = leaderboard_table(rows)  # the same table the Prefect UI shows
+    for col in (shown[0] if shown else ("★", "candidate")):
+        table.add_column("" if col == "★" else col)
+    for r in shown:
+        table.add_row(*(f"[red]{escape(v)}[/]" if k == "status" and v != "ok" else escape(v)
+                        for k, v in r.items()))
     out.print(table)
-    out.print("[dim]★ = in the current population; Δ seed = mean val loss minus the seed's; "
-              "* = fewer runs than a claim needs (min_runs), ranked after the measured[/]")
+    out.print(f"[dim]{LEADERBOARD_NOTE}[/]")
 
 
 @app.command

@@ -9,13 +9,14 @@ from typing import Annotated
 from cyclopts import Parameter
 
 from darwin.cli.app import JsonFlag, app, err, out
-from darwin.cli.read import AtFlag, AtGenerationFlag, StorageFlag, open_as_of
+from darwin.cli.read import AtFlag, AtGenerationFlag, StorageFlag, chosen_storage_url, open_as_of
 
 
 @app.command
 def report(*runs: str,
            out_dir: Annotated[Path | None, Parameter(name="--out")] = None,
            open_: Annotated[bool, Parameter(name="--open", negative=())] = False,
+           index: Annotated[bool, Parameter(name="--index", negative=())] = False,
            at: AtFlag = None, at_generation: AtGenerationFlag = None,
            storage_url: StorageFlag = None, json_: JsonFlag = False) -> None:
     """Draw RUN's figures (fitness, lineage, loss curves, val loss vs MFU, time and cost, kinds
@@ -30,9 +31,29 @@ def report(*runs: str,
         Folder for the page and the PNGs (default $DARWIN_HOME/reports/RUN).
     open_
         Open the page in a browser.
+    index
+        Only (re)write the runs index (index.html in the reports folder): every run with its
+        status, best, change against the seed with its noise, mutator and model, and date.
+        Every report drawn into the default folder refreshes it too.
     """
     from darwin.errors import UserError
-    from darwin.reports import build_comparison, build_report, report_dir
+    from darwin.reports import build_comparison, build_index, build_report, report_dir
+
+    if index:
+        if runs or at is not None or at_generation is not None:
+            raise UserError("--index lists every run: give no run and no --at")
+        url = chosen_storage_url(storage_url)
+        try:
+            path = build_index(url, Path(out_dir) if out_dir else report_dir(["-"]).parent)
+        except OSError as e:
+            raise UserError(f"cannot write the index: {e.strerror or e}; give another folder "
+                            "with --out") from None
+        if json_:
+            print(json.dumps({"index": str(path)}, indent=2))
+        else:
+            out.print(f"index: {path}")
+        _open(path, open_)
+        return
 
     if len(runs) > 1 and (at is not None or at_generation is not None):
         raise UserError("--at / --at-generation draw one run as it was; give one run")
@@ -45,9 +66,12 @@ def report(*runs: str,
         [f"{ids[0]}-at-g{past:03d}"] if past is not None else ids)
     if target.exists() and not target.is_dir():
         raise UserError(f"--out {target} is a file: give a folder")
+    default = out_dir is None and past is None and len(stores) == 1
     try:
-        made = (build_report(stores[0], target) if len(stores) == 1
-                else build_comparison(stores, target))
+        made = (build_report(stores[0], target, index="../index.html" if default else None)
+                if len(stores) == 1 else build_comparison(stores, target))
+        if default:  # the runs index beside the default folder, which the page links to
+            build_index(chosen_storage_url(storage_url), target.parent)
     except OSError as e:
         raise UserError(f"cannot write the report to {target}: {e.strerror or e}; give another "
                         "folder with --out") from None
@@ -59,8 +83,12 @@ def report(*runs: str,
         out.print(f"report: {made.path}")
         out.print(f"figures: {', '.join(p.name for p in made.figures.values())} in "
                   f"{made.path.parent}")
-    if open_:
+    _open(made.path, open_)
+
+
+def _open(path: Path, really: bool) -> None:
+    if really:
         import webbrowser
 
-        if not webbrowser.open(made.path.resolve().as_uri()):
-            err.print(f"no browser to open here: open {made.path} yourself")
+        if not webbrowser.open(path.resolve().as_uri()):
+            err.print(f"no browser to open here: open {path} yourself")

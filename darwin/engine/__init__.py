@@ -51,6 +51,8 @@ _FACE = {
     "choose_parents": "selection",
     "MachineSlot": "slots",
     "shared_pool": "slots",
+    "RunStatus": "status",  # a stand-in until issue 35 lands its own
+    "run_status": "status",
     "slot_count": "slots",
     "warm_gate": "slots",
 }

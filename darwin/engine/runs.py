@@ -51,7 +51,24 @@ def environment(sandbox: str, device: str) -> dict:
         device = f"cuda ({torch.cuda.get_device_name()})"
     return {"device": device, "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "cpus": os.cpu_count(), "host": socket.gethostname(),
-            "packages": packages, "sandbox": sandbox, "dataset_sha256": load_dataset().sha256}
+            "packages": packages, "sandbox": sandbox, "dataset_sha256": load_dataset().sha256,
+            "llm": llm_endpoint()}
+
+
+def llm_endpoint() -> dict:
+    """The LLM a run is set to use, for its report: the model and the server (without any
+    user:password or query an URL might carry); never the key."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from darwin.settings import get_settings
+
+    llm = get_settings().llm
+    url = llm.url()
+    if url:
+        parts = urlsplit(url)
+        url = urlunsplit((parts.scheme, parts.hostname or "" if parts.port is None
+                          else f"{parts.hostname}:{parts.port}", parts.path, "", ""))
+    return {"model": llm.model, "endpoint": url}
 
 
 def create_run(storage_url: str, experiment: Experiment, seed_program: Path,

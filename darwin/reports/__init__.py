@@ -9,6 +9,7 @@ from darwin.faces import lazy
 # What other layers may use (tests/test_layers.py): name -> its module, loaded on first use.
 _FACE = {
     "build_comparison": "page",
+    "build_index": "index",
     "build_report": "page",
     "report_dir": "page",
     "write_run_report": "page",
@@ -19,7 +20,9 @@ _FACE = {
     "artifact_key": "views",
     "candidate_detail": "views",
     "generation_markdown": "views",
+    "LEADERBOARD_NOTE": "views",
     "leaderboard_rows": "views",
+    "leaderboard_table": "views",
     "open_run": "views",
     "run_rows": "views",
 }

@@ -125,6 +125,11 @@ class RunData:
             return KEPT
         return REPAIRED if rec is not None and rec.repair_of else DISCARDED
 
+    def members_now(self) -> set[str]:
+        """The current population (the last committed generation's)."""
+        return {m.candidate_id for m in self.generations[-1].population} if self.generations \
+            else set()
+
     def lineage(self, cid: str | None) -> list[str]:
         """``cid`` and its target parents back to the seed (oldest first)."""
         chain: list[str] = []

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import base64
 import difflib
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from darwin.engine import SEED_ID
-from darwin.memory import RunStore
+from darwin.memory import RunStore, StoreError
 from darwin.reports.data import RunData
+from darwin.reports.index import llm_line, mutators_ran
+from darwin.reports.jinja import templates as _templates
 
 PAGE = "report.html"
 
@@ -45,12 +45,6 @@ def report_dir(run_ids: list[str]) -> Path:
 
     name = run_ids[0] if len(run_ids) == 1 else "compare-" + "-".join(run_ids)
     return get_settings().home / "reports" / name[:200]
-
-
-def _templates() -> Environment:
-    return Environment(loader=PackageLoader("darwin.reports", "templates"),
-                       autoescape=select_autoescape(default=True, default_for_string=True),
-                       trim_blocks=True, lstrip_blocks=True)
 
 
 def _highlight(text: str, lexer: str) -> Markup:
@@ -119,9 +113,17 @@ def missing_parts(data: RunData) -> list[str]:
     return missing
 
 
-def build_report(store: RunStore, out: Path) -> Report:
+INTERACTIVE = {"fitness": "Fitness per generation", "lineage": "Lineage",
+               "curves": "Training-loss curves", "pareto": "Validation loss against MFU",
+               "kinds": "Kinds of change"}
+REFRESH_S = 30  # how often a running run's page reloads itself
+
+
+def build_report(store: RunStore, out: Path, *, index: str | None = None) -> Report:
     """Write ``out``/report.html and the PNGs of ``store``'s run; what is missing is said on
-    the page (and returned), never raised."""
+    the page (and returned), never raised. ``index``: a link to the runs index, if any."""
+    from darwin.reports import interactive
+    from darwin.reports.sections import candidate_sections
     from darwin.reports.views import leaderboard_rows, stored_code
 
     out = Path(out)
@@ -137,17 +139,28 @@ def build_report(store: RunStore, out: Path) -> Report:
     diff = "".join(difflib.unified_diff(
         (seed_code or "").splitlines(keepends=True), (best_code or "").splitlines(keepends=True),
         "seed/train.py", f"{best}/train.py")) if best and best != SEED_ID else ""
+    leaderboard = leaderboard_rows(store) if data.generations else []
+    order = [r["candidate"] for r in leaderboard] or [c.id for c in data.candidates]
+    plots = interactive.figures(data)
+    scripts = [interactive.plotly_js(), interactive.page_js()]
     page = _templates().get_template("report.html.j2").render(
         title=f"DARWIN report: {data.run_id}" + (
             f" as of generation {data.as_of}" if data.as_of is not None else ""),
         run_id=data.run_id, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         css=_css(), summary=_summary(data), missing=missing,
-        figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()],
-        leaderboard=leaderboard_rows(store) if data.generations else [],
+        plots=[(name, title) for name, title in INTERACTIVE.items() if name in plots],
+        figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()
+                 if name not in plots],
+        plot_specs=interactive.embedded_json(plots),
+        plotly_js=Markup(scripts[0]), page_js=Markup(scripts[1]),
+        script_hashes=Markup(" ".join(interactive.script_hash(s) for s in scripts)),
+        refresh=REFRESH_S if data.as_of is None and _running(store) else None, index=index,
+        leaderboard=leaderboard, anchor=interactive.anchor, num=_num,
+        sections=candidate_sections(data, order, lambda c: _code(store, data, c), _highlight),
         best=best, best_code=_highlight(best_code, "python") if best_code else None,
         diff=_highlight(diff, "diff") if diff else None,
         lineage=_lineage(data), reviews=_reviews(data),
-        settings=sorted(data.experiment.items()),
+        settings=_settings(data),
         environment=_environment(data), finals=sorted(data.finals.values(),
                                                       key=lambda f: f.get("candidate", "")),
         fmt=_fmt,
@@ -159,16 +172,51 @@ def build_report(store: RunStore, out: Path) -> Report:
     return Report(path, {name: out / f"{name}.png" for name in figures}, missing)
 
 
-def write_run_report(store: RunStore, say: Callable[[str], None]) -> Report | None:
-    """The run's report in its default folder, (re)drawn; None when it could not be drawn,
-    which ``say`` tells (the run itself is stored: the page is only a view of it, never worth
-    failing a generation or a finished run)."""
+def _code(store: RunStore, data: RunData, cid: str) -> str | None:
+    """A candidate's program from the record already read (one read, not two)."""
+    rec = data.by_id.get(cid)
+    if rec is None or not rec.code_sha:
+        return None
     try:
-        return build_report(store, report_dir([store.run_id]))
+        return store.code(rec.code_sha)
+    except StoreError:
+        return None
+
+
+def _running(store: RunStore) -> bool:
+    """Whether a process works on the run now (its page then reloads itself)."""
+    from darwin.engine import run_status
+
+    try:
+        return run_status(store).state == "running"
+    except Exception:  # noqa: BLE001 - a status that cannot be read is not worth a report
+        return False
+
+
+def _num(x) -> str:
+    """A sortable cell's value: a number, or empty (sorted last)."""
+    return f"{x:.6g}" if isinstance(x, (int, float)) and math.isfinite(x) else ""
+
+
+def write_run_report(store: RunStore, say: Callable[[str], None]) -> Report | None:
+    """The run's report in its default folder, (re)drawn, and the runs index beside it (for a
+    local store: on S3 the index would read every run at every generation; `darwin report
+    --index` draws it there); None when it could not be drawn, which ``say`` tells (the run
+    itself is stored: the page is only a view of it, never worth failing a generation)."""
+    from darwin.reports.index import INDEX, build_index
+
+    target = report_dir([store.run_id])
+    try:
+        local = getattr(store, "local", False)
+        made = build_report(store, target, index=f"../{INDEX}" if local or (
+            target.parent / INDEX).is_file() else None)
+        if local:
+            build_index(str(Path(store.root).parent), target.parent)
     except Exception as e:  # noqa: BLE001
         say(f"the report of {store.run_id} could not be drawn: {type(e).__name__}: {e} "
             f"(try: darwin report {store.run_id})")
         return None
+    return made
 
 
 def build_comparison(stores: list[RunStore], out: Path) -> Report:
@@ -199,9 +247,11 @@ def build_comparison(stores: list[RunStore], out: Path) -> Report:
 def _summary(data: RunData) -> list[tuple[str, str]]:
     exp = data.experiment
     rows = [("run", data.run_id),
-            ("budget / mutator", f"{exp.get('budget', '-')} / {exp.get('mutator', '-')}"),
+            ("budget / mutator", f"{exp.get('budget', '-')} / {exp.get('mutator', '-')}"
+                                 f" (what made the children: {mutators_ran(data.candidates)})"),
             ("generations committed", f"{data.generations[-1].generation if data.generations else '-'}"
-                                      f" of {exp.get('generations', '-')}"),
+                                      + (f" of {exp['generations']}" if exp.get("generations")
+                                         is not None else "")),
             ("candidates", str(len(data.candidates))),
             ("seed val loss", f"{_fmt(data.seed_loss)} ± {_fmt(data.noise)} (2σ over "
                               f"{len(data.losses(SEED_ID))} seeds)")]
@@ -221,6 +271,8 @@ def _summary(data: RunData) -> list[tuple[str, str]]:
         rows.append(("test split (never used for selection)",
                      f"{_fmt(test_best)} vs seed {_fmt(test_seed)}, perplexity "
                      f"{100 * (math.exp(min(test_best - test_seed, 709.0)) - 1):+.2f}%"))
+    if (model := llm_line(data.meta)) and any(c.llm_latency_s for c in data.candidates):
+        rows.append(("LLM model", model))
     cost = sum(c.cost_usd for c in data.candidates)
     tokens = sum(c.input_tokens + c.output_tokens for c in data.candidates)
     if tokens:
@@ -266,16 +318,47 @@ def _reviews(data: RunData) -> list[dict]:
                           "asked_by": ", ".join(q.asked_by),
                           "verdict": verdicts[q.id].verdict if q.id in verdicts else "-",
                           "comment": verdicts[q.id].comment if q.id in verdicts else "",
-                          "granted": json.dumps(r.granted[q.id]) if q.id in r.granted else ""}
+                          "granted": _granted(r.granted[q.id]) if q.id in r.granted else ""}
                          for q in r.requests],
             "rejected": r.rejected})
     return out
 
 
+def _settings(data: RunData) -> list[tuple[str, str]]:
+    """The experiment's settings as a person reads them: no Python None, no raw JSON."""
+    rows = []
+    for k, v in sorted(data.experiment.items()):
+        if v is None:
+            v = "-"
+        elif isinstance(v, bool):
+            v = "yes" if v else "no"
+        elif isinstance(v, (list, tuple)):
+            v = ", ".join(str(x) for x in v) or "-"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items()) or "-"
+        rows.append((k, str(v)))
+    return rows
+
+
+def _granted(value) -> str:
+    """A value as words ("dataset: tinystories, files: 2"), not JSON or Python's None: what a
+    review granted, an environment's entry."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_granted(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_granted(v) for v in value) or "-"
+    if value is None or value is True:
+        return "yes" if value else "-"
+    return "no" if value is False else str(value)
+
+
 def _environment(data: RunData) -> list[tuple[str, str]]:
     env = data.meta.get("environment") or {}
-    rows = [(k, str(v)) for k, v in env.items() if k != "packages"]
-    rows += [(f"package {k}", str(v)) for k, v in (env.get("packages") or {}).items()]
+    rows = [(k, _granted(v)) for k, v in env.items() if k not in ("packages", "llm")]
+    if llm_line(data.meta):
+        rows.insert(0, ("LLM set (model at endpoint)", llm_line(data.meta)))
+    rows += [(f"package {k}", "not installed" if v is None else str(v))
+             for k, v in (env.get("packages") or {}).items()]
     if "darwin" in data.meta:
         rows.insert(0, ("darwin", str(data.meta["darwin"])))
     return rows

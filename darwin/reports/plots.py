@@ -99,9 +99,18 @@ def fitness_figure(data: RunData) -> Figure:
     span = [*losses, *([seed - data.noise, seed + data.noise] if seed is not None else [])]
     top = (max(span) + 0.08 * (max(span) - min(span) + 1e-3)) if span else 1.0
     _noise_band(ax, data)
+    now = data.members_now()
     for fate, (colour, marker, words) in STYLE.items():
-        pts = [(x, top if y is None else y) for cid, (x, y) in places.items()
+        pts = [(x, top if y is None else y, cid) for cid, (x, y) in places.items()
                if data.status(cid) == fate]
+        if fate == KEPT:  # who is still in the population, apart from who was dropped later
+            dropped = [p for p in pts if p[2] not in now]
+            pts = [p for p in pts if p[2] in now]
+            words = "in the population now"
+            if dropped:
+                ax.scatter([p[0] for p in dropped], [p[1] for p in dropped], c="white",
+                           edgecolors=colour, marker=marker, s=36, linewidths=1.2, zorder=3,
+                           label=f"kept, displaced later ({len(dropped)})", gid="points-dropped")
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=colour, marker=marker, s=36,
                        label=f"{words} ({len(pts)})", zorder=3, gid=f"points-{fate}",
@@ -171,7 +180,7 @@ def lineage_figure(data: RunData) -> Figure:
                    marker="X", s=60, zorder=3, gid="nodes-crashed", label="crashed")
     if n <= 60:
         for cid, (x, y) in pos.items():
-            ax.annotate(cid.replace("-", " ", 1) if cid != SEED_ID else "seed", (x, y),
+            ax.annotate(cid, (x, y),
                         xytext=(0, 7), textcoords="offset points", ha="center", fontsize=6)
     gens = sorted({x for x, _ in pos.values()})
     ax.set_xticks(sorted({round(x) for x in gens}))
@@ -236,7 +245,10 @@ def curves_figure(data: RunData, k: int = 4) -> Figure:
         steps = [p[0] for p in run.curve]
         secs = [p[1] for p in run.curve]
         loss = [p[2] for p in run.curve]
-        label = f"{cid} (val {run.val_loss:.3f})" if run.val_loss is not None else cid
+        n, mean = len(data.losses(cid)), data.fitness(cid)
+        label = cid if run.val_loss is None else (
+            f"{cid} (val {run.val_loss:.3f}; mean of {n} seeds {mean:.3f})" if n > 1
+            else f"{cid} (val {run.val_loss:.3f})")
         style = {"color": colour, "lw": 2.0 if cid == SEED_ID else 1.4,
                  "ls": "--" if cid == SEED_ID else "-"}
         by_step.plot(steps, loss, label=label, gid=f"curve-{cid}", **style)
@@ -324,7 +336,8 @@ def time_figure(data: RunData) -> Figure:
     ax.plot(gens, [r["wall_s"] for r in rows], ls="", marker="D", color=BLACK,
             label="wall clock of the generation", gid="wall")
     ax.set_xticks(gens)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3,
+              frameon=False)  # below the axis: inside, it covered generation 0's bar
     money.set_xticks(gens)
     if not any(r["input_tokens"] or r["output_tokens"] for r in rows):
         money.set_yticks([])
@@ -341,7 +354,8 @@ def time_figure(data: RunData) -> Figure:
     cost.set_ylim(bottom=0)
     h1, l1 = money.get_legend_handles_labels()
     h2, l2 = cost.get_legend_handles_labels()
-    money.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    money.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                 ncol=3, frameon=False)
     return fig
 
 
@@ -409,6 +423,9 @@ def compare_figure(runs: list[RunData]) -> Figure:
         if not curve:
             continue
         colour = PALETTE[i % len(PALETTE)]
+        # Held half a generation past the last, so the last generation has a width (a step
+        # drawn "post" otherwise ends where it starts).
+        curve = [*curve, (curve[-1][0] + 0.5, curve[-1][1])]
         xs, ys = [g for g, _ in curve], [v for _, v in curve]
         exp = data.experiment
         words = f"{data.run_id} ({exp.get('mutator', '?')}" + (

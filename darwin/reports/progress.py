@@ -64,9 +64,14 @@ def snapshot(store: RunStore, exp: Experiment, slots: int) -> Snapshot:
 def render(s: Snapshot, exp: Experiment, started: float) -> Group:
     elapsed = time.monotonic() - started
     table = Table.grid(padding=(0, 2))
-    what = "seed program (noise band)" if s.generation == 0 else f"generation {s.generation}"
+    if s.generation == 0:
+        what = "seed program (its noise band)"
+    elif s.committed is not None and s.committed >= exp.generations:  # never "3 of 2"
+        what = f"all {exp.generations} generations committed: finishing"
+    else:
+        what = f"generation {s.generation} of {exp.generations}"
     total = exp.seeds if s.generation == 0 else exp.children
-    table.add_row(Text(f"{what} of {exp.generations}", style="bold"),
+    table.add_row(Text(what, style="bold"),
                   f"trained {s.trained} (first runs planned: {total}), failed {s.failed}")
     if s.best_loss is not None and s.seed_loss is not None:
         table.add_row("best so far", f"{s.best_id}: val loss {s.best_loss:.4f} vs seed "

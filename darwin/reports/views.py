@@ -81,6 +81,22 @@ def leaderboard_rows(store: RunStore) -> list[dict]:
     return rows
 
 
+LEADERBOARD_NOTE = ("★ = in the current population; Δ seed = mean val loss minus the seed's; "
+                    "* = fewer runs than a claim needs (min_runs), ranked after the measured")
+
+
+def leaderboard_table(rows: list[dict]) -> list[dict[str, str]]:
+    """The leaderboard as people read it (`darwin leaderboard`, the Prefect table): labelled
+    columns, losses to 4 decimals, ★ for the population, * for an unmeasured mean."""
+    return [{"★": "★" if r["in_population"] else "", "candidate": r["candidate"],
+             "gen": str(r["generation"]), "parent": r["parent"] or "-", "kind": r["kind"] or "-",
+             "operator": r["operator"] or "-",
+             "val loss": f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
+             "runs": str(r["runs"]) + ("" if r["measured"] or not r["runs"] else "*"),
+             "Δ seed": f"{r['delta_vs_seed']:+.4f}" if r["delta_vs_seed"] is not None else "-",
+             "status": r["status"]} for r in rows]
+
+
 def stored_code(store: RunStore, cid: str | None) -> str | None:
     """Candidate ``cid``'s program (None: no such candidate, no program, or lost from the
     store)."""

@@ -141,7 +141,9 @@ class DockerProcess(Releasable):
         self.log_overflow = False
         self._attach = attach
         self._finished = False
-        self._log = open(spec.log_path, "wb") if spec.log_path else None
+        # Unbuffered: the trusted side stamps each loss line as it appears in this file
+        # (evaluation/curves.py); a buffer would hold every line until the container ends.
+        self._log = open(spec.log_path, "wb", buffering=0) if spec.log_path else None
         self._log_left = spec.max_file_mb << 20
         self._out_w: int | None = None
         self.stdout = None

@@ -238,23 +238,31 @@ def test_each_generation_publishes_artifacts(reference_run, prefect_server):
     latest = max(report, key=lambda a: a["created"])["data"]
     assert latest.count("](data:image/png;base64,") == 2
     assert f"reports/{store.run_id}/report.html" in latest
+    # The newest report and leaderboard also hang off the run's own flow run, not only the
+    # generation's subflow.
+    (newest,) = [a for a in _artifacts(prefect_server, artifact_key(store.run_id, "latest"))
+                 if "after generation 2" in a["data"]]
+    assert f"reports/{store.run_id}/report.html" in newest["data"] and "| ★ |" in newest["data"]
+    (evolve,) = [fr for fr in _flow_runs(prefect_server, store.run_id)
+                 if fr["name"] == store.run_id]
+    assert newest["flow_run_id"] == evolve["id"]
 
 
 def test_the_past_reads_back_as_it_was_printed(reference_run, prefect_server):
     """`leaderboard --at-generation 1` equals the leaderboard the run published after
     generation 1 (the Prefect table artifact of that time)."""
-    from darwin.reports.views import artifact_key
-    from darwin.tasks.publish import TABLE_COLUMNS
+    from darwin.reports.views import artifact_key, leaderboard_table
 
     home, _ = reference_run
     store = _store(home)
     tables = _artifacts(prefect_server, artifact_key(store.run_id, "leaderboard"))
-    (then,) = [a for a in tables if a["description"].endswith("after generation 1, best first")]
+    (then,) = [a for a in tables if "after generation 1, best first" in a["description"]]
     printed = then["data"] if isinstance(then["data"], list) else json.loads(then["data"])
     r = run_darwin(["leaderboard", store.run_id, "--at-generation", "1", "--json"],
                    cli_env(home, prefect=prefect_server, DARWIN_SANDBOX="auto"))
     now = json.loads(r.stdout)["candidates"]
-    assert [{k: row[k] for k in TABLE_COLUMNS} for row in now] == printed
+    assert leaderboard_table(now) == printed  # rounded and labelled as the CLI prints it
+    assert printed[0]["val loss"].count(".") == 1 and len(printed[0]["val loss"]) <= 7
     assert {row["generation"] for row in now} == {0, 1}
 
 
@@ -304,11 +312,15 @@ def test_the_run_ends_with_a_report(reference_run):
     assert page == home / "reports" / store.run_id / "report.html"
     html = page.read_text()
     for name in ("fitness", "lineage", "curves", "pareto", "time", "kinds"):
-        assert f'<figure id="{name}"><img src="data:image/png;base64,' in html, name
+        # interactive where the run has its data (hover, click), else the picture inline
+        assert (f'<div class="plot" id="plot-{name}">' in html) != (
+            f'<figure id="{name}"><img src="data:image/png;base64,' in html), name
         assert (page.parent / f"{name}.png").stat().st_size > 10_000
+    assert '<div class="plot" id="plot-fitness">' in html
     for c in store.candidates():
-        assert f"<td>{c.id}</td>" in html
-    assert f"Best program: {summary['best']}" in html
+        assert f'<td><a href="#c-{c.id}">{c.id}</a></td>' in html and f'id="c-{c.id}"' in html
+    assert f"Best program: <a href=\"#c-{summary['best']}\">{summary['best']}</a>" in html
+    assert (home / "reports" / "index.html").is_file()  # the runs index beside it
     assert "Test split (never used for selection)" in html and "Not measured yet" not in html
     env = store.meta()["environment"]
     assert env["sandbox"] == _auto_backend() and len(env["dataset_sha256"]) == 64

@@ -97,15 +97,16 @@ def run(generations: int = 3, children: int = 4, crash_every: int = 3, seed: int
     return data
 
 
-def write(data: RunData, root) -> "RunStore":  # noqa: F821
-    """``data`` as a run in a local store under ``root`` (what `darwin report` reads)."""
+def write(data: RunData, root, code=None) -> "RunStore":  # noqa: F821
+    """``data`` as a run in a local store under ``root`` (what `darwin report` reads);
+    ``code(candidate)``: its program (default: two lines naming it)."""
     from darwin.memory.store import RunStore
 
     store = RunStore(root, data.run_id)
     store.create(data.meta)
     for c in data.candidates:
-        code = f"# {c.id}\nprint('iter 1: loss 2.5')\n"
-        store.put_candidate(c.model_copy(update={"code_sha": store.put_code(code)}))
+        text = code(c) if code else f"# {c.id}\nprint('iter 1: loss 2.5')\n"
+        store.put_candidate(c.model_copy(update={"code_sha": store.put_code(text)}))
     for e in data.evaluations:
         store.put_evaluation(e)
     for g in data.generations:

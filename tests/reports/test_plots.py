@@ -45,10 +45,16 @@ def crashed() -> RunData:
 def test_every_candidate_is_a_point_of_its_fate(data):
     fig = plots.fitness_figure(data)
     fates = [data.status(c.id) for c in data.candidates]
-    for fate in (KEPT, DISCARDED, REPAIRED, CRASHED):
+    for fate in (DISCARDED, REPAIRED, CRASHED):
         assert points(fig, f"points-{fate}") == fates.count(fate), fate
-    assert sum(points(fig, f"points-{f}") for f in (KEPT, DISCARDED, REPAIRED, CRASHED)) == \
-        len(data.candidates)
+    # Kept: those in the population now apart from those displaced later (not counted as kept).
+    now = data.members_now()
+    assert points(fig, f"points-{KEPT}") == len(now)
+    assert points(fig, "points-dropped") == fates.count(KEPT) - len(now) > 0
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert f"in the population now ({len(now)})" in legend
+    assert sum(points(fig, f"points-{f}") for f in (KEPT, DISCARDED, REPAIRED, CRASHED,
+                                                    "dropped")) == len(data.candidates)
     assert fates.count(CRASHED) and fates.count(REPAIRED)  # the synthetic run has both
     (best,) = artists(fig, "best-so-far")
     assert list(best.get_ydata())[:-1] == [v for _, v in data.best_so_far()]
@@ -118,6 +124,17 @@ def test_time_and_money_per_generation(data):
     assert sum(cost.get_ydata()) == pytest.approx(sum(c.cost_usd for c in data.candidates))
     # orchestration is the part of the wall time when nothing ran: never more than the wall
     assert all(0 <= r["orchestration_s"] <= r["wall_s"] for r in rows)
+    # Both legends sit below their axes: none covers a bar (generation 0's was covered).
+    fig.canvas.draw()
+    for ax in fig.axes[:2]:
+        assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0
+
+
+def test_the_seed_curve_is_labelled_with_the_mean_its_band_is_about(data):
+    fig = plots.curves_figure(data, k=1)
+    label = fig.axes[0].get_legend_handles_labels()[1][0]
+    n = len(data.losses("seed"))
+    assert n > 1 and f"mean of {n} seeds {data.fitness('seed'):.3f}" in label, label
 
 
 def test_kinds_of_change(data):
@@ -142,6 +159,9 @@ def test_compare_runs_draws_each_run_with_its_band():
     assert len(artists(fig, "run-0")) == len(artists(fig, "run-1")) == 1
     assert len(artists(fig, "band-0")) == len(artists(fig, "band-1")) == 1
     assert not artists(fig, "run-2")
+    (line,) = artists(fig, "run-0")  # the last generation has a width, not only an edge
+    last = runs[0].generations[-1].generation
+    assert max(line.get_xdata()) == last + 0.5 and line.get_ydata()[-1] == line.get_ydata()[-2]
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "a (openai)" in labels and "b (offline)" in labels
 
