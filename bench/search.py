@@ -5,8 +5,9 @@
 
 Each arm is a real `darwin run` (same sandbox, scorer, selection and promotion; only the proposer
 differs): `offline`, `random`, `offline-no-memory` (offline --no-memory), `hpo-tpe`, `hpo-random`,
-and `openai` when OPENAI_API_KEY is set. Every run has its own DARWIN_HOME under --home, so no
-run answers another's trainings from the cache and its seconds are its own.
+and `openai` when OPENAI_API_KEY is set. Every run has its own DARWIN_HOME under --home (so no
+run answers another's trainings from the cache, and its seconds are its own) and all share one
+store, so `darwin report RUN...` overlays them (the bench prints the command).
 
 Resumable: a finished run leaves bench-run.json in its home and is reused; an interrupted one is
 resumed (`darwin run --resume`); Ctrl-C stops the run in hand resumably. Writes
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -263,29 +265,35 @@ def figure(runs: dict[str, list[dict]], path: Path) -> int:
 
 
 # -- running the arms, resumably -------------------------------------------------------------
+STARTED = re.compile(r"^run (\S+) \(new\)", re.M)  # the line `darwin run` starts with
+
+
 @dataclass
 class Job:
     arm: str
     run_seed: int
-    home: Path
+    home: Path  # its DARWIN_HOME: cache, scratch, its log and its figures once done
+    store: Path  # the runs folder all jobs of a setting share
 
     @property
     def done_file(self) -> Path:
         return self.home / "bench-run.json"
 
-    def state(self) -> str:
-        """done (its figures are kept), resume (a run was started) or new."""
-        from darwin.memory import list_runs
-
-        if self.done_file.exists():
-            return "done"
-        return "resume" if list_runs(self.home / "runs") else "new"
+    @property
+    def log(self) -> Path:
+        return self.home / "bench.log"
 
     def run_id(self) -> str | None:
-        from darwin.memory import list_runs
+        """The run this job started last (None: none yet), as its log names it."""
+        found = STARTED.findall(self.log.read_text()) if self.log.exists() else []
+        return found[-1] if found else None
 
-        runs = list_runs(self.home / "runs")
-        return runs[0] if runs else None
+    def state(self) -> str:
+        """done (its figures are kept), resume (a run was started) or new."""
+        if self.done_file.exists():
+            return "done"
+        run_id = self.run_id()
+        return "resume" if run_id and (self.store / run_id / "run.json").exists() else "new"
 
 
 def setting_key(setting: dict) -> str:
@@ -294,7 +302,7 @@ def setting_key(setting: dict) -> str:
 
 def plan(arms: list[str], run_seeds: list[int], setting: dict, home: Path) -> list[Job]:
     root = home / setting_key(setting)
-    return [Job(arm, s, root / f"{arm}-s{s}") for s in run_seeds for arm in arms]
+    return [Job(arm, s, root / f"{arm}-s{s}", root / "runs") for s in run_seeds for arm in arms]
 
 
 def run_args(job: Job, setting: dict) -> list[str]:
@@ -309,11 +317,10 @@ def execute(job: Job, setting: dict, progress, task) -> dict:
     from darwin.memory import RunStore
 
     job.home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DARWIN_HOME": str(job.home)}
-    env.pop("DARWIN_STORAGE_URL", None)  # each run in its own home's folder
+    env = {**os.environ, "DARWIN_HOME": str(job.home), "DARWIN_STORAGE_URL": f"file://{job.store}"}
     if job.arm != "openai":
         env["OPENAI_API_KEY"] = ""  # an offline arm never calls the LLM
-    with open(job.home / "bench.log", "a") as log:
+    with open(job.log, "a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "darwin.cli", *run_args(job, setting)],
                                 env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         out: list[str] = []
@@ -321,18 +328,18 @@ def execute(job: Job, setting: dict, progress, task) -> dict:
         reader.start()
         while proc.poll() is None:
             run_id = job.run_id()
-            done = len(list((job.home / "runs" / run_id / "evaluations").glob("*.json"))) \
+            done = len(list((job.store / run_id / "evaluations").glob("*.json"))) \
                 if run_id else 0
             progress.update(task, description=f"{job.arm} s{job.run_seed}: {done} trainings")
             time.sleep(2)
         reader.join()
     if proc.returncode != 0:
-        tail = (job.home / "bench.log").read_text()[-1500:]
+        tail = job.log.read_text()[-1500:]
         raise RuntimeError(f"{job.arm} s{job.run_seed} failed (exit {proc.returncode}); "
-                           f"its log: {job.home / 'bench.log'}\n{tail}")
+                           f"its log: {job.log}\n{tail}")
     summary = json.loads(out[0])
     figures = {"arm": job.arm, "run_seed": job.run_seed,
-               **run_figures(RunStore(job.home / "runs", summary["run_id"]), summary)}
+               **run_figures(RunStore(job.store, summary["run_id"]), summary)}
     job.done_file.write_text(json.dumps(figures, indent=1))
     return figures
 
@@ -396,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows, verdicts, setting, info)
     table += (f"\nThe figure plots the first {plotted} trainings of every run (the fewest any run "
               "made); the table's best is each run's promoted best over its whole run.\n")
+    ids = " ".join(r["run_id"] for records in runs.values() for r in records)
+    table += (f"\nOverlay the runs: `DARWIN_STORAGE_URL=file://{jobs[0].store} darwin report "
+              f"{ids}`\n")
     (args.out / f"{stem}.md").write_text(table)
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"setting": setting, "arms": arms, "run_seeds": n_seeds, "machine": info,

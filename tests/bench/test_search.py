@@ -128,8 +128,12 @@ def test_resume_bookkeeping(tmp_path):
     args = search.run_args(job, search.QUICK)
     assert args[:3] == ["run", "--budget", "tiny"] and args[-5:] == [
         "hpo-tpe", "--seed", "0", "--no-review", "--json"]
-    (job.home / "runs" / "r-7").mkdir(parents=True)
-    (job.home / "runs" / "r-7" / "run.json").write_text("{}")
+    assert len({j.store for j in jobs}) == 1  # one store: `darwin report` overlays them
+    job.home.mkdir(parents=True)
+    job.log.write_text("sandbox: local\nrun r-7 (new); store file:///x; resume with: …\n")
+    assert job.state() == "new"  # named, but nothing stored yet: start again
+    (job.store / "r-7").mkdir(parents=True)
+    (job.store / "r-7" / "run.json").write_text("{}")
     assert job.state() == "resume"
     assert search.run_args(job, search.QUICK) == ["run", "--resume", "r-7", "--no-review",
                                                   "--json"]
