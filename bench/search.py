@@ -333,6 +333,8 @@ def execute(job: Job, setting: dict, progress, task) -> dict:
             progress.update(task, description=f"{job.arm} s{job.run_seed}: {done} trainings")
             time.sleep(2)
         reader.join()
+    if proc.returncode in (130, 143, -2, -15):  # Ctrl-C or SIGTERM: it stopped resumably
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         tail = job.log.read_text()[-1500:]
         raise RuntimeError(f"{job.arm} s{job.run_seed} failed (exit {proc.returncode}); "
@@ -382,16 +384,24 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[dict]] = {a: [] for a in arms}
     started = time.time()
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn()) as progress:
-        task = progress.add_task("runs", total=len(jobs))
-        for job in jobs:
-            if job.state() == "done":
-                figures = json.loads(job.done_file.read_text())
-            else:
-                figures = execute(job, setting, progress, task)
-            runs[job.arm].append(figures)
-            progress.advance(task)
+    try:
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn()) as progress:
+            task = progress.add_task("runs", total=len(jobs))
+            for job in jobs:
+                if job.state() == "done":
+                    figures = json.loads(job.done_file.read_text())
+                else:
+                    figures = execute(job, setting, progress, task)
+                runs[job.arm].append(figures)
+                progress.advance(task)
+    except KeyboardInterrupt:
+        print("search.py: interrupted; finished runs are kept and the one in hand resumes: run "
+              "the same command again to continue", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        print(f"search.py: error: {e}", file=sys.stderr)
+        return 1
     wall = time.time() - started
 
     rows = arm_rows(runs)
