@@ -21,6 +21,7 @@ Optuna is imported on first use only: ``import darwin.mutation`` stays cheap.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 
@@ -185,7 +186,7 @@ def replay(trials: list[dict]) -> list:
     worst = max(losses) if losses else None
     frozen = []
     for t in trials:
-        dists = {k: json_to_distribution(v) for k, v in t["distributions"].items()}
+        dists = {k: json_to_distribution(json.dumps(v)) for k, v in t["distributions"].items()}
         params = {k: v for k, v in t["params"].items() if k in dists}
         value = t.get("value")
         if value is None and worst is not None:
@@ -242,7 +243,7 @@ class HPOMutator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.add_trials(replay(ctx.trials))
-            dists = {k: distribution_to_json(v) for k, v in space.items()}
+            dists = {k: json.loads(distribution_to_json(v)) for k, v in space.items()}
             worst = max((t["value"] for t in ctx.trials if t.get("value") is not None),
                         default=None)
             rejected = []
