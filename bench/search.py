@@ -207,11 +207,28 @@ def against_baseline(runs: dict[str, list[dict]], baseline: str = BASELINE) -> l
     return lines
 
 
+def kinds_by_arm(runs: dict[str, list[dict]]) -> dict[str, str]:
+    """Per arm, which kinds of change beat their parent on the first seed, out of those tried
+    (summed over run seeds), most tried first: what each proposer's gains were made of."""
+    out = {}
+    for arm, records in runs.items():
+        total: dict[str, list[int]] = {}
+        for r in records:
+            for kind, (tried, beat) in r["kinds"].items():
+                t = total.setdefault(kind, [0, 0])
+                t[0] += tried
+                t[1] += beat
+        out[arm] = ", ".join(f"{k} {b}/{t}" for k, (t, b) in
+                             sorted(total.items(), key=lambda kv: (-kv[1][0], kv[0]))) or "–"
+    return out
+
+
 def _flags(setting: dict) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in setting.items())
 
 
-def markdown(rows: list[dict], verdicts: list[str], setting: dict, machine: dict) -> str:
+def markdown(rows: list[dict], verdicts: list[str], setting: dict, machine: dict,
+             kinds: dict[str, str] | None = None) -> str:
     fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     lines = [
         f"Setting: {_flags(setting)}; "
@@ -229,6 +246,9 @@ def markdown(rows: list[dict], verdicts: list[str], setting: dict, machine: dict
             f"${r['llm_cost_usd']:.2f} | {r['beyond_noise']}/{r['runs']} |")
     lines += ["", "Changes are means over run seeds ± the 95 % t interval.", ""]
     lines += [f"- {v}" for v in verdicts]
+    if kinds:
+        lines += ["", "Kinds of change that beat their parent (first seed), of those tried:", ""]
+        lines += [f"- {arm}: {text}" for arm, text in kinds.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -410,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"search{'-quick' if args.quick else ''}-{time.strftime('%Y-%m-%d')}"
     args.out.mkdir(parents=True, exist_ok=True)
     plotted = figure(runs, args.out / f"{stem}.png")
-    table = markdown(rows, verdicts, setting, info)
+    table = markdown(rows, verdicts, setting, info, kinds_by_arm(runs))
     table += (f"\nThe figure plots the first {plotted} trainings of every run (the fewest any run "
               "made); the table's best is each run's promoted best over its whole run.\n")
     ids = " ".join(r["run_id"] for records in runs.values() for r in records)

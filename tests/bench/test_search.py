@@ -47,7 +47,7 @@ def _record(arm, seed, best, crashed=1, repaired=1, test=-0.01, mfu=None, cost=0
             "mfu_change": mfu, "children": 12, "crashed": crashed, "repaired": repaired,
             "s_per_generation": 90.0, "llm_cost_usd": cost, "trainings": 20,
             "beyond_noise": best < -0.02, "curve": [2.4, 2.3], "seed_val_loss": 2.4,
-            "noise": 0.01}
+            "noise": 0.01, "kinds": {"learning_rate": [2, 1], "hyperparameter": [3, 2]}}
 
 
 def test_the_table_and_the_verdict_against_the_tuned_baseline():
@@ -71,6 +71,10 @@ def test_the_table_and_the_verdict_against_the_tuned_baseline():
                             {"when": "today", "cpus": 2, "commit": "abc"})
     assert "--budget tiny --generations 1" in table and "commit abc" in table
     assert "| offline | 3 | 20.0 | -8.50 ± 1.24 % | -1.00 ± 0.00 % | – | 8 | 100 | 90 |" in table
+    kinds = search.kinds_by_arm(runs)
+    assert kinds["offline"] == "hyperparameter 6/9, learning_rate 3/6"
+    assert "- offline: hyperparameter 6/9" in search.markdown([], [], {}, {"when": "", "cpus": 2,
+                                                                          "commit": ""}, kinds)
 
 
 def test_one_runs_figures_from_its_store(tmp_path):
