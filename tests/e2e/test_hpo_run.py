@@ -50,8 +50,8 @@ def test_hpo_tpe_run_is_killed_resumes_and_continues_its_sampler(prefect_server,
         assert child.mutator == "hpo-tpe" and child.kind == ChangeKind.hyperparameter.value
         assert child.parents == ["seed"] and child.diff.startswith("--- parent/train.py")
         assert store.code(child.code_sha) != seed_code
-        evaluation = store.evaluation(child.id, 5)
-        assert evaluation is not None and evaluation.status in {"ok", "oom", "timeout", "crash"}
+        evaluation = store.evaluation(child.id, 5)  # trained and scored (or failed doing so)
+        assert evaluation is not None and evaluation.status != "no_child"
         assert evaluation.status != "ok" or evaluation.val_loss > 0
     # Generation 1's trials survived the kill unchanged, and generation 2 was told their results.
     assert {cid: tuning.trial(store, cid) for cid in first} == first
