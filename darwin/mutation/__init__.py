@@ -20,6 +20,7 @@ _FACE = {
     "mutator_modes": "registry",
     "tunes_seed": "registry",
     "trial_records": "hpo",
+    "tunable": "hpo",
     "repair_case": "repair",
     "quote_untrusted": "untrusted",
 }

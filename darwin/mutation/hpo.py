@@ -76,6 +76,19 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"  # readable, and a beta2 of 0.9996 stays below 1
 
 
+def tunable(program: str, budget: str) -> list[str]:
+    """The constants of ``program`` a tuned search can set (no Optuna needed to tell)."""
+    names = [name for name in SCALARS if _number_line(program, name) is not None]
+    if "learning_rate" in names and _number_line(program, "min_lr") is not None:
+        names.append("min_lr")  # set as a share of the peak learning rate
+    if _betas_line(program) is not None:
+        names.append("beta1, beta2")
+    shape = _shape(program, budget)
+    if shape and {"batch_size", "n_layer", "n_head", "n_embd"} <= set(shape):
+        names.append(f'SHAPES["{budget}"]')
+    return names
+
+
 def search_space(program: str, budget: str) -> dict:
     """Optuna distributions for what ``program`` exposes (name -> distribution)."""
     from optuna.distributions import (

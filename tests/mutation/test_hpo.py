@@ -28,6 +28,7 @@ from darwin.mutation.hpo import (
     replay,
     search_space,
     training_flops_per_token,
+    tunable,
 )
 from darwin.mutation.registry import make_mutator
 
@@ -73,6 +74,7 @@ def test_a_child_is_the_seed_with_the_samplers_values(name, budget):
     params, got = result.trial["params"], _constants(result.child, budget)
     before = _constants(SEED, budget)
     assert set(params) == set(search_space(SEED, budget))  # every constant the seed exposes
+    assert len(tunable(SEED, budget)) == 9
     for name_ in ("learning_rate", "dropout", "weight_decay", "grad_clip", "beta1", "beta2"):
         assert got[name_] == pytest.approx(params[name_], rel=1e-3), name_
     assert got["max_warmup_iters"] == params["max_warmup_iters"]
@@ -205,3 +207,14 @@ def test_optuna_loads_only_when_a_tuned_search_runs():
             "assert 'optuna' not in sys.modules, 'optuna at import time'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_seed_program_without_constants_is_refused_before_the_run_starts(tmp_path):
+    from darwin.engine.runs import create_run
+
+    program = tmp_path / "mine.py"
+    program.write_text("LR = 3e-4  # nothing a tuned search recognises\n")
+    with pytest.raises(UserError, match="--mutator hpo-tpe: mine.py exposes none of the constants"):
+        create_run(str(tmp_path / "runs"), make_experiment(mutator="hpo-tpe"), program)
+    assert not (tmp_path / "runs").exists()  # nothing was stored
+    assert create_run(str(tmp_path / "runs"), make_experiment(mutator="offline"), program)
