@@ -74,7 +74,7 @@ def test_a_child_is_the_seed_with_the_samplers_values(name, budget):
     params, got = result.trial["params"], _constants(result.child, budget)
     before = _constants(SEED, budget)
     assert set(params) == set(search_space(SEED, budget))  # every constant the seed exposes
-    assert len(tunable(SEED, budget)) == 9
+    assert len(tunable(SEED, budget)) == 8  # 6 constants, the betas, the shape row
     for name_ in ("learning_rate", "dropout", "weight_decay", "grad_clip", "beta1", "beta2"):
         assert got[name_] == pytest.approx(params[name_], rel=1e-3), name_
     assert got["max_warmup_iters"] == params["max_warmup_iters"]
