@@ -133,6 +133,9 @@ def run_figures(store, summary: dict) -> dict:
         "noise": summary["noise"],
         "best": summary["best"],
         "best_kind": cands[summary["best"]].kind if summary["best"] in cands else None,
+        # What the best changed, in its own words (for a tuned search: the values it set).
+        "best_reasoning": cands[summary["best"]].reasoning[:500] if summary["best"] in cands
+        else "",
         "best_change": summary["perplexity_change"],
         "beyond_noise": summary["beyond_noise"],
         "test_change": change(summary.get("test_loss_best"), summary.get("test_loss_seed")),

@@ -86,7 +86,9 @@ def test_one_runs_figures_from_its_store(tmp_path):
     def cand(cid, gen, parents=(), kind=None, repair_of=None, cost=0.0):
         store.put_candidate(CandidateRecord(id=cid, run_id="r1", generation=gen,
                                             parents=list(parents), code_sha="x", kind=kind,
-                                            repair_of=repair_of, cost_usd=cost))
+                                            repair_of=repair_of, cost_usd=cost,
+                                            reasoning="lower the learning rate" if kind ==
+                                            "learning_rate" else ""))
 
     def ev(cid, seed, status="ok", loss=None, mfu=None, cached=False):
         store.put_evaluation(EvaluationRecord(candidate_id=cid, code_sha="x", seed=seed,
@@ -119,6 +121,7 @@ def test_one_runs_figures_from_its_store(tmp_path):
     assert got["mfu_change"] == pytest.approx(0.2) and got["s_per_generation"] == 90.0
     assert got["test_change"] == pytest.approx(math.exp(-0.1) - 1)
     assert got["llm_cost_usd"] == 0.01 and got["best_kind"] == "learning_rate"
+    assert got["best_reasoning"] == "lower the learning rate"
     assert got["kinds"] == {"learning_rate": [1, 1], "width_depth": [1, 0]}
 
 
