@@ -120,7 +120,9 @@ def open_run(start: Start, say: Say) -> Launched:
             say(line)
         mutator = make_mutator(experiment.mutator, settings.llm)
         if not mutator.uses_llm:
-            say(f"mutator: {mutator.name} (the offline catalogue, no LLM)"
+            what = ("Optuna's sampler on the seed's constants" if mutator.edits_seed
+                    else "the offline catalogue")
+            say(f"mutator: {mutator.name} ({what}, no LLM)"
                 + (": no OPENAI_API_KEY is set" if experiment.mutator == "auto" else ""))
         if opened is None:
             source = (Path(experiment.seed_program) if experiment.seed_program

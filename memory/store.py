@@ -11,6 +11,7 @@ Layout of one run (every file but HEAD is written once and never changed):
     <root>/<run_id>/outputs/<id>-s<seed>/<file>     a population member's trained model
     <root>/<run_id>/reviews/g<n:04d>.json           the humans' answer after generation n
     <root>/<run_id>/datasets/<sha256>.txt           an approved extra dataset, cleaned
+    <root>/<run_id>/trials/<id>.json                a tuned search's trial (--mutator hpo-*)
     <root>/<run_id>/HEAD                            {"generation": n, "host", "pid"}, written last
     <root>/<run_id>/REVIEW                          the review waiting for an answer, if any
     <root>/<run_id>/LEASE                           which orchestrator works on the run, until when

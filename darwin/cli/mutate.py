@@ -36,7 +36,8 @@ def mutate(
     proposer
         The proposing agent's own program (the paper's agents modify one another's code).
     mutator
-        auto (the LLM when a key is set, else offline) | openai | offline | random.
+        auto (the LLM when a key is set, else offline) | openai | offline | random | hpo-tpe |
+        hpo-random (one draw with no history).
     mode
         search_replace | whole | chunk (LLM only; offline mutators edit).
     budget

@@ -57,7 +57,9 @@ def run(
     children
         Children per generation.
     mutator
-        auto (the LLM when OPENAI_API_KEY is set, else offline) | openai | offline | random.
+        auto (the LLM when OPENAI_API_KEY is set, else offline) | openai | offline | random |
+        hpo-tpe | hpo-random (tuned hyper-parameter baselines: Optuna's samplers on the seed's
+        constants).
     seeds
         S: seeds the seed program is measured on (its spread is the noise band).
     seed

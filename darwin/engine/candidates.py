@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from darwin.engine import reviews as hitl
+from darwin.engine import tuning
 from darwin.engine.faults import checkpoint
 from darwin.engine.human_loop import HumanLoop
 from darwin.engine.ids import SEED_ID, candidate_id, parse
@@ -28,6 +29,7 @@ from darwin.mutation import (
     make_mutator,
     mutator_modes,
     repair_case,
+    tunes_seed,
 )
 
 DUPLICATE_REDRAWS = 4
@@ -115,6 +117,9 @@ class Candidates:
             ctx.seed = int(rng.integers(1 << 31))
         if not exp.memory:
             ctx.lessons, ctx.kind_stats = [], {}
+        if tunes_seed(exp.mutator):  # a tuned search: the seed, and every earlier trial's result
+            ctx.seed_program = self.run.code(SEED_ID)
+            ctx.trials = tuning.history(self.run.store, gen, self.run.seeds()[0])
         return ctx
 
     def mutate(self, gen: int, index: int, target: str, proposer: str | None,
@@ -143,7 +148,11 @@ class Candidates:
                 again = make_mutator(exp.mutator, self.run.settings.llm,
                                      rng=np.random.default_rng([exp.seed, gen, index, redraw]))
                 result = again.mutate(ctx)
-        return self._record(cid, gen, [target] + ([proposer] if proposer else []), result, started)
+        parents = [target] + ([proposer] if proposer else [])
+        if mutator.edits_seed and result.child:
+            parents = [SEED_ID]  # a tuned search's child is the seed with other constants
+            tuning.put_trial(self.run.store, cid, result.trial)  # its state, before it trains
+        return self._record(cid, gen, parents, result, started)
 
     def repair_by_id(self, cid: str, attempt: int) -> CandidateRecord:
         """Repair try ``attempt`` of candidate ``cid``, from its failed first run."""

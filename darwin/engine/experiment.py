@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from darwin.errors import UserError
 
 BudgetName = Literal["tiny", "cpu", "paper"]  # the keys of evaluation.budgets.BUDGETS
-MutatorName = Literal["auto", "openai", "offline", "random"]
+MutatorName = Literal["auto", "openai", "offline", "random", "hpo-tpe", "hpo-random"]
 Device = Literal["cpu", "cuda"]
 
 
@@ -32,7 +32,8 @@ class Experiment(BaseModel):
     population: int = Field(default=4, ge=1, description="members kept after each generation")
     keep: int = Field(default=2, ge=1, description="elites that only a clearly better child displaces")
     children: int = Field(default=4, ge=1, description="children per generation")
-    mutator: MutatorName = Field(default="auto", description="auto | openai | offline | random")
+    mutator: MutatorName = Field(
+        default="auto", description="auto | openai | offline | random | hpo-tpe | hpo-random")
     mode_mix: dict[str, float] = Field(
         default_factory=lambda: {"search_replace": 0.6, "chunk": 0.3, "whole": 0.1},
         description="how often the LLM mutator uses each mode",

@@ -16,6 +16,7 @@ from darwin.engine.experiment import Experiment, make_experiment
 from darwin.engine.ids import SEED_ID
 from darwin.errors import UserError
 from darwin.memory import GenerationRecord, RunStore
+from darwin.mutation import tunable, tunes_seed
 
 
 @dataclass
@@ -78,9 +79,16 @@ def create_run(storage_url: str, experiment: Experiment, seed_program: Path,
 
     if not seed_program.is_file():
         raise UserError(f"--seed-program {seed_program} not found")
+    source = seed_program.read_text()
+    if tunes_seed(experiment.mutator) and not tunable(source, experiment.budget):
+        raise UserError(
+            f"--mutator {experiment.mutator}: {seed_program.name} exposes none of the constants a "
+            "tuned search sets (learning_rate, min_lr, max_warmup_iters, dropout, weight_decay, "
+            "grad_clip as `name = number` lines, `beta1, beta2 = …`, or a SHAPES row for the "
+            "budget; see seed/train.py); give such a program or another --mutator")
     run_id = new_run_id(experiment.budget)
     store = RunStore(storage_url, run_id)
-    sha = store.put_code(seed_program.read_text())
+    sha = store.put_code(source)
     store.create({"run_id": run_id, "experiment": experiment.model_dump(mode="json"),
                   "seed_code_sha": sha, "created_at": time.time(), "darwin": __version__,
                   "environment": env or {}})

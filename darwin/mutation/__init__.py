@@ -18,6 +18,9 @@ _FACE = {
     "lesson_lines": "lessons",
     "make_mutator": "registry",
     "mutator_modes": "registry",
+    "tunes_seed": "registry",
+    "trial_records": "hpo",
+    "tunable": "hpo",
     "repair_case": "repair",
     "quote_untrusted": "untrusted",
 }

@@ -41,6 +41,7 @@ class ChangeKind(str, enum.Enum):
     width_depth = "width_depth"  # layers, heads, embedding width
     batch_block = "batch_block"  # how the token budget is spent
     efficiency = "efficiency"  # same maths, faster
+    hyperparameter = "hyperparameter"  # several constants at once (a tuned search's trial)
     other = "other"
 
 

@@ -55,6 +55,11 @@ class MutationContext:
     # target's current ones (name -> text).
     allowed_files: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    # For a tuned hyper-parameter search (hpo.py), which edits the seed and not the target:
+    # the seed program, and every earlier trial with its result (params, distributions, value;
+    # value None: it failed), read from the run's store.
+    seed_program: str | None = None
+    trials: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +77,7 @@ class MutationResult:
     operator: str | None = None  # the catalogue operator (offline mutators)
     notes: list[str] = field(default_factory=list)  # how it was made, for the record
     files: dict[str, str] | None = None  # the child's extra files (None: the target's, unchanged)
+    trial: dict | None = None  # a tuned search's trial, stored with the child (hpo.py)
 
     @property
     def ok(self) -> bool:
@@ -109,6 +115,7 @@ class Mutator(Protocol):
     modes: tuple[str, ...]  # the modes it works in; the engine draws one when there are several
     redraws_duplicates: bool  # cheap and seeded: a child repeating an earlier one is drawn again
     uses_llm: bool  # said to the user (which mutator runs, and whether a key was found)
+    edits_seed: bool  # every child is the seed program edited (a tuned search), not the target
 
     def mutate(self, ctx: MutationContext) -> MutationResult: ...
 

@@ -82,6 +82,7 @@ class LLMMutator:
     modes = MODES
     redraws_duplicates = False  # every draw costs a call; persisted answers are reused instead
     uses_llm = True
+    edits_seed = False
 
     def __init__(self, client: LLMClient, max_attempts: int = 3):
         self.client = client

@@ -44,6 +44,7 @@ class _CatalogueMutator:
     modes = ("search_replace",)
     redraws_duplicates = True  # seeded and free: an edit an earlier generation tried is redrawn
     uses_llm = False
+    edits_seed = False
 
     def __init__(self, rng: np.random.Generator | int = 0):
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)

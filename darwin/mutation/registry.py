@@ -1,12 +1,12 @@
 """Choosing a mutator by name: ``auto`` takes the LLM when a key is configured, else the offline
-catalogue."""
+catalogue; ``hpo-tpe`` and ``hpo-random`` are the tuned hyper-parameter baselines (hpo.py)."""
 
 from __future__ import annotations
 
 from darwin.errors import UserError
 from darwin.mutation.base import Mutator
 
-MUTATORS = ("auto", "openai", "offline", "random")
+MUTATORS = ("auto", "openai", "offline", "random", "hpo-tpe", "hpo-random")
 
 
 def resolve(name: str, llm_settings) -> str:
@@ -27,6 +27,12 @@ def mutator_modes(name: str, settings=None) -> tuple[str, ...]:
         "search_replace",)
 
 
+def tunes_seed(name: str) -> bool:
+    """Whether the mutator ``name`` is a tuned search: each child edits the seed program, and
+    the engine hands it every earlier trial from the run's store."""
+    return name.startswith("hpo-")
+
+
 def make_mutator(name: str, settings=None, rng=0, ledger=None) -> Mutator:
     """``auto``: the LLM when a key is configured, else the offline catalogue (said plainly)."""
     from darwin.llm import LLMClient
@@ -40,4 +46,8 @@ def make_mutator(name: str, settings=None, rng=0, ledger=None) -> Mutator:
         return LLMMutator(LLMClient(llm_settings, ledger))
     if name == "offline":
         return OfflineMutator(rng)
+    if tunes_seed(name):
+        from darwin.mutation.hpo import HPOMutator
+
+        return HPOMutator(name.removeprefix("hpo-"), rng)
     return RandomMutator(rng)

@@ -13,13 +13,14 @@ from darwin.evaluation.budgets import BUDGETS
 def test_choices_are_enums_in_the_form_schema():
     props = Experiment.model_json_schema()["properties"]
     assert props["budget"]["enum"] == list(BUDGETS)
-    assert props["mutator"]["enum"] == ["auto", "openai", "offline", "random"]
+    assert props["mutator"]["enum"] == ["auto", "openai", "offline", "random", "hpo-tpe",
+                                        "hpo-random"]
     assert props["device"]["enum"] == ["cpu", "cuda"]
 
 
 @pytest.mark.parametrize("field, value, words", [
     ("budget", "huge", "invalid --budget: unknown 'huge'; use one of tiny|cpu|paper"),
-    ("mutator", "gpt", "invalid --mutator: unknown 'gpt'; use one of auto|openai|offline|random"),
+    ("mutator", "gpt", "invalid --mutator: unknown 'gpt'; use one of auto|openai|offline|random|hpo-tpe|hpo-random"),
     ("device", "tpu", "invalid --device: unknown 'tpu'; use one of cpu|cuda"),
 ])
 def test_an_unknown_choice_names_the_flag_and_the_choices(field, value, words):
