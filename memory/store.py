@@ -385,13 +385,13 @@ class RunStore:
             self.update_pointer("LEASE", drop)
 
 
-@storage_errors
 def _cid_seed(name: str) -> tuple[str, int]:
     """``evaluations/g001-c02-s3.json`` -> ("g001-c02", 3)."""
     cid, seed = name.rsplit("/", 1)[-1].removesuffix(".json").rsplit("-s", 1)
     return cid, int(seed)
 
 
+@storage_errors
 def list_runs(storage_url: str | Path) -> list[str]:
     fs, root = open_fs(storage_url)
     try:
