@@ -221,6 +221,16 @@ def pause_with_default(form, defaults: dict, *, timeout: float, poll_s: float, k
 
 
 # -- the review between generations ---------------------------------------------------------------
+def _announce(store, waiting: dict) -> None:
+    """The run is Paused on the server: say where to answer (the REVIEW pointer `darwin review`
+    reads, the status artifact the UI shows)."""
+    from darwin.tasks import publish as ui
+
+    store.set_waiting(waiting)
+    ui.publish_status(store, alive=True)
+
+
+
 def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | None:
     """Hold the review due after generation ``gen`` (if any) and store its answer."""
     from prefect import get_run_logger
@@ -267,7 +277,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             given, defaults_applied = pause_with_default(
                 form, defaults, timeout=left, poll_s=policy.poll_s, key=key, local=local,
                 review=review, markdown=markdown,
-                on_paused=lambda w=waiting: store.set_waiting(w))
+                on_paused=lambda w=waiting: _announce(store, w))
             review.answered_at = time.time()  # the run goes on: what follows is its own work
             answer = complete(review, _as_answer(given))
             problems = [] if defaults_applied else check_answer(review, answer)

@@ -136,6 +136,7 @@ def run(
         out.print(f"LLM: {llm['calls']} calls, {llm['input_tokens']} + {llm['output_tokens']} "
                   f"tokens, ${llm['cost_usd']:.4f}{cap}"
                   + (f"; failures {llm['failures']}" if llm["failures"] else ""))
+    out.print(f"status: {summary['status']['line']}", markup=False)
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
     if summary["report"]:
         out.print(f"report: {summary['report']}")

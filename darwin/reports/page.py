@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from darwin.engine import SEED_ID
-from darwin.memory import RunStore
+from darwin.memory import RunStore, StoreError
 from darwin.reports.data import RunData
 
 PAGE = "report.html"
@@ -141,7 +141,7 @@ def build_report(store: RunStore, out: Path) -> Report:
         title=f"DARWIN report: {data.run_id}" + (
             f" as of generation {data.as_of}" if data.as_of is not None else ""),
         run_id=data.run_id, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        css=_css(), summary=_summary(data), missing=missing,
+        css=_css(), summary=_status_row(store, data) + _summary(data), missing=missing,
         figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()],
         leaderboard=leaderboard_rows(store) if data.generations else [],
         best=best, best_code=_highlight(best_code, "python") if best_code else None,
@@ -194,6 +194,18 @@ def build_comparison(stores: list[RunStore], out: Path) -> Report:
     path = out / PAGE
     path.write_text(page)
     return Report(path, {"compare": out / "compare.png"}, missing)
+
+
+def _status_row(store: RunStore, data: RunData) -> list[tuple[str, str]]:
+    """Where the run stands now (not for a past view of it: --at shows the records then)."""
+    from darwin.engine import run_status
+
+    if data.as_of is not None:
+        return []
+    try:
+        return [("status", run_status(store).line)]
+    except StoreError:
+        return [("status", "unknown: the store could not be read")]
 
 
 def _summary(data: RunData) -> list[tuple[str, str]]:
