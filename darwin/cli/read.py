@@ -5,6 +5,7 @@ as they are or as they were (--at VERSION, --at-generation N), from this store o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 from cyclopts import Parameter
@@ -12,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from darwin.cli.app import JsonFlag, app, err, out
+from darwin.errors import UserError
 
 # --storage is the flag's older, shorter name.
 StorageFlag = Annotated[str | None, Parameter(
@@ -25,10 +27,23 @@ AtGenerationFlag = Annotated[int | None, Parameter(
 
 
 def chosen_storage_url(given: str | None) -> str:
-    """--storage-url, else $DARWIN_STORAGE_URL (default $DARWIN_HOME/runs)."""
+    """--storage-url, else $DARWIN_STORAGE_URL (default $DARWIN_HOME/runs). A folder named on
+    the command line must exist (a typo is not an empty store); the default one may not yet."""
     from darwin.settings import get_settings
 
+    if given and not _folder(given).is_dir() and _local(given):
+        raise UserError(f"--storage-url {given}: no such folder; give the folder that holds the "
+                        "runs (DARWIN_STORAGE_URL's, default $DARWIN_HOME/runs) or "
+                        "s3://bucket/prefix")
     return given or get_settings().storage_url
+
+
+def _local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _folder(url: str) -> Path:
+    return Path(url.removeprefix("file://")).expanduser()
 
 
 def open_as_of(run_id: str | None, storage_url: str | None, at: str | None = None,
@@ -274,6 +289,11 @@ def export(run_id: str, dest: str, *, storage_url: StorageFlag = None,
     from darwin.memory import RunStore, export_run
     from darwin.reports import open_run
 
+    if _local(dest):  # the first part of the path that exists must be a folder
+        existing = next(p for p in [_folder(dest), *_folder(dest).parents] if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"export to {dest}: {existing} is a file; give a folder (made if "
+                            "missing) or s3://bucket/prefix")
     source = open_run(chosen_storage_url(storage_url), run_id)
     done = export_run(source, RunStore(dest, source.run_id),
                       progress=None if json_ or not err.is_terminal else
