@@ -35,6 +35,7 @@ _FACE = {
     "to_confirm": "policy",
     "to_repair": "policy",
     "to_rerun": "policy",
+    "MAX_REMAINING": "reviews",
     "ReviewPolicy": "reviews",
     "check_answer": "reviews",
     "complete": "reviews",

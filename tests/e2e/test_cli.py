@@ -25,6 +25,7 @@ from tests.conftest import cli_env, run_darwin
         (["runs", "--storage", "/nonexistent/runs"], ["/nonexistent/runs: no such folder"]),
         (["export", "some-run", __file__], ["is a file; give a folder"]),
         (["run", "--generations", "three"], ["Invalid value for --generations", "three"]),
+        (["review", "--stop", "--remaining", "3"], ["--stop with --remaining 3", "give one"]),
     ],
 )
 def test_bad_input_is_one_clear_line(args, words, tmp_path):
