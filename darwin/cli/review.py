@@ -155,10 +155,18 @@ class TerminalReviewer:
 
     def paused(self, review: ReviewRecord, markdown: str, answered: threading.Event):
         self.live.hold()
+        until = time.strftime('%H:%M:%S', time.localtime(review.deadline))
+        if not err.is_terminal:  # a log (nohup, a pipe): one plain line says it all
+            from darwin.reports import asked
+
+            err.print(f"paused after generation {review.generation} for {asked(review)}: answer "
+                      f"in the Prefect UI or with: darwin review {self.run_id} (the defaults "
+                      f"apply at {until})", markup=False, highlight=False, soft_wrap=True)
+            return None
         err.print(Markdown(markdown))
         err.print(f"[bold]The run is paused.[/] Answer here, in the Prefect UI, or from another "
                   f"shell with [bold]darwin review {self.run_id}[/]; the defaults apply at "
-                  f"{time.strftime('%H:%M:%S', time.localtime(review.deadline))}.")
+                  f"{until}.")
         if not self.interactive:
             return None
         read = LineReader(self.fd, answered,
@@ -185,7 +193,10 @@ class TerminalReviewer:
         err.print(f"[red]answer not applied:[/] {escape(reason)}")
 
     def done(self, line: str) -> None:
-        err.print(f"[bold]{escape(line)}[/]")
+        """The answer's confirmation, on a line of its own that stays (the live display comes
+        back below it)."""
+        err.print(line, style="bold" if err.is_terminal else None, markup=False,
+                  highlight=False, soft_wrap=True)
         self.live.release()
 
 

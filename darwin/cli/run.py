@@ -155,7 +155,7 @@ def _attend_terminal(policy):
 
         hide_reported_errors()  # from now on the CLI alone reports a DarwinError, in one line
         with LiveProgress(run.store, run.experiment, run.slots, err,
-                          enabled=err.is_terminal) as live:
+                          enabled=err.is_terminal, plain=not err.is_terminal) as live:
             _stop_on_signals(run.store, run.run_id, live, run.claim,
                              bool(run.experiment.pool))
             if policy.mode == "ask":
