@@ -87,3 +87,27 @@ def serve(*, cron: str | None = None,
               f"darwin/{name}; Ctrl-C stops serving")
     darwin_run.serve(name=name, cron=cron, parameters=parameters, pause_on_shutdown=False,
                      limit=1, print_starting_message=False)
+
+
+@app.command
+def notify(block: str) -> None:
+    """Tell a person whenever a run pauses for a review: one Prefect automation (named "darwin:
+    a review waits") that sends the notification block BLOCK a message naming the run, its
+    page in the UI and the command that answers. Run it again to point it at another block.
+
+    Parameters
+    ----------
+    block
+        A notification block of the Prefect server, as TYPE/NAME (slack-webhook/reviews,
+        custom-webhook/pager; `prefect block ls` lists them).
+    """
+    from darwin.errors import UserError
+    from darwin.flows import notify_on_reviews, quiet_prefect
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError("darwin notify needs a Prefect server (automations run there): set "
+                        "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    quiet_prefect()
+    made = notify_on_reviews(block)
+    err.print(f"automation {made} ('darwin: a review waits') sends {block} a message whenever "
+              "a run pauses for a review; see it in the UI under Automations")
