@@ -203,3 +203,48 @@ def notify_on_reviews(block: str) -> str:
                  "stated defaults apply when the review times out.")],
     ).create()
     return str(made.id)
+
+
+def check_checkout(directory: str = "") -> dict:
+    """A deployment's first pull step (deployments/prefect.yaml), in the flow run's own process:
+    the checkout DARWIN_CHECKOUT names must hold DARWIN. If not, the flow run fails with the
+    reason as its state message and in its log, where the UI shows them (a failed pull step
+    alone leaves "Crashed: exit code 1", the reason deep in the worker's own log)."""
+    from pathlib import Path
+
+    directory = "" if "{{" in directory else directory  # unset: the template stays as written
+    if directory and (Path(directory).expanduser() / "flows" / "deployed.py").is_file():
+        return {"directory": directory}
+    import darwin
+
+    here = Path(darwin.__file__).resolve().parents[1]
+    hint = (f" (DARWIN is installed here from {here})"
+            if (here / "flows" / "deployed.py").is_file() else "")
+    message = ("darwin: error: DARWIN_CHECKOUT " + (f"= {directory} holds no DARWIN checkout"
+               if directory else "is not set in the worker's environment")
+               + "; start the worker with DARWIN_CHECKOUT=/path/to/darwin" + hint)
+    _fail_flow_run(message)
+    raise RuntimeError(message)
+
+
+def _fail_flow_run(message: str) -> None:
+    """Say ``message`` on the flow run this process runs (its log, then its Failed state):
+    best effort, the raise that follows still fails it."""
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    if not flow_run_id:
+        return
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
+    from prefect.states import Failed
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_logs([LogCreate(name="darwin", level=40, message=message,
+                                          timestamp=datetime.now(timezone.utc),
+                                          flow_run_id=flow_run_id)])
+            # Terminal: the worker's "Crashed (exit code 1)" that follows is refused.
+            client.set_flow_run_state(flow_run_id, Failed(message=message), force=True)
+    except Exception:  # noqa: BLE001 - the worker's log still has the reason
+        pass

@@ -1,5 +1,6 @@
-"""`darwin notify BLOCK`: one command, and every pause for a review reaches a person through a
-notification block of the Prefect server (here a custom webhook, received by this test)."""
+"""Telling people, through the Prefect server: `darwin notify BLOCK` (one command, and every
+pause for a review reaches a person through a notification block; here a custom webhook this
+test receives), and a deployment's worker without its checkout saying why in the UI."""
 
 from __future__ import annotations
 
@@ -73,3 +74,41 @@ def test_a_paused_run_notifies_the_block_darwin_notify_named(prefect_server, tmp
     assert received, "no notification within 90 s of the pause"
     assert received[0]["subject"] == "DARWIN: run 20261205-tiny-ab12 waits for a review"
     assert "darwin review 20261205-tiny-ab12" in received[0]["text"]
+
+
+def test_a_worker_without_its_checkout_fails_the_flow_run_with_the_reason(
+        prefect_server, tmp_path, monkeypatch):
+    """deployments/prefect.yaml's first pull step, as the flow run's process runs it: the UI
+    shows why (the state message and the log), and the worker's later "Crashed (exit code 1)"
+    does not replace it."""
+    import pytest
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Crashed, Pending
+
+    from darwin.flows.admin import check_checkout
+    from tests.e2e.test_deployments import ROOT
+
+    assert check_checkout(str(ROOT)) == {"directory": str(ROOT)}
+
+    @flow(name="darwin")
+    def deployed() -> None:
+        pass
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server["url"]}), \
+            get_client(sync_client=True) as client:
+        run = client.create_flow_run(deployed, state=Pending())
+        monkeypatch.setenv("PREFECT__FLOW_RUN_ID", str(run.id))
+        with pytest.raises(RuntimeError, match="DARWIN_CHECKOUT is not set"):
+            check_checkout("{{ $DARWIN_CHECKOUT }}")  # what an unset variable renders as
+        worker = client.set_flow_run_state(run.id, Crashed(
+            message="Flow run infrastructure exited with non-zero status code 1."))
+        state = client.read_flow_run(run.id).state
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert worker.status.value == "ABORT"
+    assert state.type.value == "FAILED" and state.message.startswith(
+        "darwin: error: DARWIN_CHECKOUT is not set in the worker's environment; start the "
+        "worker with DARWIN_CHECKOUT=/path/to/darwin"), state.message
+    assert [log.message for log in logs] == [state.message]
