@@ -156,7 +156,7 @@ class TerminalReviewer:
     def paused(self, review: ReviewRecord, markdown: str, answered: threading.Event):
         self.live.hold()
         until = time.strftime('%H:%M:%S', time.localtime(review.deadline))
-        if not err.is_terminal:  # a log (nohup, a pipe): one plain line says it all
+        if not err.is_terminal and not self.interactive:  # a log (nohup): one plain line
             from darwin.reports import asked
 
             err.print(f"paused after generation {review.generation} for {asked(review)}: answer "
