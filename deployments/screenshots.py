@@ -7,7 +7,8 @@ Takes, for the run RUN (its flow runs carry the tag darwin-run:RUN):
 
 - ``run.png``: the run's flow-run page (its generations as subflow runs, its tasks);
 - ``report.png``: the run's report artifact (the generation's tables and key figures);
-- ``review.png``: when the run waits for a review, its page with the resume form open.
+- ``review.png``: when the run waits for a review, its page with the resume form open; what
+  the reviewer decides on (each field, the val losses) must be *visible*, not only in the DOM.
 
 Each page is loaded until the single-page app has rendered (``--virtual-time-budget``), its
 rendered DOM is checked (``--dump-dom``) for what the picture must show (the run's name, the
@@ -135,11 +136,48 @@ def review_page(ui: str, flow_run_id: str, out: Path, must_show: list[str]) -> N
                 time.sleep(1.0)  # let the modal finish its transition
                 shot = cdp("Page.captureScreenshot", format="png")["data"]
                 out.write_bytes(base64.b64decode(shot))
+                # In the DOM is not on the screen: the page above the form was there, 0 px high.
+                hidden = [s for s in must_show if not cdp.js(f"({VISIBLE})({json.dumps(s)})")]
+                if hidden:
+                    out.rename(out.with_suffix(".failed.png"))
+                    raise ShotFailed(f"{out.name}: in the page but not visible (0 px high, "
+                                     f"clipped or covered): {hidden}")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the browser and every helper it started
             proc.wait()
     _check_image(out)
+
+
+# Whether some occurrence of a text can be seen: the innermost element holding it, scrolled
+# into view, has a box, and the point in it shows it (not what is drawn over a 0 px high or
+# clipped box: the page above a long form is in the DOM, clipped to nothing).
+VISIBLE = """(s) => {
+  const holds = (e) => (e.innerText || '').includes(s);
+  const deepest = [...document.body.querySelectorAll('*')].filter(
+    (e) => holds(e) && ![...e.children].some(holds));
+  for (const el of deepest) {
+    el.scrollIntoView({block: 'center'});
+    const r = el.getBoundingClientRect();
+    if (r.width < 1 || r.height < 4) continue;
+    const hit = document.elementFromPoint(r.left + Math.min(r.width / 2, 20),
+                                          r.top + r.height / 2);
+    if (hit && (hit === el || el.contains(hit))) return true;
+  }
+  return false;
+}"""
+
+
+def review_must_show(ui: str, flow_run: dict) -> list[str]:
+    """What a reviewer must see on the paused run's form: each field's title, the review's val
+    losses wherever the pause mentions them (what a veto, a pin or a request is decided on),
+    and the Submit button."""
+    keys = (flow_run.get("state") or {}).get("state_details", {}).get("run_input_keyset") or {}
+    schema = api(ui, f"/flow_runs/{flow_run['id']}/input/{keys['schema']}") if keys else {}
+    page = api(ui, f"/flow_runs/{flow_run['id']}/input/{keys['description']}") if keys else ""
+    titles = [p.get("title", name) for name, p in schema.get("properties", {}).items()]
+    losses = ["val loss"] if "val loss" in json.dumps(schema) + str(page) else []
+    return [*titles, *losses, "Submit"]
 
 
 def _profile():
@@ -194,8 +232,7 @@ def take(run_id: str, ui: str, out: Path) -> list[Path]:
         taken.append(out / "report.png")
     paused = [fr for fr in evolve if fr["state_type"] == "PAUSED"]
     if paused:
-        review_page(ui, paused[0]["id"], out / "review.png",
-                    ["Review after generation", "Reviewer", "Submit"])
+        review_page(ui, paused[0]["id"], out / "review.png", review_must_show(ui, paused[0]))
         taken.append(out / "review.png")
     return taken
 

@@ -10,6 +10,7 @@ _FACE = {
     "ensure_work_pool": "child",
     "hide_reported_errors": "admin",
     "mark_stale_runs_crashed": "admin",
+    "notify_on_reviews": "admin",
     "quiet_prefect": "admin",
     "darwin_run": "deployed",
     "Start": "launch",

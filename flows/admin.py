@@ -152,3 +152,99 @@ def hide_reported_errors() -> None:
         if isinstance(handler, PrefectConsoleHandler) and not any(
                 isinstance(f, _ReportedByTheCli) for f in handler.filters):
             handler.addFilter(_ReportedByTheCli())
+
+
+REVIEW_AUTOMATION = "darwin: a review waits"
+
+
+def notify_on_reviews(block: str) -> str:
+    """Create, or replace, the Prefect automation that sends the notification block ``block``
+    ("TYPE/NAME": a Slack or Teams webhook, an email, a custom webhook...) a message each time a
+    DARWIN run pauses for a review: which run, until when, and the command that answers.
+    Returns the automation's id."""
+    from prefect.automations import Automation
+    from prefect.blocks.abstract import NotificationBlock
+    from prefect.blocks.core import Block
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    from darwin.errors import UserError
+
+    if "/" not in block:
+        raise UserError(f"invalid block {block!r}: give TYPE/NAME, for example "
+                        "slack-webhook/reviews (`prefect block ls` lists them)")
+    try:
+        found = Block.load(block)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"no block {block!r} on this Prefect server ({e}): create it in the UI "
+                        "(Blocks, +) or in Python, then run this again") from None
+    if not isinstance(found, NotificationBlock):
+        raise UserError(f"block {block!r} is a {type(found).__name__}, not a notification "
+                        "block: give a Slack, Teams, email, webhook... block")
+    try:
+        Automation.read(name=REVIEW_AUTOMATION).delete()  # one, pointing at the latest block
+    except ValueError:
+        pass
+    made = Automation(
+        name=REVIEW_AUTOMATION,
+        description="Made by `darwin notify`: tells a person that a DARWIN run waits for them.",
+        trigger=EventTrigger(
+            posture=Posture.Reactive, expect={"prefect.flow-run.Paused"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            # The run's own flow (`darwin run`, `darwin serve` and the deployments run it).
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "evolve"},
+            threshold=1),
+        actions=[SendNotification(
+            block_document_id=found._block_document_id,
+            subject="DARWIN: run {{ flow_run.name }} waits for a review",
+            body="DARWIN run {{ flow_run.name }} is paused for a review (the model's requests "
+                 "or a review gate). Answer in the Prefect UI ({{ flow_run|ui_url }}: Resume) "
+                 "or from a shell: darwin review {{ flow_run.name }}. If nobody answers, its "
+                 "stated defaults apply when the review times out.")],
+    ).create()
+    return str(made.id)
+
+
+def check_checkout(directory: str = "") -> dict:
+    """A deployment's first pull step (deployments/prefect.yaml), in the flow run's own process:
+    the checkout DARWIN_CHECKOUT names must hold DARWIN. If not, the flow run fails with the
+    reason as its state message and in its log, where the UI shows them (a failed pull step
+    alone leaves "Crashed: exit code 1", the reason deep in the worker's own log)."""
+    from pathlib import Path
+
+    directory = "" if "{{" in directory else directory  # unset: the template stays as written
+    if directory and (Path(directory).expanduser() / "flows" / "deployed.py").is_file():
+        return {"directory": directory}
+    import darwin
+
+    here = Path(darwin.__file__).resolve().parents[1]
+    hint = (f" (DARWIN is installed here from {here})"
+            if (here / "flows" / "deployed.py").is_file() else "")
+    message = ("darwin: error: DARWIN_CHECKOUT " + (f"= {directory} holds no DARWIN checkout"
+               if directory else "is not set in the worker's environment")
+               + "; start the worker with DARWIN_CHECKOUT=/path/to/darwin" + hint)
+    _fail_flow_run(message)
+    raise RuntimeError(message)
+
+
+def _fail_flow_run(message: str) -> None:
+    """Say ``message`` on the flow run this process runs (its log, then its Failed state):
+    best effort, the raise that follows still fails it."""
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    if not flow_run_id:
+        return
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
+    from prefect.states import Failed
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_logs([LogCreate(name="darwin", level=40, message=message,
+                                          timestamp=datetime.now(timezone.utc),
+                                          flow_run_id=flow_run_id)])
+            # Terminal: the worker's "Crashed (exit code 1)" that follows is refused.
+            client.set_flow_run_state(flow_run_id, Failed(message=message), force=True)
+    except Exception:  # noqa: BLE001 - the worker's log still has the reason
+        pass

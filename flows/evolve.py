@@ -73,4 +73,5 @@ def evolve(experiment: Experiment, run_id: str, storage_url: str,
     last = engine.humans.amended(last)  # a gate's vetoes and pins count for the final claims too
     # Final claims use the test split, which selection never saw: the best and the seed.
     steps.final_test.map(unmapped(ref), final_candidates(last, experiment.min_runs)).result()
+    ui.publish_status(engine.store, alive=False)  # as it stands once this process lets go
     return last

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from darwin.engine import Experiment, ReviewPolicy, continued, make_experiment
-from darwin.errors import StorageError
+from darwin.errors import StorageError, UserError
 
 Say = Callable[[str], None]
 
@@ -98,6 +98,9 @@ def open_run(start: Start, say: Say) -> Launched:
     try:
         if opened is None:
             experiment = start.experiment or make_experiment()
+        elif start.more_generations is None and (
+                stopped := _stopped(opened.store)) is not None:
+            raise UserError(stopped)
         elif start.more_generations is not None:
             experiment = continued(opened.experiment, opened.store.head(),
                                    opened.store.reviews(), start.more_generations,
@@ -159,6 +162,27 @@ def open_run(start: Start, say: Say) -> Launched:
         mark_stale_runs_crashed(opened.run_id)
     return Launched(opened.run_id, opened.store, experiment, opened.resumed, slots, box.name,
                     claim, storage_url)
+
+
+def _stopped(store) -> str | None:
+    """The one line refusing to resume a run a review gate stopped (a person's word: resuming
+    would do nothing), or None."""
+    from darwin.engine import run_status
+
+    status = run_status(store, alive=False)  # this process holds the claim now
+    if status.state != "stopped":
+        return None
+    from darwin.settings import get_settings
+
+    best = store.generation(status.head).population[0].candidate_id
+    record = store.candidate(best)
+    if record is None:
+        return f"run {store.run_id} is {status.line}: nothing to resume"
+    path = get_settings().home / "seeds" / f"{store.run_id}-{best}.py"  # as a budget approval does
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(store.code(record.code_sha))
+    return (f"run {store.run_id} is {status.line}: nothing to resume; to evolve its best "
+            f"further, start a new run from it: darwin run --seed-program {path}")
 
 
 def _evolve(run: Launched, review: ReviewPolicy, attend) -> Any:

@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field, create_model
 
 from darwin.engine import ReviewPolicy, RunRef, check_answer, complete, default_answer, engine_for
 from darwin.memory import ReviewAnswer, ReviewRecord
-from darwin.reports import answer_line, asked, review_markdown
+from darwin.reports import answer_line, asked, cell, form_page, review_markdown
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,40 @@ def set_local_reviewer(reviewer: LocalReviewer | None) -> None:
 
 # -- the form ------------------------------------------------------------------------------------
 AS_PLANNED = -1  # the form's "remaining" when the run goes on as planned
-def answer_form(review: ReviewRecord, description: str):
+WORDS_IN_FORM = 240  # characters of a request's words a field's description quotes
+
+
+def _plain(text: str, limit: int = WORDS_IN_FORM) -> str:
+    """Untrusted words in a field's description, which the UI renders as markdown: one line,
+    every markdown character escaped (a request cannot make a link or a heading)."""
+    # A bare address would still become a link: a zero-width space keeps it text.
+    return cell(text, limit).replace("://", ":\u200b//").replace("www.", "www\u200b.")
+
+
+def _with_losses(ids: list[str], losses: dict[str, float]) -> str:
+    return ", ".join(f"{c} (val loss {losses[c]:.4f})" if c in losses else c for c in ids)
+
+
+def answer_form(review: ReviewRecord, description: str, losses: dict[str, float] | None = None):
     """The RunInput class for this pause: the requests' ids and the candidates are Literal
-    choices, every field has its default (refuse, continue), so the form starts filled in."""
+    choices, every field has its default (refuse, continue), so the form starts filled in.
+
+    What is decided is said in the fields themselves (each request's words and askers, each
+    member's val loss): the Prefect UI gives the form all the room it needs and the page above
+    it (``description``) only what is left, which is nothing on a laptop's screen."""
     from prefect.input import RunInput
 
+    losses = losses or {}
     forbid = ConfigDict(extra="forbid")
     fields: dict[str, Any] = {}
     if review.requests:
         ids = tuple(r.id for r in review.requests)
+        listed = "\n\n".join(
+            f"- **{r.id}** ({r.kind}): “{_plain(r.detail)}”, asked by "
+            f"{_plain('; '.join(r.results or r.asked_by), 160)}" for r in review.requests)
         decision = create_model(
             "Decision", __config__=forbid,
-            request=(Literal[ids], Field(description="the request's id (see the table above)")),
+            request=(Literal[ids], Field(description="which request (listed under Decisions)")),
             verdict=(Literal["approve", "refuse"], "refuse"),
             comment=(str, Field("", max_length=TEXT_MAX,
                                 description="read by the model in the next prompts")),
@@ -81,14 +103,20 @@ def answer_form(review: ReviewRecord, description: str):
         )
         fields["decisions"] = (list[decision], Field(  # type: ignore[valid-type]
             default=[{"request": i, "verdict": "refuse", "comment": "", "value": ""}
-                     for i in ids],
-            description="one decision per request; a request left out is refused"))
+                     for i in ids], title="Decisions on the model's requests",
+            description=f"{listed}\n\nOne decision per request; one left out is refused."))
     if review.gate:
+        outside = [c for c in review.pinnable if c not in review.population]
+        flagged = "; ".join(f"{c} kept out: {_plain(f, 120)}" for c, f in review.flagged.items())
         fields["veto"] = (list[Literal[tuple(review.population)]], Field(
-            default=[], description="remove these members from the population"))
+            default=[], description="remove members from the population: "
+                                    + _with_losses(review.population, losses)))
         fields["pin"] = (list[Literal[tuple(review.pinnable)]], Field(
-            default=[], description="keep these in the population whatever their score"))
-        fields["stop"] = (bool, Field(False, description="end the run after this generation"))
+            default=[], description="keep these in the population whatever their score"
+                                    + (f"; not members now: {_with_losses(outside, losses)}"
+                                       if outside else "") + (f" ({flagged})" if flagged else "")))
+        fields["stop"] = (bool, Field(False, description="end the run after this generation "
+                                                         "(the test split still runs)"))
         # A plain number with -1 for "as planned": the UI draws `int | None` as a type switch
         # ("Property is type None") that people found unclear.
         fields["remaining"] = (int, Field(
@@ -221,6 +249,26 @@ def pause_with_default(form, defaults: dict, *, timeout: float, poll_s: float, k
 
 
 # -- the review between generations ---------------------------------------------------------------
+def _announce(store, waiting: dict) -> None:
+    """The run is Paused on the server: say where to answer (the REVIEW pointer `darwin review`
+    reads, the status artifact the UI shows)."""
+    from darwin.tasks import publish as ui
+
+    store.set_waiting(waiting)
+    ui.publish_status(store, alive=True)
+
+
+
+def _mean_losses(store, ids: list[str]) -> dict[str, float]:
+    from darwin.memory import mean_loss
+
+    found: dict[str, list[float]] = {}
+    for e in store.evaluations():
+        if e.candidate_id in ids and e.val_loss is not None:
+            found.setdefault(e.candidate_id, []).append(e.val_loss)
+    return {c: mean_loss(v) for c, v in found.items()}
+
+
 def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | None:
     """Hold the review due after generation ``gen`` (if any) and store its answer."""
     from prefect import get_run_logger
@@ -244,6 +292,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
         with get_client(sync_client=True) as client:
             api_url = str(client.api_url)
         defaults = form_input(review, default_answer(review))
+        losses = _mean_losses(store, review.pinnable)
         message, attempt = "", 0
         while True:
             left = review.deadline - time.time()
@@ -253,7 +302,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             attempt += 1
             key = f"review-g{gen:03d}-{attempt}"
             markdown = review_markdown(store, review, message)
-            form = answer_form(review, markdown)
+            form = answer_form(review, form_page(store, review, message), losses)
             waiting = {"generation": gen, "flow_run_id": review.flow_run_id,
                        "api_url": api_url, "key": key, "message": message,
                        "review": review.model_dump(mode="json")}
@@ -267,7 +316,7 @@ def hold_review(ref: RunRef, gen: int, policy: ReviewPolicy) -> ReviewRecord | N
             given, defaults_applied = pause_with_default(
                 form, defaults, timeout=left, poll_s=policy.poll_s, key=key, local=local,
                 review=review, markdown=markdown,
-                on_paused=lambda w=waiting: store.set_waiting(w))
+                on_paused=lambda w=waiting: _announce(store, w))
             review.answered_at = time.time()  # the run goes on: what follows is its own work
             answer = complete(review, _as_answer(given))
             problems = [] if defaults_applied else check_answer(review, answer)

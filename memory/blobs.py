@@ -117,6 +117,11 @@ def open_fs(url: str | Path):
     """(file system, root path) for a store URL. S3 listings are never cached: other processes
     and machines write to the same bucket."""
     url = str(url)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if scheme not in ("file", "local", "s3", "s3a"):  # what DARWIN is built and tested on
+        raise errors.UserError(f"storage {url}: {scheme}:// is not supported; give a local folder or "
+                        "s3://bucket/prefix (--storage-url or DARWIN_STORAGE_URL; other S3-"
+                        "compatible stores through AWS_ENDPOINT_URL)")
     options: dict = {}
     if url.startswith(("s3://", "s3a://")):
         options["use_listings_cache"] = False

@@ -109,7 +109,25 @@ def run_history(store: RunStore) -> dict:
             "best": members[0] if members else None,
             "best_val_loss": g.population[0].fitness if g.population else None})
         previous = set(members)
-    return {"run_id": store.run_id, "commits": commits, "head_versions": store.head_versions()}
+    return {"run_id": store.run_id, "commits": commits, "reviews": _reviews(store),
+            "head_versions": store.head_versions()}
+
+
+def _reviews(store: RunStore) -> list[dict]:
+    """Every answered review: after which generation, when, who, and what it decided."""
+    out = []
+    for r in store.reviews():
+        a = r.answer
+        if a is None:
+            continue
+        out.append({
+            "generation": r.generation, "answered_at": r.answered_at, "via": a.via,
+            "reviewer": a.reviewer, "defaults_applied": r.defaults_applied, "gate": r.gate,
+            "approved": [d.request for d in a.decisions if d.verdict == "approve"],
+            "refused": [d.request for d in a.decisions if d.verdict == "refuse"],
+            "veto": a.veto, "pin": a.pin, "stop": a.stop, "remaining": a.remaining,
+            "note": a.note, "rejected": len(r.rejected)})
+    return out
 
 
 # -- moving runs between stores ----------------------------------------------------------------

@@ -73,6 +73,21 @@ def publish(run_id: str, storage_url: str, gen: int) -> None:
     create_markdown_artifact(key=artifact_key(store.run_id, "report"),
                              markdown=generation_markdown(store, gen) + write_report(store),
                              description=f"generation {gen} report")
+    publish_status(store)
+
+
+def publish_status(store: RunStore, alive: bool | None = None) -> None:
+    """The run's status as its own artifact (one key, versioned: the UI keeps each one):
+    running, paused with the command that answers, finished or stopped. Never fails the run."""
+    from darwin.engine import run_status
+
+    try:
+        status = run_status(store, alive=alive)
+        create_markdown_artifact(key=artifact_key(store.run_id, "status"),
+                                 markdown=f"**{status.state}**: {status.line}",
+                                 description=f"{store.run_id}: {status.state}")
+    except Exception as e:  # noqa: BLE001 - a status the UI misses is said in the log
+        log.warning("could not publish the run's status: %s", e)
 
 
 @task(name="publish-latest", task_run_name="latest-g{gen:03d}", cache_policy=NO_CACHE)

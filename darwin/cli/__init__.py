@@ -42,8 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     # awaits; asyncio prints each as "Task exception was never retrieved" with a traceback.
     # The store's own retries and its one-line error are what a user needs.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    from cyclopts import CycloptsError
+
     try:
-        app(argv if argv is not None else sys.argv[1:])
+        # cyclopts' own errors (a word where a number goes, an unknown flag) end as ours do:
+        # one line, exit 2, not a framed box.
+        app(argv if argv is not None else sys.argv[1:], print_error=False, exit_on_error=False)
+    except CycloptsError as e:
+        err.print(f"darwin: error: {' '.join(str(e).split())}", markup=False, highlight=False,
+                  soft_wrap=True)
+        sys.exit(2)
     except DarwinError as e:
         err.print(f"darwin: error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)

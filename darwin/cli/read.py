@@ -5,6 +5,7 @@ as they are or as they were (--at VERSION, --at-generation N), from this store o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 from cyclopts import Parameter
@@ -12,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from darwin.cli.app import JsonFlag, app, err, out
+from darwin.errors import UserError
 
 # --storage is the flag's older, shorter name.
 StorageFlag = Annotated[str | None, Parameter(
@@ -25,10 +27,23 @@ AtGenerationFlag = Annotated[int | None, Parameter(
 
 
 def chosen_storage_url(given: str | None) -> str:
-    """--storage-url, else $DARWIN_STORAGE_URL (default $DARWIN_HOME/runs)."""
+    """--storage-url, else $DARWIN_STORAGE_URL (default $DARWIN_HOME/runs). A folder named on
+    the command line must exist (a typo is not an empty store); the default one may not yet."""
     from darwin.settings import get_settings
 
+    if given and not _folder(given).is_dir() and _local(given):
+        raise UserError(f"--storage-url {given}: no such folder; give the folder that holds the "
+                        "runs (DARWIN_STORAGE_URL's, default $DARWIN_HOME/runs) or "
+                        "s3://bucket/prefix")
     return given or get_settings().storage_url
+
+
+def _local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _folder(url: str) -> Path:
+    return Path(url.removeprefix("file://")).expanduser()
 
 
 def open_as_of(run_id: str | None, storage_url: str | None, at: str | None = None,
@@ -53,14 +68,19 @@ def runs(*, storage_url: StorageFlag = None, json_: JsonFlag = False) -> None:
         out.print("no runs yet: start one with `darwin run`")
         return
     table = Table(title="runs")
-    for col in ("run", "budget", "mutator", "gens", "seed loss", "best", "best loss", "ppl change"):
+    for col in ("run", "budget", "mutator", "gens", "seed loss", "best", "best loss", "ppl change",
+                "status"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["run_id"], r["budget"], r["mutator"], r["generations"],
                       f"{r['seed_val_loss']:.4f}" if r["seed_val_loss"] else "-", r["best"] or "-",
                       f"{r['best_val_loss']:.4f}" if r["best_val_loss"] else "-",
-                      f"{r['change_pct']:+.2f}%" if r["change_pct"] is not None else "-")
+                      f"{r['change_pct']:+.2f}%" if r["change_pct"] is not None else "-",
+                      escape(r["status_line"]))
     out.print(table)
+    for r in rows:  # who waits for a person, said where the eye lands last
+        if r["status"] == "paused":
+            out.print(f"[yellow]{r['run_id']} waits for a review:[/] {r['answer_command']}")
 
 
 @app.command
@@ -189,15 +209,18 @@ def history(run_id: str | None = None, *, storage_url: StorageFlag = None,
         return
     table = Table(title=f"history {store.run_id}")
     for col in ("gen", "committed (UTC)", "by", "wall", "children", "promoted", "filled",
-                "left", "best"):
+                "left", "best", "review after it"):
         table.add_column(col)
+    reviews = {r["generation"]: r for r in found["reviews"]}
     for c in found["commits"]:
         table.add_row(str(c["generation"]), _when(c["committed_at"]),
                       f"{c['host'] or '?'}:{c['pid'] or '?'}", f"{c['wall_s']:.0f} s",
                       str(len(c["children"])), ", ".join(c["promoted"]) or "-",
                       ", ".join(c.get("filled", [])) or "-",
                       ", ".join(c["left"]) or "-",
-                      f"{c['best']} {c['best_val_loss']:.4f}" if c["best"] else "-")
+                      f"{c['best']} {c['best_val_loss']:.4f}" if c["best"] else "-",
+                      escape(_review_cell(reviews[c["generation"]]))
+                      if c["generation"] in reviews else "-")
     out.print(table)
     versions = found["head_versions"]
     if versions is None:
@@ -212,6 +235,29 @@ def history(run_id: str | None = None, *, storage_url: StorageFlag = None,
                       f"{v['host'] or '?'}:{v['pid'] or '?'}")
     out.print(table)
     out.print("[dim]read the run as it was: darwin leaderboard RUN --at VERSION[/]")
+
+
+def _review_cell(review: dict) -> str:
+    return f"{_who(review)}, {_when(review['answered_at'])}: {_decided(review)}"
+
+
+def _who(review: dict) -> str:
+    if review["defaults_applied"]:
+        return "nobody (defaults)" if review["via"] != "no-review" else "--no-review"
+    return f"{review['reviewer']} via {review['via']}" if review["reviewer"] else review["via"]
+
+
+def _decided(review: dict) -> str:
+    """What a review decided, in a few words."""
+    parts = [f"approved {', '.join(review['approved'])}" if review["approved"] else "",
+             f"refused {', '.join(review['refused'])}" if review["refused"] else "",
+             f"vetoed {', '.join(review['veto'])}" if review["veto"] else "",
+             f"pinned {', '.join(review['pin'])}" if review["pin"] else "",
+             "stopped the run" if review["stop"] else "",
+             f"{review['remaining']} more generation(s)" if review["remaining"] is not None
+             and not review["stop"] else "",
+             "a note" if review["note"].strip() else ""]
+    return "; ".join(p for p in parts if p) or "no change"
 
 
 def _when(t: float) -> str:
@@ -238,6 +284,11 @@ def export(run_id: str, dest: str, *, storage_url: StorageFlag = None,
     from darwin.memory import RunStore, export_run
     from darwin.reports import open_run
 
+    if _local(dest):  # the first part of the path that exists must be a folder
+        existing = next(p for p in [_folder(dest), *_folder(dest).parents] if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"export to {dest}: {existing} is a file; give a folder (made if "
+                            "missing) or s3://bucket/prefix")
     source = open_run(chosen_storage_url(storage_url), run_id)
     done = export_run(source, RunStore(dest, source.run_id),
                       progress=None if json_ or not err.is_terminal else

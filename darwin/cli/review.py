@@ -45,53 +45,82 @@ def who() -> str:
 def ask(review: ReviewRecord, read: ReadLine, say: Callable[[str], None], via: str
         ) -> ReviewAnswer | None:
     """Walk a person through ``review``; None when they stop answering (end of input, or an
-    answer came from elsewhere). Enter keeps each default (refuse, keep, as planned)."""
-    decisions = []
-    for r in review.requests:
-        detail = " ".join(r.detail.split())[:160]
-        said = read(f"{r.id} {r.kind}: {detail}\n  approve or refuse? [a/R] ")
-        if said is None:
-            return None
-        verdict = "approve" if said.strip().lower() in ("a", "approve", "y", "yes") else "refuse"
-        value = ""
-        if verdict == "approve" and r.kind in VALUE_QUESTIONS:
-            value = read(f"  {VALUE_QUESTIONS[r.kind]}: ")
-            if value is None:
-                return None
-        comment = read("  a comment for the model (enter: none): ")
-        if comment is None:
-            return None
-        decisions.append(RequestDecision(request=r.id, verdict=verdict, comment=comment.strip(),
-                                         value=value.strip()))
-    veto: list[str] = []
-    pin: list[str] = []
-    remaining = None
-    stop = False
-    if review.gate:
-        said = read(f"veto members (space-separated; enter: none) [{' '.join(review.population)}]: ")
-        if said is None:
-            return None
-        veto = said.split()
-        said = read(f"pin candidates (enter: none) [{' '.join(review.pinnable)}]: ")
-        if said is None:
-            return None
-        pin = said.split()
-        said = read("generations still to run (enter: as planned; 0: stop after this one): ")
-        if said is None:
-            return None
-        if said.strip():
-            try:
-                remaining = int(said)
-            except ValueError:
-                say(f"'{said.strip()}' is not a number: keeping the plan")
-            else:
-                stop = remaining == 0
-                remaining = None if stop else remaining
-    note = read("a note for the model's next prompts (enter: none): ")
-    if note is None:
+    answer came from elsewhere). Enter keeps each default (refuse, keep, as planned). Each
+    value is checked as it is typed, as the run will check it, and a wrong one is asked again:
+    nothing typed before it is lost."""
+    from darwin.engine import check_answer
+
+    def until_sound(question: str, parse: Callable[[str], tuple[object, list[str]]]):
+        while True:
+            said = read(question)
+            if said is None:
+                raise _Abandoned
+            value, problems = parse(said.strip())
+            if not problems:
+                return value
+            say("not that: " + "; ".join(problems) + " (asked again)")
+
+    def verdict(said: str):
+        word = said.lower()
+        if word in ("", "r", "refuse"):
+            return "refuse", []
+        if word in ("a", "approve"):
+            return "approve", []
+        return None, [f"{said!r}: type a (approve) or r (refuse); Enter refuses"]
+
+    def problems_of(**answer) -> list[str]:
+        return check_answer(review, ReviewAnswer(**answer))
+
+    try:
+        decisions = []
+        for r in review.requests:
+            detail = " ".join(r.detail.split())[:160]
+            chosen = until_sound(f"{r.id} {r.kind}: {detail}\n  approve or refuse? [a/R] ",
+                                 verdict)
+            value = ""
+            if chosen == "approve" and r.kind in VALUE_QUESTIONS:
+                value = until_sound(f"  {VALUE_QUESTIONS[r.kind]}: ", lambda v, r=r: (
+                    v, problems_of(decisions=[RequestDecision(request=r.id, verdict="approve",
+                                                              value=v)])))
+            comment = until_sound("  a comment for the model (enter: none): ",
+                                  lambda v: (v, []))
+            decisions.append(RequestDecision(request=r.id, verdict=chosen, comment=comment,
+                                             value=value))
+        veto: list[str] = []
+        pin: list[str] = []
+        remaining = None
+        if review.gate:
+            veto = until_sound(
+                f"veto members (space-separated; enter: none) [{' '.join(review.population)}]: ",
+                lambda v: (v.split(), problems_of(veto=v.split())))
+            pin = until_sound(f"pin candidates (enter: none) [{' '.join(review.pinnable)}]: ",
+                              lambda v: (v.split(), problems_of(veto=veto, pin=v.split())))
+            remaining = until_sound(
+                "generations still to run (enter: as planned; 0: stop after this one): ",
+                _remaining)
+        note = until_sound("a note for the model's next prompts (enter: none): ",
+                           lambda v: (v, []))
+    except _Abandoned:
         return None
-    return ReviewAnswer(decisions=decisions, veto=veto, pin=pin, stop=stop, remaining=remaining,
-                        note=note.strip(), via=via, reviewer=who())  # type: ignore[arg-type]
+    stop = remaining == 0
+    return ReviewAnswer(decisions=decisions, veto=veto, pin=pin, stop=stop,
+                        remaining=None if stop else remaining, note=note, via=via,
+                        reviewer=who())  # type: ignore[arg-type]
+
+
+class _Abandoned(Exception):
+    """The person stopped answering (end of input, or an answer came from elsewhere)."""
+
+
+def _remaining(said: str) -> tuple[int | None, list[str]]:
+    from darwin.engine import MAX_REMAINING
+
+    if not said:
+        return None, []
+    if said.isdigit() and int(said) <= MAX_REMAINING:
+        return int(said), []
+    return None, [f"{said!r}: give a whole number from 0 to {MAX_REMAINING}, or Enter for "
+                  "as planned"]
 
 
 class LineReader:
@@ -126,10 +155,18 @@ class TerminalReviewer:
 
     def paused(self, review: ReviewRecord, markdown: str, answered: threading.Event):
         self.live.hold()
+        until = time.strftime('%H:%M:%S', time.localtime(review.deadline))
+        if not err.is_terminal and not self.interactive:  # a log (nohup): one plain line
+            from darwin.reports import asked
+
+            err.print(f"paused after generation {review.generation} for {asked(review)}: answer "
+                      f"in the Prefect UI or with: darwin review {self.run_id} (the defaults "
+                      f"apply at {until})", markup=False, highlight=False, soft_wrap=True)
+            return None
         err.print(Markdown(markdown))
         err.print(f"[bold]The run is paused.[/] Answer here, in the Prefect UI, or from another "
                   f"shell with [bold]darwin review {self.run_id}[/]; the defaults apply at "
-                  f"{time.strftime('%H:%M:%S', time.localtime(review.deadline))}.")
+                  f"{until}.")
         if not self.interactive:
             return None
         read = LineReader(self.fd, answered,
@@ -156,7 +193,10 @@ class TerminalReviewer:
         err.print(f"[red]answer not applied:[/] {escape(reason)}")
 
     def done(self, line: str) -> None:
-        err.print(f"[bold]{escape(line)}[/]")
+        """The answer's confirmation, on a line of its own that stays (the live display comes
+        back below it)."""
+        err.print(line, style="bold" if err.is_terminal else None, markup=False,
+                  highlight=False, soft_wrap=True)
         self.live.release()
 
 
@@ -270,6 +310,9 @@ def review(
     from darwin.reports import answer_line
     from darwin.settings import get_settings
 
+    if stop and remaining not in (None, 0):  # said before anything is looked up
+        raise UserError(f"--stop with --remaining {remaining}: --stop ends the run after this "
+                        f"generation, --remaining {remaining} runs {remaining} more; give one")
     quiet_prefect()
     store, waiting = _waiting_run(get_settings().storage_url, run_id)
     rec = ReviewRecord.model_validate(waiting["review"])
@@ -298,6 +341,9 @@ def review(
                       "(or --defaults)".replace("  ", " "))
             return
         answer = ask(rec, _input, TerminalReviewer.say, via="cli")
+        while answer is not None and (problems := check_answer(rec, complete(rec, answer))):
+            TerminalReviewer.say(f"not applied: {'; '.join(problems)} (asked again)")
+            answer = ask(rec, _input, TerminalReviewer.say, via="cli")
         if answer is None:
             raise UserError("no answer given: the run stays paused")
     else:

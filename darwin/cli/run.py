@@ -138,6 +138,7 @@ def run(
         out.print(f"LLM: {llm['calls']} calls, {llm['input_tokens']} + {llm['output_tokens']} "
                   f"tokens, ${llm['cost_usd']:.4f}{cap}"
                   + (f"; failures {llm['failures']}" if llm["failures"] else ""))
+    out.print(f"status: {summary['status']['line']}", markup=False)
     out.print(f"inspect: darwin show {summary['best']} --run {run_id}")
     if summary["report"]:
         out.print(f"report: {summary['report']}")
@@ -156,7 +157,7 @@ def _attend_terminal(policy):
 
         hide_reported_errors()  # from now on the CLI alone reports a DarwinError, in one line
         with LiveProgress(run.store, run.experiment, run.slots, err,
-                          enabled=err.is_terminal) as live:
+                          enabled=err.is_terminal, plain=not err.is_terminal) as live:
             _stop_on_signals(run.store, run.run_id, live, run.claim,
                              bool(run.experiment.pool))
             if policy.mode == "ask":

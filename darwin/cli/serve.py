@@ -85,5 +85,60 @@ def serve(*, cron: str | None = None,
     err.print(f"serving darwin/{name}" + (f" on cron '{cron}' (UTC)" if cron else "")
               + f", sandbox {box.name}; start a run now with: prefect deployment run "
               f"darwin/{name}; Ctrl-C stops serving")
-    darwin_run.serve(name=name, cron=cron, parameters=parameters, pause_on_shutdown=False,
-                     limit=1, print_starting_message=False)
+    before = _cut_short(get_settings().storage_url)
+    try:
+        darwin_run.serve(name=name, cron=cron, parameters=parameters, pause_on_shutdown=False,
+                         limit=1, print_starting_message=False)
+    except KeyboardInterrupt:
+        pass
+    # Ctrl-C reaches the run in flight too (the terminal signals the whole process group): it
+    # stops as a crashed `darwin run` does, resumably. Say which, and how.
+    cut = _cut_short(get_settings().storage_url, wait_s=15) - before
+    err.print("stopped serving (the schedule stays; runs wait for the next darwin serve)"
+              + "".join(f"; run {r} was cut short: continue it with darwin run --resume {r}"
+                        for r in sorted(cut)), soft_wrap=True)
+
+
+def _cut_short(storage_url: str, wait_s: float = 0.0) -> set[str]:
+    """The runs of the store that no process works on and that are not done (crashed), once
+    the ones still alive have had ``wait_s`` seconds to stop."""
+    import time
+
+    from darwin.engine import run_status
+    from darwin.memory import RunStore, list_runs
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            states = {r: run_status(RunStore(storage_url, r)).state
+                      for r in list_runs(storage_url)}
+        except Exception:  # noqa: BLE001 - a store that cannot be read: nothing to say
+            return set()
+        if time.monotonic() >= deadline or not any(
+                s in ("running", "paused") for s in states.values()):
+            return {r for r, s in states.items() if s == "crashed"}
+        time.sleep(0.5)
+
+
+@app.command
+def notify(block: str) -> None:
+    """Tell a person whenever a run pauses for a review: one Prefect automation (named "darwin:
+    a review waits") that sends the notification block BLOCK a message naming the run, its
+    page in the UI and the command that answers. Run it again to point it at another block.
+
+    Parameters
+    ----------
+    block
+        A notification block of the Prefect server, as TYPE/NAME (slack-webhook/reviews,
+        custom-webhook/pager; `prefect block ls` lists them).
+    """
+    from darwin.errors import UserError
+    from darwin.flows import notify_on_reviews, quiet_prefect
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError("darwin notify needs a Prefect server (automations run there): set "
+                        "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    quiet_prefect()
+    made = notify_on_reviews(block)
+    err.print(f"automation {made} ('darwin: a review waits') sends {block} a message whenever "
+              "a run pauses for a review; see it in the UI under Automations")

@@ -118,10 +118,22 @@ def read_experiment(path: str | Path) -> Experiment:
     if not isinstance(values, dict):
         raise UserError(f"experiment file {path}: give a JSON object of settings, "
                         'for example {"budget": "tiny", "generations": 1}')
+    for key in values:
+        if key not in Experiment.model_fields:  # a typo must not fall back to a default
+            raise UserError(f"experiment file {path}: unknown setting {key!r}; "
+                            + _nearest(key, list(Experiment.model_fields)))
     try:
         return make_experiment(**values)
     except UserError as e:  # it names the `darwin run` flag; here it is the file's field
         raise UserError(f"experiment file {path}: {str(e).replace('--', '', 1)}") from None
+
+
+def _nearest(word: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return (f"did you mean {close[0]!r}?" if close
+            else f"the settings are: {', '.join(sorted(known))}")
 
 
 def continued(experiment: Experiment, head: int | None, reviews: list, more: int,

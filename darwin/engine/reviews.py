@@ -155,6 +155,9 @@ def check_answer(review: ReviewRecord, answer: ReviewAnswer) -> list[str]:
     survivors = (set(review.population) - set(answer.veto)) | set(answer.pin)
     if review.population and not survivors:
         problems.append("the veto removes every member: keep at least one, or stop the run")
+    if answer.stop and answer.remaining not in (None, 0):
+        problems.append(f"stop ends the run after this generation, remaining "
+                        f"{answer.remaining} runs {answer.remaining} more: give one of them")
     if answer.remaining is not None and not 0 <= answer.remaining <= MAX_REMAINING:
         problems.append(f"remaining: {answer.remaining} is not between 0 and {MAX_REMAINING}")
     return problems

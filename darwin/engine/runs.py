@@ -14,6 +14,7 @@ from pathlib import Path
 
 from darwin.engine.experiment import Experiment, make_experiment
 from darwin.engine.ids import SEED_ID
+from darwin.engine.status import dead_here, run_status
 from darwin.errors import UserError
 from darwin.memory import GenerationRecord, RunStore
 from darwin.mutation import tunable, tunes_seed
@@ -180,15 +181,6 @@ class RemoteClaim:
         dropper.join(timeout=5)
 
 
-def _dead_here(owner: str) -> bool:
-    """Whether a lease's owner ("pid N on HOST") was a process of this host that is gone."""
-    from darwin.sandbox import pid_alive
-
-    parts = owner.split()
-    return (len(parts) == 4 and parts[0] == "pid" and parts[3] == socket.gethostname()
-            and parts[1].isdigit() and not pid_alive(int(parts[1])))
-
-
 def _claim_remote(store: RunStore) -> RemoteClaim:
     import atexit
 
@@ -199,7 +191,7 @@ def _claim_remote(store: RunStore) -> RemoteClaim:
         store.take_lease(owner, LEASE_S)
     except LeaseHeld as e:
         held = (store.pointer("LEASE") or {}).get("owner", "")
-        if not _dead_here(held):
+        if not dead_here(held):
             raise RunBusy(str(e)) from None
         store.drop_lease(held)  # its holder died on this host: no need to wait the lease out
         try:
@@ -264,10 +256,17 @@ def run_summary(store: RunStore, last: GenerationRecord) -> dict:
         "test_loss_seed": finals[SEED_ID].get("test_loss"),
         "population": [m.model_dump() for m in last.population],
         "llm": _llm_summary(store),
+        "status": _status(store),
         "reviews": [{"generation": r.generation, "requests": len(r.requests), "gate": r.gate,
                      "via": r.answer.via if r.answer else None,
                      "defaults_applied": r.defaults_applied} for r in store.reviews()],
     }
+
+
+def _status(store: RunStore) -> dict:
+    """Where the run stands once its process lets go (finished, stopped by a review, or
+    resumable): the summary is made after the claim is released."""
+    return run_status(store, alive=False).model_dump()
 
 
 def run_min_runs(store: RunStore) -> int:
@@ -283,22 +282,3 @@ def _llm_summary(store: RunStore) -> dict | None:
     if store.pointer(StoredLedger.NAME) is None:
         return None
     return StoredLedger(store, get_settings().llm.max_cost_usd).summary()
-
-
-def run_alive(store: RunStore) -> bool:
-    """Whether a live process works on the run: its lock is held (local store), or its lease
-    runs and its holder is not a dead process of this host (shared store)."""
-    if store.local:
-        path = Path(store.root) / "run.lock"
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops the probe's own lock
-        return False
-    lease = store.pointer("LEASE") or {}
-    return lease.get("until", 0) > time.time() and not _dead_here(lease.get("owner", ""))

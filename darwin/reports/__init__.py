@@ -16,6 +16,8 @@ _FACE = {
     "LiveProgress": "progress",
     "answer_line": "review",
     "asked": "review",
+    "cell": "review",
+    "form_page": "review",
     "review_markdown": "review",
     "artifact_key": "views",
     "candidate_detail": "views",

@@ -147,7 +147,7 @@ def build_report(store: RunStore, out: Path, *, index: str | None = None) -> Rep
         title=f"DARWIN report: {data.run_id}" + (
             f" as of generation {data.as_of}" if data.as_of is not None else ""),
         run_id=data.run_id, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        css=_css(), summary=_summary(data), missing=missing,
+        css=_css(), summary=_status_row(store, data) + _summary(data), missing=missing,
         plots=[(name, title) for name, title in INTERACTIVE.items() if name in plots],
         figures=[(name, title, _data_uri(png)) for name, (title, png) in figures.items()
                  if name not in plots],
@@ -188,7 +188,7 @@ def _running(store: RunStore) -> bool:
     from darwin.engine import run_status
 
     try:
-        return run_status(store).state == "running"
+        return run_status(store).state in ("running", "paused")
     except Exception:  # noqa: BLE001 - a status that cannot be read is not worth a report
         return False
 
@@ -242,6 +242,18 @@ def build_comparison(stores: list[RunStore], out: Path) -> Report:
     path = out / PAGE
     path.write_text(page)
     return Report(path, {"compare": out / "compare.png"}, missing)
+
+
+def _status_row(store: RunStore, data: RunData) -> list[tuple[str, str]]:
+    """Where the run stands now (not for a past view of it: --at shows the records then)."""
+    from darwin.engine import run_status
+
+    if data.as_of is not None:
+        return []
+    try:
+        return [("status", run_status(store).line)]
+    except StoreError:
+        return [("status", "unknown: the store could not be read")]
 
 
 def _summary(data: RunData) -> list[tuple[str, str]]:

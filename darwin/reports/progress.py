@@ -82,27 +82,64 @@ def render(s: Snapshot, exp: Experiment, started: float) -> Group:
     return Group(table)
 
 
+def commit_line(store: RunStore, gen: int) -> str:
+    """One plain line for a committed generation (a log without a terminal: nohup, a pipe)."""
+    record = store.generation(gen)
+    best = record.population[0] if record.population else None
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(record.committed_at or time.time()))
+    line = f"generation {gen} committed at {when}"
+    if best is not None:
+        line += f": best {best.candidate_id} val loss {best.fitness:.4f}"
+    if gen:
+        line += (f"; {len(record.children)} children, promoted "
+                 f"{', '.join(record.promoted) or 'none'}")
+    return line
+
+
 class LiveProgress:
-    """A rich Live display on stderr, refreshed from the store every second."""
+    """A rich Live display on stderr, refreshed from the store every second; without a terminal
+    (``enabled`` False) and with ``plain``, one line per committed generation instead."""
 
     def __init__(self, store: RunStore, exp: Experiment, slots: int, console: Console,
-                 enabled: bool = True):
+                 enabled: bool = True, plain: bool = False, every_s: float = 1.0):
         self.store, self.exp, self.slots, self.console = store, exp, slots, console
-        self.enabled = enabled
+        self.enabled, self.every_s = enabled, every_s
+        self.plain = plain and not enabled
         self._stop = threading.Event()
         self._held = threading.Event()
         self._started = time.monotonic()
 
     def __enter__(self) -> LiveProgress:
         if self.enabled:
-            self._live = Live(console=self.console, refresh_per_second=2, transient=True)
+            self._live = self._new_live()
             self._live.__enter__()
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
+        elif self.plain:
+            self._thread = threading.Thread(target=self._lines, daemon=True)
+            self._thread.start()
         return self
 
+    def _new_live(self) -> Live:
+        return Live(console=self.console, refresh_per_second=2, transient=True)
+
+    def _lines(self) -> None:
+        try:
+            said = self.store.head()  # a resumed run: what was committed before is not news
+        except Exception:  # noqa: BLE001
+            said = None
+        while not self._stop.wait(2 * self.every_s):
+            try:
+                head = self.store.head()
+                while head is not None and (said is None or said < head):
+                    said = 0 if said is None else said + 1
+                    self.console.print(commit_line(self.store, said), markup=False,
+                                       highlight=False, soft_wrap=True)
+            except Exception:  # noqa: BLE001 - a missed line must never stop a run
+                pass
+
     def _loop(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.every_s):
             if self._held.is_set():
                 continue
             try:
@@ -121,14 +158,18 @@ class LiveProgress:
             self._live.stop()
 
     def release(self) -> None:
+        """Put the display back below what was printed meanwhile. A new Live: a restarted one
+        moves the cursor up by its last height before drawing, over the lines printed while it
+        was held (the review's confirmation)."""
         if self.enabled and not self._stop.is_set() and self._held.is_set():
+            self._live = self._new_live()
             self._live.start()
             self._held.clear()
 
     def stop(self) -> None:
         """End the display (the terminal gets its cursor back); safe to call twice."""
-        if self.enabled and not self._stop.is_set():
+        if (self.enabled or self.plain) and not self._stop.is_set():
             self._stop.set()
             self._thread.join(timeout=3)
-            if not self._held.is_set():
+            if self.enabled and not self._held.is_set():
                 self._live.__exit__(None, None, None)

@@ -82,6 +82,20 @@ def review_markdown(store: RunStore, review: ReviewRecord, message: str = "") ->
     return "\n".join(lines)
 
 
+def form_page(store: RunStore, review: ReviewRecord, message: str = "") -> str:
+    """The short page above the Prefect UI's resume form: the UI gives it only the height the
+    form leaves, so it says what waits and until when; the form's fields say what is decided
+    (each request's words, each member's val loss) and the full page is `darwin review`'s."""
+    lines = [f"## Review after generation {review.generation} of {store.run_id}", "",
+             f"Waiting for {asked(review)}. Answer before **{_clock(review.deadline)}**; "
+             "after that the defaults apply (every request refused, the run continues).", ""]
+    if message:
+        lines += [f"> **Your last answer was not applied:** {cell(message, 1000)}", ""]
+    lines += [f"The whole page (the generation's tables): `darwin review {store.run_id}` or the "
+              "run's report artifact.", ""]
+    return "\n".join(lines)
+
+
 def answer_line(review: ReviewRecord, answer: ReviewAnswer, defaults: bool) -> str:
     """One line: who answered, and what it changes."""
     parts = []

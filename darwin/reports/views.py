@@ -14,6 +14,8 @@ from darwin.memory import RunStore, StoreError, list_runs, mean_loss
 
 
 def run_rows(storage_url: str) -> list[dict]:
+    from darwin.engine import run_status
+
     rows = []
     for run_id in list_runs(storage_url):
         store = RunStore(storage_url, run_id)
@@ -27,6 +29,9 @@ def run_rows(storage_url: str) -> list[dict]:
                "generations": f"{done} (continued)" if head is not None and planned is not None
                and head > planned else f"{done}/{planned}",
                "seed_val_loss": None, "best": None, "best_val_loss": None, "change_pct": None}
+        status = run_status(store)
+        row.update(status=status.state, status_line=status.line,
+                   answer_command=status.answer_command or None)
         if head is not None:
             seed = store.generation(0).population[0]
             best = store.generation(head).population[0]

@@ -20,6 +20,12 @@ from tests.conftest import cli_env, run_darwin
         (["baseline", "--budget", "tiny", "--seeds", "0"], ["--seeds must be at least 1"]),
         (["score", "/nonexistent/train.py", "--budget", "tiny"], ["program not found"]),
         (["baseline", "--budget", "tiny", "--sandbox", "magic"], ["unknown sandbox 'magic'"]),
+        (["runs", "--storage", "ftp://host/runs"], ["ftp:// is not supported", "s3://bucket"]),
+        (["leaderboard", "--storage", "gs://bucket/runs"], ["gs:// is not supported"]),
+        (["runs", "--storage", "/nonexistent/runs"], ["/nonexistent/runs: no such folder"]),
+        (["export", "some-run", __file__], ["is a file; give a folder"]),
+        (["run", "--generations", "three"], ["Invalid value for --generations", "three"]),
+        (["review", "--stop", "--remaining", "3"], ["--stop with --remaining 3", "give one"]),
     ],
 )
 def test_bad_input_is_one_clear_line(args, words, tmp_path):

@@ -269,6 +269,7 @@ def test_review_gates_veto_and_pin_and_a_gate_nobody_answers_continues(
     population = [m.candidate_id for m in store.generation(2).population]
     assert "seed" not in population and pin in population
     assert pin in [m["candidate_id"] for m in json.loads(out)["population"]]
+    assert json.loads(out)["status"]["line"] == "finished: 2 generations, test split scored"
     evolve = next(fr for fr in _api(prefect_server, "POST", "/flow_runs/filter", {
         "flow_runs": {"tags": {"all_": [f"darwin-run:{store.run_id}"]}}})
         if fr["name"] == store.run_id)

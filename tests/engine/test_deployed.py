@@ -17,7 +17,11 @@ def test_experiment_files(tmp_path):
     assert exp.budget == "tiny" and exp.generations == 4 and exp.population == 4  # default
     for text, words in [('{"budget": "huge"}', "invalid budget: unknown 'huge'"),
                         ("[1, 2]", "give a JSON object"), ("{", "is not JSON"),
-                        ('{"keep": 9, "population": 2}', "keep")]:
+                        ('{"keep": 9, "population": 2}', "keep"),
+                        # as strict as the flags: a typo is never dropped for the default
+                        ('{"generatons": 9}', "unknown setting 'generatons'; did you mean "
+                                              "'generations'"),
+                        ('{"zzz": 1}', "unknown setting 'zzz'; the settings are: budget, ")]:
         good.write_text(text)
         with pytest.raises(UserError, match=words):
             read_experiment(good)

@@ -79,6 +79,8 @@ REVIEW = ReviewRecord(run_id="r", generation=1, gate=True, population=["seed", "
     (ReviewAnswer(veto=["seed"], pin=["seed"]), "both vetoed and pinned"),
     (ReviewAnswer(veto=["seed", "g001-c00"]), "removes every member"),
     (ReviewAnswer(remaining=5000), "not between 0"),
+    (ReviewAnswer(stop=True, remaining=3), "stop ends the run after this generation, remaining "
+                                           "3 runs 3 more: give one of them"),
 ])
 def test_answers_that_make_no_sense_are_refused_with_the_fix(answer, words):
     problems = hitl.check_answer(REVIEW, answer)
