@@ -32,7 +32,7 @@ def test_the_index_lists_every_run(tmp_path):
     broken, young, old = page.split("<tr>")[2:]  # newest first
     assert "20260103" in broken and "20260102" in young and "20260101" in old
     assert "unreadable" in broken and "cannot be read" in broken
-    assert "crashed" in young and "stopped after generation 1 of 5" in young
+    assert "crashed" in young and "crashed after generation 1 of 5" in young
     assert "auto: openai 5" in young  # what ran, not "auto"
     assert "qwen-7b at http://gpu:8000/v1" in young and "no report yet" in young
     assert 'href="./20260101-000000-tiny/report.html">20260101-000000-tiny</a>' in old
