@@ -24,6 +24,7 @@ from darwin.memory import RunStore, StoreError
 from darwin.reports.data import RunData
 from darwin.reports.index import llm_line, mutators_ran
 from darwin.reports.jinja import templates as _templates
+from darwin.reports.views import record_code
 
 PAGE = "report.html"
 
@@ -174,13 +175,7 @@ def build_report(store: RunStore, out: Path, *, index: str | None = None) -> Rep
 
 def _code(store: RunStore, data: RunData, cid: str) -> str | None:
     """A candidate's program from the record already read (one read, not two)."""
-    rec = data.by_id.get(cid)
-    if rec is None or not rec.code_sha:
-        return None
-    try:
-        return store.code(rec.code_sha)
-    except StoreError:
-        return None
+    return record_code(store, data.by_id.get(cid))
 
 
 def _running(store: RunStore) -> bool:

@@ -116,18 +116,18 @@ class LiveProgress:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
         elif self.plain:
-            self._thread = threading.Thread(target=self._lines, daemon=True)
+            try:  # read here, not in the thread: a commit right after entering is news
+                said = self.store.head()  # a resumed run: what was committed before is not
+            except Exception:  # noqa: BLE001
+                said = None
+            self._thread = threading.Thread(target=self._lines, args=(said,), daemon=True)
             self._thread.start()
         return self
 
     def _new_live(self) -> Live:
         return Live(console=self.console, refresh_per_second=2, transient=True)
 
-    def _lines(self) -> None:
-        try:
-            said = self.store.head()  # a resumed run: what was committed before is not news
-        except Exception:  # noqa: BLE001
-            said = None
+    def _lines(self, said: int | None) -> None:
         while not self._stop.wait(2 * self.every_s):
             try:
                 head = self.store.head()

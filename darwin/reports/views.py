@@ -105,7 +105,11 @@ def leaderboard_table(rows: list[dict]) -> list[dict[str, str]]:
 def stored_code(store: RunStore, cid: str | None) -> str | None:
     """Candidate ``cid``'s program (None: no such candidate, no program, or lost from the
     store)."""
-    rec = store.candidate(cid) if cid else None
+    return record_code(store, store.candidate(cid) if cid else None)
+
+
+def record_code(store: RunStore, rec) -> str | None:
+    """The program of candidate record ``rec`` (None: no record, no program, or lost)."""
     if rec is None or not rec.code_sha:
         return None
     try:
