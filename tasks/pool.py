@@ -262,8 +262,10 @@ def evaluate_on_pool(ref: RunRef, cid: str, seed: int) -> EvaluationRecord:
         set_states([flow_run.id], lambda v=verdict: Crashed(message=f"lost: {v.why}"))
         _note_ended(store, cid, seed, attempt, flow_run.id, verdict.why, last.get("host"))
         losses += 1
-        get_run_logger().warning(f"{cid} seed {seed}, attempt {attempt}: lost ({verdict.why})"
-                                 + (f" on {last['host']}" if last.get("host") else ""))
+        where = f" on {last['host']}" if last.get("host") else ""
+        get_run_logger().warning(
+            f"{cid} seed {seed}, attempt {attempt}: lost{where} ({verdict.why})"
+            + ("; trying once more on any worker" if losses < MAX_LOSSES else ""))
         if losses >= MAX_LOSSES:
             raise WorkerLost(
                 f"{cid} seed {seed} was lost with its worker {losses} times ({verdict.why}): "

@@ -72,8 +72,8 @@ class ChildWatch:
         allowed = self.lost_after_s + (0.0 if self._beating else self.start_s)
         if now - self._moved_at >= allowed:
             last = "its heartbeat stopped" if self._beating else "no heartbeat at all"
-            return Verdict("lost", f"{last} for {allowed:.0f} s (its worker or machine died, "
-                                   "or lost the network)")
+            return Verdict("lost", f"{last} for {allowed:.0f} s: its worker or machine died, "
+                                   "or lost the network")
         return Verdict("wait")
 
     def excuse(self, now: float) -> None:
