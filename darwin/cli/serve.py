@@ -85,7 +85,8 @@ def serve(*, cron: str | None = None,
     err.print(f"serving darwin/{name}" + (f" on cron '{cron}' (UTC)" if cron else "")
               + f", sandbox {box.name}; start a run now with: prefect deployment run "
               f"darwin/{name}; Ctrl-C stops serving")
-    before = _cut_short(get_settings().storage_url)
+    url = get_settings().storage_url
+    before = _states(url)
     try:
         darwin_run.serve(name=name, cron=cron, parameters=parameters, pause_on_shutdown=False,
                          limit=1, print_starting_message=False)
@@ -93,27 +94,34 @@ def serve(*, cron: str | None = None,
         pass
     # Ctrl-C reaches the run in flight too (the terminal signals the whole process group): it
     # stops as a crashed `darwin run` does, resumably. Say which, and how.
-    cut = _cut_short(get_settings().storage_url, wait_s=15) - before
+    cut = _cut_short(url, before, wait_s=15)
     err.print("stopped serving (the schedule stays; runs wait for the next darwin serve)"
               + "".join(f"; run {r} was cut short: continue it with darwin run --resume {r}"
                         for r in sorted(cut)), soft_wrap=True)
 
 
-def _cut_short(storage_url: str, wait_s: float = 0.0) -> set[str]:
-    """The runs of the store that no process works on and that are not done (crashed), once
-    the ones still alive have had ``wait_s`` seconds to stop."""
-    import time
-
+def _states(storage_url: str, only: set[str] | None = None) -> dict[str, str]:
+    """Each run's status (of ``only``, when given); none when the store cannot be read."""
     from darwin.engine import run_status
     from darwin.memory import RunStore, list_runs
 
+    try:
+        return {r: run_status(RunStore(storage_url, r)).state for r in list_runs(storage_url)
+                if only is None or r in only}
+    except Exception:  # noqa: BLE001 - a store that cannot be read: nothing to say
+        return {}
+
+
+def _cut_short(storage_url: str, before: dict[str, str], wait_s: float) -> set[str]:
+    """The runs this serving started or moved (new, or not in the state they were in when it
+    began; runs other processes were already working on are not waited for) that no process
+    works on and that are not done, once they have had ``wait_s`` seconds to stop."""
+    import time
+
     deadline = time.monotonic() + wait_s
+    ours = {r for r, s in _states(storage_url).items() if before.get(r) != s}
     while True:
-        try:
-            states = {r: run_status(RunStore(storage_url, r)).state
-                      for r in list_runs(storage_url)}
-        except Exception:  # noqa: BLE001 - a store that cannot be read: nothing to say
-            return set()
+        states = _states(storage_url, ours)
         if time.monotonic() >= deadline or not any(
                 s in ("running", "paused") for s in states.values()):
             return {r for r, s in states.items() if s == "crashed"}
