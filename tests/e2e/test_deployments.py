@@ -170,8 +170,10 @@ def test_a_bad_parameter_fails_the_deployed_run_in_one_line(worker, prefect_serv
 
 
 def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
+    # A schedule that never fires while the test runs (every 5 minutes did, on CI: a run then
+    # started, and Ctrl-C waited for it to stop, past the test's patience).
     env = cli_env(tmp_path, prefect=prefect_server, **WORKER)
-    proc = subprocess.Popen([*DARWIN, "serve", "--cron", "*/5 * * * *",
+    proc = subprocess.Popen([*DARWIN, "serve", "--cron", "17 3 1 1 *",
                              "--experiment", "deployments/experiments/tiny.json",
                              "--name", "serve-test"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -183,7 +185,7 @@ def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.5)
         (deployment,) = found
-        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["*/5 * * * *"]
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["17 3 1 1 *"]
         assert deployment["parameters"]["experiment_file"] == str(
             ROOT / "deployments" / "experiments" / "tiny.json")
     finally:
