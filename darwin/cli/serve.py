@@ -5,6 +5,7 @@ flow and starts its runs (no work pool, no worker; deployments/prefect.yaml is t
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -98,6 +99,11 @@ def serve(*, cron: str | None = None,
     err.print("stopped serving (the schedule stays; runs wait for the next darwin serve)"
               + "".join(f"; run {r} was cut short: continue it with darwin run --resume {r}"
                         for r in sorted(cut)), soft_wrap=True)
+    # Prefect's runner may leave threads behind once interrupted (its event loop, a poll):
+    # the interpreter would wait for them at exit. Everything is said and stored: end now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _states(storage_url: str, only: set[str] | None = None) -> dict[str, str]:

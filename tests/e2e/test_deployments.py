@@ -190,7 +190,8 @@ def test_darwin_serve_registers_its_schedule(prefect_server, tmp_path):
             ROOT / "deployments" / "experiments" / "tiny.json")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
+        _, stderr = proc.communicate(timeout=60)  # read the pipes: a full one would block it
+    assert "stopped serving" in stderr.decode(), stderr.decode()[-2000:]
 
 
 @pytest.mark.parametrize("args, words", [
