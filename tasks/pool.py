@@ -190,13 +190,17 @@ def cancel_children() -> int:
     """Cancel every child flow run this process still waits for (the worker stops its
     process); returns how many. Called when the orchestrator is interrupted: each cancelled
     attempt is noted in the store, so a resumed run submits a fresh one (not counted as lost)."""
-    from prefect.states import Cancelling
+    from prefect.states import Cancelled, Cancelling
 
     with _WATCHERS_LOCK:
         children = [(w.store, c) for w in _WATCHERS.values() for c in w.in_flight()]
-    if children:
-        set_states([c.flow_run for _, c in children],
-                   lambda: Cancelling(message="the run's orchestrator stopped"))
+    why = "the run's orchestrator stopped"
+    # One no worker took yet ends now; one a worker runs is Cancelling: its worker stops it
+    # (a Cancelling run nobody will ever act on would linger in the server for good).
+    waiting = [c.flow_run for _, c in children if c.state in ("SCHEDULED", "LATE")]
+    set_states(waiting, lambda: Cancelled(message=why))
+    set_states([c.flow_run for _, c in children if c.flow_run not in waiting],
+               lambda: Cancelling(message=why))
     for store, c in children:
         _note_ended(store, c.cid, c.seed, c.attempt, c.flow_run,
                     "cancelled: the run's orchestrator stopped", cancelled=True)
