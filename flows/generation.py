@@ -48,24 +48,24 @@ def train_and_score(ref: RunRef, ids: list[str], seeds: list[int],
                     progress: Progress | None = None) -> list[EvaluationRecord]:
     """Train each (id, seed) in the sandbox, then score it, each score waiting only for its
     own training."""
+    trained = None
     if ref.experiment.pool:  # workers elsewhere train and score them (darwin run --pool)
         scored = pool.evaluate_on_pool.map(unmapped(ref), ids, seeds)
-        try:
-            for _ in as_completed(list(scored)):
-                if progress is not None:
-                    progress.one_done()
-        except BaseException:  # SIGTERM arrives here as Prefect's TerminationSignal: its
-            pool.stop_waiting()  # teardown would wait for tasks that wait for workers
-            raise
-        return scored.result()
-    trained = steps.train.map(unmapped(ref), ids, seeds)
-    scored = steps.score.map(unmapped(ref), ids, seeds, trained)
-    for _ in as_completed(list(scored)):
-        if progress is not None:
-            progress.one_done()
-    # A training that raised (an infrastructure failure: the store down) leaves its score
-    # unrun, whose result would only say "not finished": raise the training's own error.
-    trained.result()
+    else:
+        trained = steps.train.map(unmapped(ref), ids, seeds)
+        scored = steps.score.map(unmapped(ref), ids, seeds, trained)
+    try:
+        for _ in as_completed(list(scored)):
+            if progress is not None:
+                progress.one_done()
+    except BaseException:  # SIGTERM arrives here as Prefect's TerminationSignal, whose
+        if ref.experiment.pool:  # teardown would wait for tasks that wait for workers
+            pool.stop_waiting()
+        raise
+    if trained is not None:
+        # A training that raised (an infrastructure failure: the store down) leaves its score
+        # unrun, whose result would only say "not finished": raise the training's own error.
+        trained.result()
     return scored.result()
 
 
