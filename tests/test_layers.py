@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("foundation", ["darwin", "darwin.errors", "darwin.settings", "darwin.seed"]),
+    ("foundation", ["darwin", "darwin.errors", "darwin.settings", "darwin.seed", "darwin.syntax"]),
     ("memory", ["darwin.memory"]),
     ("sandbox", ["darwin.sandbox"]),
     ("evaluation", ["darwin.evaluation"]),

@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 from darwin.evaluation.failures import Failure, Rejected
+from darwin.syntax import parse
 
 MAX_PROGRAM_BYTES = 48 * 1024  # one Python file: the program, an extra module, model.py
 MAX_LITERAL_BYTES = 8 * 1024  # all literals of one file, zlib-compressed
@@ -29,7 +30,7 @@ def literal_bytes(source: bytes) -> int:
     literals, docstrings included). A file that does not parse counts whole: it cannot run as
     Python, and what it holds is data."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except (SyntaxError, ValueError):
         return len(zlib.compress(source, 9))
     parts = []

@@ -39,7 +39,7 @@ def _kind(node: ast.stmt) -> tuple[str, str]:
 
 def split(source: str) -> list[Chunk]:
     lines = source.splitlines(keepends=True)
-    from darwin.mutation.edits import parse
+    from darwin.syntax import parse
 
     tree = parse(source)
     # Each top-level statement starts at its first decorator; consecutive imports or plain

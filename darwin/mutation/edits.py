@@ -8,20 +8,10 @@ block; we refuse the whole answer instead).
 
 from __future__ import annotations
 
-import ast
 import difflib
-import threading
 
 from darwin.mutation.answers import Edit
-
-# CPython 3.11's ast.parse is not safe across threads ("AST constructor recursion depth
-# mismatch" when mapped tasks parse at once), so every parse in DARWIN goes through this lock.
-AST_LOCK = threading.Lock()
-
-
-def parse(source: str) -> ast.Module:
-    with AST_LOCK:
-        return ast.parse(source)
+from darwin.syntax import compiles
 
 
 class EditError(ValueError):
@@ -82,8 +72,7 @@ def apply_edits(source: str, edits: list[Edit]) -> str:
 def check_program(source: str) -> None:
     """Cheap pre-flight: the program must parse and compile."""
     try:
-        with AST_LOCK:
-            compile(ast.parse(source), "train.py", "exec")
+        compiles(source, "train.py")
     except SyntaxError as e:
         raise EditError(f"the new program does not parse: {e.msg} at line {e.lineno}") from None
 
