@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from darwin.engine import Experiment, ReviewPolicy, continued, make_experiment
-from darwin.errors import StorageError, UserError
+from darwin.errors import SandboxError, StorageError, UserError
 
 Say = Callable[[str], None]
 
@@ -199,7 +199,6 @@ def _evolve(run: Launched, review: ReviewPolicy, attend) -> Any:
             from darwin.tasks import pool as on_pool
 
             on_pool.cancel_children()
-        if isinstance(e, StorageError):  # what was committed stays committed
-            raise StorageError(f"{e}; continue with: darwin run --resume {run.run_id}") \
-                from None
+        if isinstance(e, (StorageError, SandboxError)):  # what was committed stays committed
+            raise type(e)(f"{e}; continue with: darwin run --resume {run.run_id}") from None
         raise

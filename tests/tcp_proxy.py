@@ -23,10 +23,17 @@ class TcpProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def on(self) -> None:
+    def _listen(self) -> socket.socket:
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", self.port))
+        return s
+
+    def _connect(self) -> socket.socket:
+        return socket.create_connection(self.target)
+
+    def on(self) -> None:
+        s = self._listen()
         s.listen(64)
         self._listener = s
         threading.Thread(target=self._accept, args=(s,), daemon=True).start()
@@ -51,7 +58,7 @@ class TcpProxy:
             except OSError:
                 return  # switched off
             try:
-                upstream = socket.create_connection(self.target)
+                upstream = self._connect()
             except OSError:
                 client.close()
                 continue
@@ -77,3 +84,31 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class UnixProxy(TcpProxy):
+    """The same between two Unix sockets (a Docker daemon's): ``path`` stands for ``target``."""
+
+    def __init__(self, target: str, path: str):
+        self.target, self.path = target, path
+        self._listener = None
+        self._open = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _listen(self) -> socket.socket:
+        import os
+
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(self.path)
+        return s
+
+    def _connect(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.target)
+        return s

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import requests
+
 from darwin.sandbox.base import (
     SANDBOX_UID,
     Handover,
@@ -74,6 +76,21 @@ def connect():
             "or use --sandbox local"
         ) from None
     return client
+
+
+def daemon_lost(error: Exception) -> SandboxInfraError:
+    """The daemon went away under a sandbox (dockerd stopped or restarted): ours to fix, never
+    the candidate's, so nothing is recorded for it and the run stops resumably."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    text = str(error)
+    cause = next((words for marks, words in (
+        (("ConnectionRefused", "Connection refused"), "connection refused"),
+        (("ConnectionReset", "Connection reset"), "connection reset"),
+        (("FileNotFoundError", "No such file"), "its socket is gone"),
+        (("Connection aborted", "RemoteDisconnected"), "connection closed"),
+    ) if any(m in text for m in marks)), type(error).__name__)
+    return SandboxInfraError(f"the Docker daemon at {where} stopped answering while a sandbox "
+                             f"ran ({cause}): start it again (dockerd)")
 
 
 def reap_stale_containers(client) -> int:
@@ -141,6 +158,7 @@ class DockerProcess(Releasable):
         self.log_overflow = False
         self._attach = attach
         self._finished = False
+        self._lost: Exception | None = None
         # Unbuffered: the trusted side stamps each loss line as it appears in this file
         # (evaluation/curves.py); a buffer would hold every line until the container ends.
         self._log = open(spec.log_path, "wb", buffering=0) if spec.log_path else None
@@ -199,10 +217,15 @@ class DockerProcess(Releasable):
             self.container.reload()
         except docker.errors.NotFound:
             return False
+        except requests.exceptions.ConnectionError as e:
+            raise daemon_lost(e) from None
         return self.container.status in ("created", "running")
 
     def pin(self, cpus: list[int]) -> None:
-        self.container.update(cpuset_cpus=",".join(str(c) for c in cpus))
+        try:
+            self.container.update(cpuset_cpus=",".join(str(c) for c in cpus))
+        except requests.exceptions.ConnectionError as e:
+            raise daemon_lost(e) from None
 
     def root_pid(self) -> int | None:
         """The container's first process, as the host sees it."""
@@ -212,11 +235,11 @@ class DockerProcess(Releasable):
             self.container.reload()
         except docker.errors.NotFound:
             return None
+        except requests.exceptions.ConnectionError as e:
+            raise daemon_lost(e) from None
         return self.container.attrs.get("State", {}).get("Pid") or None
 
     def _wait_exit(self, timeout: float) -> bool:
-        import requests
-
         try:
             self.container.wait(timeout=max(timeout, 0.01))
             return True
@@ -235,37 +258,49 @@ class DockerProcess(Releasable):
             self.container.kill()
         except docker.errors.APIError:
             pass  # already stopped or gone
+        except requests.exceptions.ConnectionError:
+            pass  # the daemon is gone (called from threads too): finish() says so
 
     def finish(self, grace_s: float = 0.0) -> SandboxResult:
         import docker
 
         if self._finished:
             return self._result
+        if self._lost is not None:
+            raise daemon_lost(self._lost) from None
         if grace_s > 0 and not self.timed_out:
             self._wait_exit(min(grace_s, max(self.remaining(), 0)))
         if self.stdout is not None:  # the protocol is over; never let a full pipe stall the pump
             self.stdout.close()
-        killed_at = None
-        try:
-            self.container.reload()
-            running = self.container.status in ("created", "running", "restarting", "paused")
-        except docker.errors.NotFound:
-            running = False
-        if self.timed_out or running:
-            killed_at = time.monotonic()
-            self.kill()
+        killed_at, lost = None, None
         wall = time.monotonic() - self.started
-        self._wait_exit(30)
         rc, oom = None, False
         try:
-            self.container.reload()
-            state = self.container.attrs.get("State", {})
-            rc, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
-            self.container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            log.warning("could not remove sandbox container %s: %s", self.container.short_id, e)
+            try:
+                self.container.reload()
+                running = self.container.status in ("created", "running", "restarting",
+                                                    "paused")
+            except docker.errors.NotFound:
+                running = False
+            if self.timed_out or running:
+                killed_at = time.monotonic()
+                self.kill()
+            wall = time.monotonic() - self.started
+            self._wait_exit(30)
+            try:
+                self.container.reload()
+                state = self.container.attrs.get("State", {})
+                rc, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
+                self.container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                log.warning("could not remove sandbox container %s: %s",
+                            self.container.short_id, e)
+        except requests.exceptions.ConnectionError as e:
+            # No verdict without the daemon; what is ours here is still closed below, and the
+            # container (labelled with this process) is reaped at the next start-up.
+            lost = e
         cleanup = time.monotonic() - killed_at if killed_at is not None else 0.0
         self._pump.join(timeout=10)
         for closing in (self.stdin, self.stdout, self._log, self._attach):
@@ -277,6 +312,10 @@ class DockerProcess(Releasable):
         self.client.close()
         if self.handover is not None:
             self.handover.close()
+        if lost is not None:
+            self._outputs.settle()
+            self._lost = lost  # a second finish() says the same, without asking the daemon
+            raise daemon_lost(lost) from None
         disk = self._outputs.settle() or self.log_overflow
         self._result = SandboxResult(
             outcome=classify(rc, self.timed_out, oom, disk),
@@ -368,9 +407,9 @@ class DockerSandbox:
                                 if d.is_char_device()]
         elif spec.gpu:
             extra["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        client = docker.from_env(timeout=120)
-        container = attach = None
+        client = container = attach = None
         try:
+            client = docker.from_env(timeout=120)
             container = client.containers.create(
                 self.image_id,
                 command=argv,
@@ -402,17 +441,20 @@ class DockerSandbox:
             attach = client.api.attach_socket(
                 container.id, params={"stdin": int(pipe), "stdout": 1, "stderr": 1, "stream": 1})
             container.start()
-        except docker.errors.APIError as e:
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
             if container is not None:
                 try:
                     container.remove(force=True)
-                except docker.errors.APIError:
+                except (docker.errors.DockerException, requests.exceptions.ConnectionError):
                     pass
-            client.close()
+            if client is not None:
+                client.close()
             if output_cap is not None:
                 output_cap.release()
             if handover is not None:
                 handover.close()
+            if not isinstance(e, docker.errors.APIError):  # no answer at all (from_env asks)
+                raise daemon_lost(e) from None
             reason = str(e.explanation or e)
             if spec.gpu and "gpu" in reason.lower():
                 reason += " (GPUs in Docker need the NVIDIA Container Toolkit; or --sandbox local)"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, run_darwin
+from tests.conftest import DARWIN, cli_env, run_darwin
 
 
 @pytest.mark.parametrize(
@@ -161,3 +163,46 @@ def test_score_with_a_private_text_reports_the_memorisation_gap_of_an_honest_see
     assert abs(s["private_loss"] - s["val_loss"]) < 0.25, s
     assert not any(f.startswith("heldout_gap") for f in s["flags"]), s["flags"]
     assert s["checks"]["probes"] == 256 + 64 + 64 and len(s["checks"]["private_eval"]) == 16
+
+
+@pytest.mark.sandbox
+def test_a_docker_daemon_that_goes_away_mid_run_stops_it_in_one_line(docker_sandbox,
+                                                                      prefect_server, tmp_path):
+    """dockerd stops while the run's first container works (a proxy in front of the daemon's
+    socket, switched off): the run ends with one line naming the daemon and the resume command,
+    exit 4 (ours, not the candidate's), no traceback, and nothing recorded for that training."""
+    from darwin.memory import RunStore, list_runs
+    from darwin.sandbox.docker_backend import LABEL, OWNER_PID, connect
+    from tests.tcp_proxy import UnixProxy
+
+    real = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+    proxy = UnixProxy(real, str(tmp_path / "docker.sock"))
+    proxy.on()
+    home = tmp_path / "home"
+    run = subprocess.Popen(
+        [*DARWIN, "run", "--budget", "tiny", "--generations", "1", "--population", "2",
+         "--keep", "1", "--children", "2", "--seeds", "2", "--reruns", "0", "--mutator",
+         "offline", "--sandbox", "docker", "--no-review"],
+        env=cli_env(home, prefect=prefect_server, DOCKER_HOST=proxy.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = connect()  # the real daemon, behind the proxy's back
+    mine = {"label": [f"{LABEL}=1", f"{OWNER_PID}={run.pid}"]}
+    try:
+        deadline = time.monotonic() + 300
+        while not client.containers.list(filters=mine):
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:]
+            time.sleep(0.1)
+        proxy.off()
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        run.kill()
+        for c in client.containers.list(all=True, filters=mine):
+            c.remove(force=True)
+        client.close()
+    assert run.returncode == 4 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("darwin: error: the Docker daemon at unix://") \
+        and "stopped answering while a sandbox ran" in last \
+        and "continue with: darwin run --resume" in last, last
+    (run_id,) = list_runs(home / "runs")
+    assert not RunStore(home / "runs", run_id).evaluations()  # no verdict on the seed

@@ -183,3 +183,34 @@ def test_a_bad_image_name_is_one_line_naming_the_setting(docker_sandbox, tmp_pat
         lines = r.stderr.strip().splitlines()
         assert lines[-1].startswith("darwin: error: invalid Docker image name 'Bad Name'")
         assert "DARWIN_DOCKER_IMAGE" in lines[-1] and "Traceback" not in r.stderr
+
+
+def test_a_daemon_that_goes_away_under_a_sandbox_is_ours_in_one_line(docker_sandbox, tmp_path,
+                                                                      monkeypatch):
+    """dockerd stopping mid-training is infrastructure: a SandboxInfraError naming the daemon
+    (the run stops resumably, the candidate is not blamed), never a ConnectionError traceback
+    and never a verdict (no 'timeout' for a container we could not ask about)."""
+    from darwin.sandbox import SandboxInfraError
+    from tests.tcp_proxy import UnixProxy
+
+    real = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+    proxy = UnixProxy(real, str(tmp_path / "docker.sock"))
+    proxy.on()
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    proc = docker_sandbox.start(_spec(tmp_path, PROGRAMS / "sleeper.py", deadline_s=60,
+                                      memory_mb=300))
+    try:
+        proxy.off()  # the daemon is gone: no answer, open connections cut
+        with pytest.raises(SandboxInfraError, match=r"Docker daemon at unix://\S+docker.sock "
+                                                    r"stopped answering while a sandbox ran"):
+            proc.wait()
+        with pytest.raises(SandboxInfraError, match="stopped answering"):
+            proc.finish()  # asked again: the same, not a stale or empty result
+        assert proc.stdout is None and proc._log.closed and not proc._pump.is_alive()
+    finally:
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{real}")
+        client = connect()
+        try:
+            client.containers.get(proc.container.id).remove(force=True)
+        finally:
+            client.close()
