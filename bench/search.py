@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -349,12 +350,23 @@ def execute(job: Job, setting: dict, progress, task) -> dict:
         out: list[str] = []
         reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
         reader.start()
-        while proc.poll() is None:
-            run_id = job.run_id()
-            done = len(list((job.store / run_id / "evaluations").glob("*.json"))) \
-                if run_id else 0
-            progress.update(task, description=f"{job.arm} s{job.run_seed}: {done} trainings")
-            time.sleep(2)
+        try:
+            while proc.poll() is None:
+                run_id = job.run_id()
+                done = len(list((job.store / run_id / "evaluations").glob("*.json"))) \
+                    if run_id else 0
+                progress.update(task, description=f"{job.arm} s{job.run_seed}: {done} trainings")
+                time.sleep(2)
+        except BaseException:
+            # Ctrl-C in a terminal reaches the run too; a signal sent to the bench alone (kill,
+            # SIGTERM) must not leave its run training on: stop it the resumable way.
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
         reader.join()
     if proc.returncode in (130, 143, -2, -15):  # Ctrl-C or SIGTERM: it stopped resumably
         raise KeyboardInterrupt
@@ -407,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[dict]] = {a: [] for a in arms}
     started = time.time()
+
+    def terminated(*_):
+        raise KeyboardInterrupt  # SIGTERM stops the bench as Ctrl-C does: resumably
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn()) as progress:
