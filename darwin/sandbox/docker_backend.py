@@ -273,7 +273,6 @@ class DockerProcess(Releasable):
         if self.stdout is not None:  # the protocol is over; never let a full pipe stall the pump
             self.stdout.close()
         killed_at, lost = None, None
-        wall = time.monotonic() - self.started
         rc, oom = None, False
         try:
             try:
